@@ -1,0 +1,5 @@
+import sys
+
+from jquant.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""``jquant inspect SRC``: what a checkpoint holds, per layer, and what it saves over bf16."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="show format, per-layer quantization and sizes of a checkpoint")
+    p.add_argument("src")
+    p.add_argument("--all", action="store_true", help="list unquantized tensors too")
+    p.set_defaults(func=run)
+
+
+def layer_rows(ckpt, include_dense: bool = False) -> list[dict]:
+    """One row per tensor: name, kind, bits, group, sym, act-order, shape, bytes (no format knowledge)."""
+    from jquant.core.qarray import QArray
+
+    rows = []
+    for name, w in ckpt.weights.items():
+        if isinstance(w, QArray):
+            rows.append(
+                dict(
+                    name=name,
+                    qtype=w.qtype.name,
+                    bits=w.qtype.bits,
+                    group=_granularity(w),
+                    sym="asym" if w.zero is not None else "sym",
+                    act_order="yes" if w.perm is not None else "",
+                    shape=f"{w.n}x{w.k}",
+                    bytes=w.nbytes,
+                    bf16_bytes=2 * w.n * w.k,
+                )
+            )
+        elif include_dense:
+            a = np.asarray(w)
+            rows.append(
+                dict(
+                    name=name,
+                    qtype=a.dtype.name,
+                    bits=8 * a.dtype.itemsize,
+                    group="",
+                    sym="",
+                    act_order="",
+                    shape="x".join(map(str, a.shape)),
+                    bytes=a.nbytes,
+                    bf16_bytes=2 * a.size,
+                )
+            )
+    return rows
+
+
+def _granularity(w) -> str:
+    if w.block == w.shape:
+        return "tensor"
+    if w.block == (1, w.k):
+        return "channel"
+    return str(w.block[1]) if w.block[0] == 1 else "x".join(map(str, w.block))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    import jquant
+
+    ckpt = jquant.convert(args.src)
+    console = Console()
+    arch = (ckpt.config.get("architectures") or [ckpt.config.get("model_type", "?")])[0]
+    console.print(
+        f"[bold]{args.src}[/]: format [cyan]{ckpt.format}[/], architecture {arch}, {len(ckpt.weights)} tensors"
+    )
+    rows = layer_rows(ckpt, include_dense=args.all)
+    table = Table(show_lines=False)
+    for col in ("tensor", "qtype", "bits", "group", "sym", "act-order", "shape", "bytes"):
+        table.add_column(col, justify="right" if col in ("bits", "bytes") else "left")
+    for r in rows:
+        table.add_row(
+            r["name"], r["qtype"], str(r["bits"]), r["group"], r["sym"], r["act_order"], r["shape"], _human(r["bytes"])
+        )
+    console.print(table)
+    total = sum(np.asarray(w).nbytes if not isinstance(w, jquant.QArray) else w.nbytes for w in ckpt.weights.values())
+    bf16 = sum(2 * (w.n * w.k if isinstance(w, jquant.QArray) else np.asarray(w).size) for w in ckpt.weights.values())
+    nq = len(ckpt.quantized())
+    console.print(
+        f"quantized tensors: {nq}/{len(ckpt.weights)}; total {_human(total)} vs bf16 {_human(bf16)} "
+        f"([bold green]{bf16 / max(total, 1):.2f}x[/] smaller)"
+    )
+    return 0
