@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 
@@ -73,7 +75,7 @@ def run(args) -> int:
     import jquant
 
     ckpt = jquant.convert(args.src)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # full tensor names when piped
     arch = (ckpt.config.get("architectures") or [ckpt.config.get("model_type", "?")])[0]
     console.print(
         f"[bold]{args.src}[/]: format [cyan]{ckpt.format}[/], architecture {arch}, {len(ckpt.weights)} tensors"
