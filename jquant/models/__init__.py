@@ -1,0 +1,69 @@
+"""jquant.models: Flax NNX causal LMs built from a converted `Checkpoint`, and generation.
+
+    >>> ckpt = jquant.convert("SmolLM2-135M-Instruct.Q4_1.gguf")
+    >>> model = jquant.models.from_checkpoint(ckpt)       # weights stay quantized on device
+    >>> logits = model(jnp.asarray([[1, 2, 3]]))          # [1, 3, vocab] float32
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+from jquant.convert.checkpoint import Checkpoint
+from jquant.models.config import SUPPORTED_MODEL_TYPES, DecoderConfig
+from jquant.models.generate import Generator, SamplingConfig, generate
+from jquant.models.kv_cache import KVCache
+from jquant.models.llama import LlamaForCausalLM
+from jquant.nn.weights import Weights
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "DecoderConfig",
+    "Generator",
+    "KVCache",
+    "LlamaForCausalLM",
+    "SamplingConfig",
+    "default_dtype",
+    "from_checkpoint",
+    "generate",
+]
+
+
+def default_dtype():
+    """float32 on CPU (XLA:CPU has no fast bf16 matmul), bfloat16 on accelerators."""
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+def from_checkpoint(ckpt: Checkpoint, *, dtype=None, strict: bool = False) -> LlamaForCausalLM:
+    """The Flax model for ``ckpt``'s architecture, with its weights on the default device.
+
+    Quantized weights move to the device as `QArray` pytrees (codes stay packed); float tensors are
+    cast to ``dtype``. Nothing is dequantized whole: matmuls and embedding lookups go through
+    `jquant.ops`.
+
+    Args:
+        ckpt: from `jquant.convert`.
+        dtype: activation / float-weight dtype (default: `default_dtype`).
+        strict: raise if the checkpoint holds tensors the model does not use (default: warn; extra
+            tensors such as KV-cache scales may be legitimate).
+
+    Raises:
+        UnsupportedFormatError / ConfigError: an architecture or config outside the Llama family.
+        FormatError: a tensor missing or of the wrong shape, named.
+    """
+    cfg = DecoderConfig.from_hf(ckpt.config)
+    w = Weights(ckpt.weights, dtype or default_dtype(), source=ckpt.metadata.get("source"))
+    model = LlamaForCausalLM(cfg, w)
+    # Rotary tables recomputed by HF are sometimes saved; everything else must be used.
+    left = [n for n in w.unused() if not n.endswith("rotary_emb.inv_freq")]
+    if left:
+        msg = f"{len(left)} checkpoint tensors not used by {cfg.model_type}: {left[:8]}"
+        if strict:
+            from jquant.core.errors import FormatError
+
+            raise FormatError(msg, file=ckpt.metadata.get("source"), tensor=left[0])
+        warnings.warn(msg, stacklevel=2)
+    return model

@@ -1,0 +1,190 @@
+"""The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, SmolLM) in Flax NNX over jquant.nn.
+
+Mirrors transformers' ``LlamaForCausalLM`` (``modeling_llama.py``) op for op: pre-RMSNorm blocks,
+rotary GQA attention (softmax in f32), SwiGLU MLP, final RMSNorm, LM head (or the tied embedding).
+Architecture variants are data, not branches: q/k/v biases exist when the checkpoint has them
+(Qwen2), q/k RMSNorm when ``q_norm`` / ``k_norm`` weights exist (Qwen3), sliding windows per layer
+from the config (Mistral). Every linear layer is a `QuantLinear`, whatever its format.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jquant.core.errors import ConfigError
+from jquant.models.config import DecoderConfig
+from jquant.models.kv_cache import KVCache
+from jquant.models.rope import apply_rope, inv_frequencies, rope_cos_sin
+from jquant.nn import Weights
+
+__all__ = ["Attention", "MLP", "DecoderLayer", "LlamaForCausalLM"]
+
+_NEG_INF = -1e30  # finite "minus infinity": fully masked rows stay NaN-free
+
+
+class Attention(nnx.Module):
+    """Rotary multi-head attention with grouped KV heads (HF ``LlamaAttention`` / ``Qwen3Attention``)."""
+
+    def __init__(self, cfg: DecoderConfig, w: Weights, prefix: str, layer: int):
+        h, nh, nkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = nh, nkv, d
+        self.window = cfg.layer_windows[layer]
+        self.q_proj = w.linear(f"{prefix}.q_proj", h, nh * d)
+        self.k_proj = w.linear(f"{prefix}.k_proj", h, nkv * d)
+        self.v_proj = w.linear(f"{prefix}.v_proj", h, nkv * d)
+        self.o_proj = w.linear(f"{prefix}.o_proj", nh * d, h)
+        has_qk_norm = f"{prefix}.q_norm.weight" in w
+        self.q_norm = w.norm(f"{prefix}.q_norm.weight", d, cfg.rms_norm_eps) if has_qk_norm else nnx.data(None)
+        self.k_norm = w.norm(f"{prefix}.k_norm.weight", d, cfg.rms_norm_eps) if has_qk_norm else nnx.data(None)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        positions: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None,
+        start: jax.Array | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """One attention block.
+
+        Args:
+            x: [B, T, hidden].
+            cos, sin: [B, T, head_dim] rotary tables of the T query positions.
+            positions: int32 [B, T] positions of the queries.
+            kv: this layer's cache buffers ([B, S, kv_heads, head_dim] each) or None (no cache:
+                attend within ``x`` only).
+            start: int32 scalar, cache slot of the first query (= cache length before this call).
+
+        Returns:
+            [B, T, hidden] and the updated buffers (None without a cache).
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # Qwen3: RMSNorm over head_dim before the rotation
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv is None:
+            keys, values, kpos = k, v, positions[0]
+        else:
+            keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, start, 0, 0))
+            values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, start, 0, 0))
+            kpos = jnp.arange(keys.shape[1], dtype=jnp.int32)  # slots past the written ones are masked as future
+        qpos = positions[0]  # every row of the batch shares its positions
+        allowed = kpos[None, :] <= qpos[:, None]  # [T, S]
+        if self.window is not None:  # Mistral / Qwen2 sliding window: key within the last `window` positions
+            allowed &= qpos[:, None] - kpos[None, :] < self.window
+        g = self.num_heads // self.num_kv_heads
+        qg = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = scores * (self.head_dim**-0.5)
+        scores = jnp.where(allowed[None, None, None], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(q.dtype), preferred_element_type=jnp.float32)
+        out = self.o_proj(out.astype(x.dtype).reshape(b, t, self.num_heads * self.head_dim))
+        return out, None if kv is None else (keys, values)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: DecoderConfig, w: Weights, prefix: str):
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = w.linear(f"{prefix}.gate_proj", h, i)
+        self.up_proj = w.linear(f"{prefix}.up_proj", h, i)
+        self.down_proj = w.linear(f"{prefix}.down_proj", i, h)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: DecoderConfig, w: Weights, layer: int):
+        p = f"model.layers.{layer}"
+        self.input_layernorm = w.norm(f"{p}.input_layernorm.weight", cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, w, f"{p}.self_attn", layer)
+        self.post_attention_layernorm = w.norm(
+            f"{p}.post_attention_layernorm.weight", cfg.hidden_size, cfg.rms_norm_eps
+        )
+        self.mlp = MLP(cfg, w, f"{p}.mlp")
+
+    def __call__(self, x, cos, sin, positions, kv, start):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, positions, kv, start)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class LlamaForCausalLM(nnx.Module):
+    """A Llama-family causal LM whose linear weights may be quantized in any canonical form.
+
+    Build it with `jquant.models.from_checkpoint`. Call it as ``model(input_ids)`` for logits
+    [B, T, vocab], or with a `KVCache` for incremental decoding.
+
+    Args:
+        cfg: the decoder geometry.
+        w: the checkpoint's tensors (HF names), already bound to the compute dtype.
+    """
+
+    def __init__(self, cfg: DecoderConfig, w: Weights):
+        self.config = cfg
+        self.dtype = w.dtype
+        self.embed_tokens = w.embed("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
+        self.layers = nnx.List([DecoderLayer(cfg, w, i) for i in range(cfg.num_hidden_layers)])
+        self.norm = w.norm("model.norm.weight", cfg.hidden_size, cfg.rms_norm_eps)
+        if "lm_head.weight" in w:
+            self.lm_head = w.linear("lm_head", cfg.hidden_size, cfg.vocab_size)
+        elif cfg.tie_word_embeddings:
+            self.lm_head = nnx.data(None)  # tied: logits = embed_tokens.attend(h)
+        else:
+            raise ConfigError("no lm_head.weight and tie_word_embeddings is false", tensor="lm_head.weight")
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        c = self.config
+        return KVCache.create(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim, self.dtype)
+
+    def hidden_states(self, input_ids: jax.Array, cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """The final-normed hidden states [B, T, hidden] (and the extended cache, if one is given).
+
+        Args:
+            input_ids: int32 [B, T].
+            cache: None for a forward from position 0; else the `KVCache` to extend: the T tokens
+                take positions ``cache.length ...`` (the caller keeps them within ``max_len``).
+        """
+        b, t = input_ids.shape
+        start = jnp.zeros((), jnp.int32) if cache is None else cache.length
+        positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+        inv_freq = inv_frequencies(self.config.head_dim, self.config.rope_parameters)
+        cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)
+        x = self.embed_tokens(input_ids).astype(self.dtype)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = layer(x, cos, sin, positions, kv, start)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v), length=start + t)
+        return self.norm(x), new_cache
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """float32 logits [..., vocab] of normed hidden states [..., hidden]."""
+        out = self.embed_tokens.attend(h) if self.lm_head is None else self.lm_head(h)
+        return out.astype(jnp.float32)
+
+    def __call__(self, input_ids: jax.Array, cache: KVCache | None = None) -> jax.Array | tuple[jax.Array, KVCache]:
+        """Logits of the next token at each position.
+
+        Args:
+            input_ids: int32 [B, T].
+            cache: None for a full forward from position 0; else the `KVCache` to extend.
+
+        Returns:
+            float32 logits [B, T, vocab]; with a cache, ``(logits, new_cache)``.
+        """
+        h, new_cache = self.hidden_states(input_ids, cache)
+        logits = self.logits(h)
+        return logits if cache is None else (logits, new_cache)

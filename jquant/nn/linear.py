@@ -1,0 +1,108 @@
+"""`QuantLinear`: ``nnx.Linear``'s twin whose weight is a `QArray` (or a dense array), through `qmatmul`.
+
+The weight keeps the HF orientation [out_features, in_features] (the canonical `QArray`
+orientation), unlike ``nnx.Linear``'s [in, out] kernel: a quantized weight is never transposed or
+repacked here, and dense weights use the same orientation so that both run through
+`jquant.ops.qmatmul`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jquant.core.errors import ConfigError
+from jquant.core.qarray import QArray
+from jquant.ops import qmatmul
+
+__all__ = ["QParam", "QuantLinear", "weight_shape"]
+
+
+class QParam(nnx.Param):
+    """A parameter holding a `QArray` pytree (or a dense array): a quantized weight.
+
+    Read it with ``get_value()`` (``param[...]`` indexes arrays and does not apply to a `QArray`).
+    A separate Variable type lets optimizers and ``nnx.state(model, QParam)`` tell quantized
+    weights from trainable float ones (the pattern of ``nnx.LoRAParam``).
+    """
+
+
+def weight_shape(w: QArray | jax.Array) -> tuple[int, int]:
+    """Logical (N, K) of a `QArray` or a dense [N, K] array."""
+    return tuple(w.shape)  # QArray.shape is the logical shape
+
+
+class QuantLinear(nnx.Module):
+    """A linear layer ``y = x @ W.T + b`` whose ``W`` [out, in] may be quantized.
+
+    Example::
+
+        >>> layer = QuantLinear(256, 512, weight=qarray, rngs=None)   # from a checkpoint
+        >>> layer = QuantLinear(256, 512, rngs=nnx.Rngs(0))           # dense, lecun-normal init
+        >>> y = layer(x)                                               # [..., 256] -> [..., 512]
+
+    Args:
+        in_features: K.
+        out_features: N.
+        use_bias: whether to add a bias (zeros unless ``bias`` is given).
+        dtype: compute / result dtype; activations are cast to it (default: ``x.dtype``).
+        rngs: initializes a dense weight when ``weight`` is None.
+        implementation: force a `qmatmul` backend by name (None: the dispatcher picks).
+        weight: a `QArray` of shape (out, in) with JAX arrays, or a dense [out, in] array.
+        bias: optional [out] array (implies ``use_bias``).
+        input_quant: optional function applied to the activations before the matmul (fake
+            quantization of W8A8-style checkpoints: ``x -> dequantize(quantize(x))``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = False,
+        dtype=None,
+        rngs: nnx.Rngs | None = None,
+        implementation: str | None = None,
+        weight: QArray | jax.Array | None = None,
+        bias: jax.Array | None = None,
+        input_quant: Callable[[jax.Array], jax.Array] | None = None,
+    ):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dtype = dtype
+        self.implementation = implementation
+        self.input_quant = input_quant
+        if weight is None:
+            if rngs is None:
+                raise ConfigError("QuantLinear needs either `weight` or `rngs` to initialize one")
+            init = nnx.initializers.lecun_normal(in_axis=1, out_axis=0)
+            weight = init(rngs.params(), (out_features, in_features), dtype or jnp.float32)
+        if weight_shape(weight) != (out_features, in_features):
+            raise ConfigError(f"weight shape {weight_shape(weight)} != (out, in) = ({out_features}, {in_features})")
+        self.weight = QParam(weight)
+        self.bias: nnx.Param[jax.Array] | None
+        if bias is not None or use_bias:
+            bias = jnp.zeros((out_features,), dtype or jnp.float32) if bias is None else bias
+            if tuple(bias.shape) != (out_features,):
+                raise ConfigError(f"bias shape {tuple(bias.shape)} != ({out_features},)")
+            self.bias = nnx.Param(bias)
+        else:
+            self.bias = nnx.data(None)
+
+    @property
+    def quantized(self) -> bool:
+        return isinstance(self.weight.get_value(), QArray)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[..., in_features] -> [..., out_features] in ``dtype`` (or ``x.dtype``)."""
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        y = qmatmul(x, self.weight.get_value(), implementation=self.implementation)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype)
+        return y

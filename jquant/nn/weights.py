@@ -1,0 +1,106 @@
+"""`Weights`: a checkpoint's tensors by HF name, placed on device for the Flax modules.
+
+Quantized weights (`QArray`) move to the device as they are (codes, scales and zeros keep their
+dtypes: a 4-bit weight stays 4-bit); float tensors are cast to the model's dtype. Nothing is ever
+dequantized here. Every name handed out is recorded, so that model builders can report tensors
+they did not use (a mapping bug would otherwise silently drop a weight).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jquant.core.errors import FormatError
+from jquant.core.qarray import QArray, register_pytree
+from jquant.nn.embed import QuantEmbed
+from jquant.nn.linear import QuantLinear
+from jquant.nn.norm import RMSNorm
+
+__all__ = ["Weights", "to_device"]
+
+register_pytree()
+
+
+def to_device(w: QArray | np.ndarray, dtype, device=None) -> QArray | jax.Array:
+    """A `QArray` as a pytree of device arrays (dtypes kept), or a float array cast to ``dtype``."""
+    if isinstance(w, QArray):
+        return jax.device_put(w, device)
+    a = np.asarray(w)
+    if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16":
+        return jax.device_put(jnp.asarray(a, dtype=dtype), device)
+    return jax.device_put(a, device)
+
+
+class Weights:
+    """Lookup of a checkpoint's tensors by HF name, building jquant.nn modules.
+
+    Args:
+        weights: HF name -> `QArray` | np.ndarray (``Checkpoint.weights``).
+        dtype: compute dtype of the model; float tensors are cast to it.
+        source: where the weights came from, for error messages.
+        input_quant: optional ``(module_prefix) -> callable | None`` giving the activation
+            fake-quantizer of a linear layer (W8A8 checkpoints), None for weight-only ones.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, QArray | np.ndarray],
+        dtype,
+        *,
+        source: object = None,
+        input_quant: Callable[[str], Callable | None] | None = None,
+    ):
+        self._weights = weights
+        self.dtype = dtype
+        self.source = source
+        self.used: set[str] = set()
+        self._input_quant = input_quant or (lambda prefix: None)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._weights
+
+    def raw(self, name: str) -> QArray | np.ndarray:
+        """The host tensor ``name`` (marked used); FormatError naming it when absent."""
+        if name not in self._weights:
+            raise FormatError("tensor missing from the checkpoint", file=self.source, tensor=name)
+        self.used.add(name)
+        return self._weights[name]
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> QArray | jax.Array:
+        """Tensor ``name`` on device; checks its (logical) shape when ``shape`` is given."""
+        w = self.raw(name)
+        if shape is not None and tuple(w.shape) != tuple(shape):
+            raise FormatError(f"shape {tuple(w.shape)}, expected {tuple(shape)}", file=self.source, tensor=name)
+        return to_device(w, self.dtype)
+
+    def linear(self, prefix: str, in_features: int, out_features: int, *, implementation=None) -> QuantLinear:
+        """``<prefix>.weight`` [out, in] (+ ``<prefix>.bias`` when present) as a `QuantLinear`."""
+        bias_name = f"{prefix}.bias"
+        return QuantLinear(
+            in_features,
+            out_features,
+            dtype=self.dtype,
+            implementation=implementation,
+            weight=self.get(f"{prefix}.weight", (out_features, in_features)),
+            bias=self.get(bias_name, (out_features,)) if bias_name in self else None,
+            input_quant=self._input_quant(prefix),
+        )
+
+    def embed(self, name: str, num_embeddings: int, features: int, *, implementation=None) -> QuantEmbed:
+        return QuantEmbed(
+            num_embeddings,
+            features,
+            dtype=self.dtype,
+            weight=self.get(name, (num_embeddings, features)),
+            implementation=implementation,
+        )
+
+    def norm(self, name: str, features: int, eps: float) -> RMSNorm:
+        return RMSNorm(self.get(name, (features,)), eps=eps, dtype=self.dtype)
+
+    def unused(self) -> list[str]:
+        return sorted(set(self._weights) - self.used)
