@@ -1,8 +1,8 @@
 """jquant.models: Flax NNX causal LMs built from a converted `Checkpoint`, and generation.
 
-    >>> ckpt = jquant.convert("SmolLM2-135M-Instruct.Q4_1.gguf")
-    >>> model = jquant.models.from_checkpoint(ckpt)       # weights stay quantized on device
-    >>> logits = model(jnp.asarray([[1, 2, 3]]))          # [1, 3, vocab] float32
+>>> ckpt = jquant.convert("SmolLM2-135M-Instruct.Q4_1.gguf")
+>>> model = jquant.models.from_checkpoint(ckpt)       # weights stay quantized on device
+>>> logits = model(jnp.asarray([[1, 2, 3]]))          # [1, 3, vocab] float32
 """
 
 from __future__ import annotations

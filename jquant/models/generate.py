@@ -18,8 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jquant.models.kv_cache import KVCache
-
 __all__ = ["SamplingConfig", "sample", "Generator", "generate", "PROMPT_BUCKET", "CACHE_BUCKET"]
 
 PROMPT_BUCKET = 32
