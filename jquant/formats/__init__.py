@@ -5,6 +5,7 @@ Importing this package registers every format below. Add a format by writing one
 """
 
 from jquant.formats import unquantized  # noqa: F401  (registers by import)
+from jquant.formats import gguf  # noqa: F401
 from jquant.formats.base import (
     Format,
     TensorGroup,

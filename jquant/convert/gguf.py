@@ -1,0 +1,120 @@
+"""Converting a GGUF file (llama.cpp) into a `Checkpoint` of canonical tensors under HF names.
+
+The file is opened with the strict memory-mapped `GGUFFile`; `jquant.formats.gguf.GGUF` derives the
+HF config from the metadata and converts each tensor (canonical `QArray`, dense array, or exact
+float32 for types with no canonical form). Tensors are grouped per HF module, like HF folders, so a
+progress callback sees one step per module.
+
+``Checkpoint.metadata`` keeps the file's small metadata (JSON-serializable) under ``"gguf"``; the
+tokenizer's big arrays (tokens, merges, scores, token types) stay in the file, whose path is kept in
+``metadata["source"]``: `jquant.convert.gguf_tokenizer.load_tokenizer` rebuilds the tokenizer from it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jquant.convert.checkpoint import Checkpoint
+from jquant.convert.gguf_reader import GGUFFile
+from jquant.core.errors import CorruptFileError
+from jquant.core.qarray import LAYOUT_VERSION, QArray
+from jquant.formats.base import TensorGroup
+from jquant.formats.gguf import GGUF, RawTensor, hf_name
+
+__all__ = ["convert_gguf", "gguf_metadata_summary"]
+
+# Arrays longer than this stay out of Checkpoint.metadata (their length is recorded instead).
+_MAX_ARRAY_IN_METADATA = 64
+
+
+class _Records:
+    """What a `TensorGroup` reads from: GGUF name -> `RawTensor` (lazy, memory-mapped)."""
+
+    def __init__(self, f: GGUFFile):
+        self.f, self.path = f, f.path
+
+    def __getitem__(self, name: str) -> RawTensor:
+        return self.f.tensor(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.f.shape(name)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.f.dtype(name)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def gguf_metadata_summary(f: GGUFFile) -> dict[str, Any]:
+    """The file's metadata as JSON-able values; big arrays replaced by ``{"length": n}``."""
+    out: dict[str, Any] = {}
+    for k, v in f.metadata.items():
+        if isinstance(v, np.ndarray | list) and len(v) > _MAX_ARRAY_IN_METADATA:
+            out[k] = {"length": len(v), "type": f.value_types[k]}
+        else:
+            out[k] = _jsonable(v)
+    return out
+
+
+def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str], None] | None = None) -> Checkpoint:
+    """Converts a GGUF file to a `Checkpoint` (weights under HF names, HF orientation).
+
+    Args:
+        path: a ``.gguf`` file (v2 or v3, little-endian, single file).
+        progress: optional callback ``(done, total, current_module)``.
+
+    Raises:
+        CorruptFileError: the file does not parse (truncated, bad magic, out-of-range data...).
+        UnsupportedFormatError: unknown architecture, GGML type or tensor name.
+        ConfigError: required metadata missing.
+    """
+    path = Path(path)
+    f = GGUFFile(path)
+    if int(f.metadata.get("split.count", 1)) > 1:
+        raise CorruptFileError(
+            f"this is one of {f.metadata['split.count']} split files; merge them first (llama-gguf-split --merge)",
+            file=path,
+        )
+    fmt = GGUF.from_metadata(f.metadata, list(f.tensors), file=path)
+    records = _Records(f)
+    groups: dict[str, dict[str, tuple[_Records, str]]] = collections.defaultdict(dict)
+    seen: dict[str, str] = {}
+    for gname in f.tensors:
+        name = hf_name(gname, file=path)
+        if name in seen:
+            raise CorruptFileError(f"maps to HF name {name!r} like {seen[name]!r}", file=path, tensor=gname)
+        seen[name] = gname
+        prefix, _, suffix = name.rpartition(".")
+        groups[prefix][suffix] = (records, gname)
+    weights: dict[str, QArray | np.ndarray] = {}
+    for i, prefix in enumerate(groups):
+        if progress is not None:
+            progress(i, len(groups), prefix)
+        weights.update(fmt.convert_module(TensorGroup(prefix, groups[prefix])))
+    if progress is not None:
+        progress(len(groups), len(groups), "")
+    types = collections.Counter(t.type.name for t in f.tensors.values())
+    metadata = {
+        "source": str(path),
+        "layout_version": LAYOUT_VERSION,
+        **fmt.describe(),
+        "gguf_version": f.version,
+        "tensor_types": dict(sorted(types.items())),
+        "tokenizer_source": str(path) if "tokenizer.ggml.model" in f.metadata else None,
+        "gguf": gguf_metadata_summary(f),
+    }
+    return Checkpoint(format=fmt.name, config=fmt.config, weights=weights, metadata=metadata)

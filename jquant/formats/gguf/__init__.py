@@ -1,0 +1,169 @@
+"""GGUF (llama.cpp): GGML-typed tensors -> canonical `QArray` / dense arrays under HF names.
+
+`GGUF` is the registered `Format`. It is built from a file's metadata (`GGUF.from_metadata`), not
+from an HF ``quantization_config`` (no HF checkpoint declares ``quant_method: gguf``), and converts
+one module at a time like every format: `GGUF.convert_module` gets a `TensorGroup` keyed by the HF
+suffix (``weight``, ``bias``) whose entries are `RawTensor` records (name, GGML type, HF shape and
+the raw bytes, memory-mapped); `jquant.convert.gguf` builds such groups from a
+`jquant.convert.gguf_reader.GGUFFile`.
+
+Per tensor:
+
+* dense F32 / F16 / BF16 / F64 / ints -> numpy array in HF shape (reversed ggml dims), zero-copy.
+* a type with a canonical form (`types.CANONICAL`) and 2 dims -> `QArray` [N, K].
+* IQ1/IQ2/IQ3/TQ1_0 (grid / base-3 codes, no canonical form), and quantized tensors of other ranks
+  -> float32, dequantized exactly by gguf-py at convert time, with a warning.
+* llama-family ``attn_q`` / ``attn_k`` rows are put back in HF order (`arch.qk_row_order`): every
+  GGML block lies inside one row, so gathering rows of codes, scales and zeros is lossless.
+
+This package imports numpy and ml_dtypes only; gguf-py is imported lazily for the fallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+
+from jquant.core.errors import FormatError, UnsupportedFormatError
+from jquant.core.qarray import QArray
+from jquant.formats.base import Format, TensorGroup
+from jquant.formats.gguf.arch import ARCHS, ArchSpec, arch_spec, hf_config, hf_name, qk_row_order
+from jquant.formats.gguf.types import CANONICAL, GGML_TYPES, GGMLType, ggml_type, to_qarray
+
+__all__ = [
+    "GGUF",
+    "RawTensor",
+    "GGMLType",
+    "GGML_TYPES",
+    "CANONICAL",
+    "ARCHS",
+    "ggml_type",
+    "hf_config",
+    "hf_name",
+    "convert_tensor",
+    "dequantize_gguf",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class RawTensor:
+    """One GGUF tensor as stored.
+
+    Attributes:
+        name: GGUF name (``blk.0.attn_q.weight``).
+        type: its GGML type.
+        shape: numpy / HF shape (reversed ggml dims).
+        data: dense array in ``shape`` for dense types, else uint8 rows [prod(shape[:-1]), row_bytes].
+        file: the file it came from (for error messages).
+    """
+
+    name: str
+    type: GGMLType
+    shape: tuple[int, ...]
+    data: np.ndarray
+    file: Any = None
+
+
+def dequantize_gguf(raw: np.ndarray, t: GGMLType, shape: tuple[int, ...], *, name: str = "", file: Any = None):
+    """Exact float32 dequantization of a non-canonical type by gguf-py (imported here, lazily).
+
+    Raises:
+        UnsupportedFormatError: gguf-py is missing or has no dequantizer for the type.
+    """
+    try:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+    except ImportError:
+        raise UnsupportedFormatError(
+            f"type {t.name} has no canonical form and dequantizing it needs gguf-py (pip install gguf)",
+            file=file,
+            tensor=name,
+        ) from None
+    try:
+        out = dequantize(np.asarray(raw), GGMLQuantizationType(t.id))
+    except (NotImplementedError, ValueError) as e:
+        raise UnsupportedFormatError(f"type {t.name} cannot be converted ({e})", file=file, tensor=name) from None
+    return np.ascontiguousarray(out, dtype=np.float32).reshape(shape)
+
+
+def convert_tensor(raw: np.ndarray, t: GGMLType, shape: tuple[int, ...], *, name: str = "", file: Any = None):
+    """One GGUF tensor -> `QArray` (2-D, canonical type), numpy array (dense), or exact float32.
+
+    Args:
+        raw: dense array in ``shape`` for dense types; else uint8 rows [prod(shape[:-1]), row_bytes].
+        t: its GGML type.
+        shape: numpy / HF shape (reversed ggml dims).
+    """
+    if t.dense is not None:
+        return raw
+    if t.name in CANONICAL and len(shape) == 2:
+        return to_qarray(t, raw)
+    why = "has no canonical form" if t.name not in CANONICAL else f"is {len(shape)}-D"
+    warnings.warn(
+        f"{file}: tensor {name!r} of type {t.name} {why}; dequantized exactly to float32 at convert time",
+        stacklevel=3,
+    )
+    return dequantize_gguf(raw, t, shape, name=name, file=file)
+
+
+def _take_rows(w, order: np.ndarray):
+    if isinstance(w, QArray):
+        return w.replace(
+            data=np.ascontiguousarray(w.data[order]),
+            scale=np.ascontiguousarray(w.scale[order]),
+            zero=None if w.zero is None else np.ascontiguousarray(w.zero[order]),
+        )
+    return np.ascontiguousarray(np.asarray(w)[order])
+
+
+class GGUF(Format, name="gguf"):
+    """llama.cpp GGUF files (see the module docstring).
+
+    Attributes:
+        spec: the architecture.
+        config: the HF-style config derived from the metadata.
+    """
+
+    quant_methods = ()  # detected by file magic in `jquant.convert`, never by an HF quantization_config
+
+    def __init__(self, spec: ArchSpec, config: dict[str, Any], file: Any = None):
+        self.spec, self.config, self.file = spec, config, file
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any], tensor_names: Collection[str], *, file: Any = None) -> GGUF:
+        return cls(arch_spec(metadata, file=file), hf_config(metadata, tensor_names, file=file), file)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], tensor_names: Collection[str]) -> GGUF:
+        """From an HF config already derived from GGUF metadata (``model_type`` picks the arch)."""
+        mt = config.get("model_type")
+        spec = next((s for s in (*ARCHS.values(),) if s.model_type == mt), None)
+        if mt == "mistral":
+            spec = arch_spec({"general.architecture": "llama", "general.name": "mistral"})
+        if spec is None:
+            raise UnsupportedFormatError(f"model_type {mt!r} has no GGUF mapping; supported: {sorted(ARCHS)}")
+        return cls(spec, dict(config))
+
+    def convert_module(self, group: TensorGroup) -> dict[str, QArray | np.ndarray]:
+        """Converts one HF module's GGUF tensors; ``group[suffix]`` is a `RawTensor`."""
+        return {group.full_name(suffix): self.convert_one(group[suffix]) for suffix in group}
+
+    def convert_one(self, raw: RawTensor):
+        """One `RawTensor` -> HF-oriented value, Q/K rows in HF order, `QArray`s validated."""
+        w = convert_tensor(raw.data, raw.type, raw.shape, name=raw.name, file=raw.file)
+        order = qk_row_order(raw.name, raw.shape[0], self.config, self.spec)
+        if order is not None:
+            w = _take_rows(w, order)
+        if isinstance(w, QArray):
+            try:
+                w.validate(raw.name)
+            except FormatError as e:
+                raise type(e)(f"{e.problem} ({raw.type.name})", file=raw.file, tensor=raw.name) from None
+        return w
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": self.name, "architecture": self.spec.arch}

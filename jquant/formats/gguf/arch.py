@@ -1,0 +1,220 @@
+"""GGUF architectures: metadata -> HF-style config, GGUF tensor names -> HF names, Q/K row order.
+
+Supported: ``llama`` (also SmolLM, and Mistral: llama.cpp's converter writes Mistral 7B-style models
+with ``general.architecture = "llama"``; gguf-py 0.19 has no plain ``mistral`` arch, only the
+unrelated ``mistral3``/``mistral4``), ``qwen2`` and ``qwen3``.
+
+The config follows transformers' GGUF loader (``modeling_gguf_pytorch_utils.load_gguf_checkpoint``
+with ``integrations/ggml.py GGUF_CONFIG_MAPPING``), including its quirks, so that a jquant
+checkpoint and ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` build the same model:
+
+* ``model_type`` is ``"mistral"`` only when an ``llama``-arch file has ``general.name == "mistral"``
+  exactly (transformers tests list membership ``"mistral" in [name]``); otherwise ``"llama"``.
+* ``head_dim`` is ``{arch}.rope.dimension_count`` for llama/mistral; qwen2 uses hidden / heads;
+  qwen3 uses ``attention.key_length`` when present (llama.cpp writes it when head_dim differs).
+* ``tie_word_embeddings`` is true exactly when the file has no ``output.weight``.
+
+llama.cpp's ``convert_hf_to_gguf.py LlamaModel.modify_tensors`` permutes the rows of ``attn_q`` /
+``attn_k`` weights and biases (HF rotate-half RoPE -> GGML interleaved RoPE); `qk_row_order` gives
+the row gather that undoes it (transformers ``LlamaTensorProcessor._reverse_permute_weights``).
+Qwen2/Qwen3 use NEOX-style RoPE in llama.cpp and are written unpermuted (``Qwen2Model`` does not
+override ``modify_tensors``), verified by the transformers-load tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+
+from jquant.core.errors import ConfigError, UnsupportedFormatError
+
+__all__ = ["ArchSpec", "ARCHS", "arch_spec", "hf_config", "hf_name", "qk_row_order"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """What differs between the supported architectures.
+
+    Attributes:
+        arch: ``general.architecture`` value.
+        hf_class: ``architectures[0]`` of the HF config.
+        model_type: HF ``model_type``.
+        permuted_qk: whether llama.cpp permuted the Q/K rows (llama family).
+        head_dim_key: metadata key (after the arch prefix) holding head_dim, or None for hidden / heads.
+    """
+
+    arch: str
+    hf_class: str
+    model_type: str
+    permuted_qk: bool
+    head_dim_key: str | None
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "llama": ArchSpec("llama", "LlamaForCausalLM", "llama", True, "rope.dimension_count"),
+    "qwen2": ArchSpec("qwen2", "Qwen2ForCausalLM", "qwen2", False, None),
+    "qwen3": ArchSpec("qwen3", "Qwen3ForCausalLM", "qwen3", False, "attention.key_length"),
+}
+_MISTRAL = ArchSpec("llama", "MistralForCausalLM", "mistral", True, "rope.dimension_count")
+
+
+def arch_spec(metadata: Mapping[str, Any], *, file: Any = None) -> ArchSpec:
+    """The spec for this file's ``general.architecture``.
+
+    Raises:
+        UnsupportedFormatError: an architecture jquant does not map (naming it).
+    """
+    arch = metadata.get("general.architecture")
+    if arch is None:
+        raise ConfigError("metadata has no general.architecture", file=file, tensor="general.architecture")
+    if arch not in ARCHS:
+        raise UnsupportedFormatError(
+            f"GGUF architecture {arch!r} is not supported; supported: {sorted(ARCHS)}",
+            file=file,
+            tensor="general.architecture",
+        )
+    if arch == "llama" and metadata.get("general.name") == "mistral":
+        return _MISTRAL
+    return ARCHS[arch]
+
+
+def _need(metadata: Mapping[str, Any], key: str, file: Any) -> Any:
+    if key not in metadata:
+        raise ConfigError("required metadata key is missing", file=file, tensor=key)
+    return metadata[key]
+
+
+def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | None:
+    """``{arch}.rope.scaling.*`` -> HF rope_scaling (linear / yarn), or None.
+
+    Llama-3.1-style scaling is not in the metadata: llama.cpp bakes it into a ``rope_freqs.weight``
+    tensor of per-frequency divisors; `jquant.convert.gguf` keeps that tensor (see there).
+    """
+    kind = metadata.get(f"{arch}.rope.scaling.type")
+    if kind in (None, "none"):
+        return None
+    out: dict[str, Any] = {"rope_type": kind}
+    if f"{arch}.rope.scaling.factor" in metadata:
+        out["factor"] = float(metadata[f"{arch}.rope.scaling.factor"])
+    if f"{arch}.rope.scaling.original_context_length" in metadata:
+        out["original_max_position_embeddings"] = int(metadata[f"{arch}.rope.scaling.original_context_length"])
+    return out
+
+
+def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, file: Any = None) -> dict[str, Any]:
+    """An HF-style config dict from GGUF metadata (what transformers' GGUF loader derives).
+
+    Args:
+        metadata: the file's key -> value metadata.
+        tensor_names: GGUF tensor names in the file (``output.weight`` decides tied embeddings).
+        file: for error messages.
+
+    Raises:
+        UnsupportedFormatError: unknown architecture.
+        ConfigError: a required key missing.
+    """
+    spec = arch_spec(metadata, file=file)
+    a = spec.arch
+    heads = int(_need(metadata, f"{a}.attention.head_count", file))
+    hidden = int(_need(metadata, f"{a}.embedding_length", file))
+    kv_heads = metadata.get(f"{a}.attention.head_count_kv", heads)
+    if isinstance(kv_heads, np.ndarray):  # per-layer list (hybrid models); dense models repeat one value
+        if len(set(kv_heads.tolist())) != 1:
+            raise UnsupportedFormatError("per-layer head_count_kv values differ", file=file, tensor=f"{a}.attention")
+        kv_heads = kv_heads[0]
+    head_dim = metadata.get(f"{a}.{spec.head_dim_key}") if spec.head_dim_key else None
+    vocab = metadata.get(f"{a}.vocab_size")
+    if vocab is None:
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        vocab = len(tokens) if tokens is not None else None
+    cfg: dict[str, Any] = {
+        "architectures": [spec.hf_class],
+        "model_type": spec.model_type,
+        "hidden_size": hidden,
+        "intermediate_size": int(_need(metadata, f"{a}.feed_forward_length", file)),
+        "num_hidden_layers": int(_need(metadata, f"{a}.block_count", file)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(kv_heads),
+        "head_dim": int(head_dim) if head_dim is not None else hidden // heads,
+        "rms_norm_eps": float(metadata.get(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(metadata.get(f"{a}.rope.freq_base", 10000.0)),
+        "rope_scaling": _rope_scaling(metadata, a),
+        "max_position_embeddings": int(_need(metadata, f"{a}.context_length", file)),
+        "vocab_size": None if vocab is None else int(vocab),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+    }
+    if spec.model_type in ("llama", "mistral"):
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
+        cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensor_names
+    for key, cfg_key in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("padding_token_id", "pad_token_id"),
+        ("unknown_token_id", "unk_token_id"),
+    ):
+        if f"tokenizer.ggml.{key}" in metadata:
+            cfg[cfg_key] = int(metadata[f"tokenizer.ggml.{key}"])
+    return cfg
+
+
+# GGUF name -> HF name (gguf-py tensor_mapping.py, the names transformers' loader maps through it).
+_TOP = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_BLOCK = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLK_RE = re.compile(r"blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)")
+_TOP_RE = re.compile(r"([a-z_]+)\.(weight|bias)")
+# Tensors llama.cpp writes that have no HF parameter: rope_freqs (Llama-3.1 rope scaling factors).
+EXTRA = {"rope_freqs.weight": "rope_freqs"}
+
+
+def hf_name(gguf_name: str, *, file: Any = None) -> str:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``.
+
+    Raises:
+        UnsupportedFormatError: a tensor name with no HF counterpart (e.g. fused ``attn_qkv``).
+    """
+    if gguf_name in EXTRA:
+        return EXTRA[gguf_name]
+    m = _BLK_RE.fullmatch(gguf_name)
+    if m and m.group(2) in _BLOCK:
+        return f"model.layers.{m.group(1)}.{_BLOCK[m.group(2)]}.{m.group(3)}"
+    m = _TOP_RE.fullmatch(gguf_name)
+    if m and m.group(1) in _TOP:
+        return f"{_TOP[m.group(1)]}.{m.group(2)}"
+    raise UnsupportedFormatError("tensor name has no HF counterpart in jquant's mapping", file=file, tensor=gguf_name)
+
+
+def qk_row_order(gguf_name: str, n_rows: int, config: Mapping[str, Any], spec: ArchSpec) -> np.ndarray | None:
+    """Row gather undoing llama.cpp's Q/K permutation: ``w_hf = w_gguf[order]``, or None if not permuted.
+
+    llama.cpp (``LlamaModel.permute``) maps HF row ``h * hd + half * hd/2 + i`` to GGUF row
+    ``h * hd + 2 i + half``; the inverse reshapes rows to (heads, 2, hd/2) from (heads, hd/2, 2).
+    """
+    if not spec.permuted_qk:
+        return None
+    m = _BLK_RE.fullmatch(gguf_name)
+    if not m or m.group(2) not in ("attn_q", "attn_k"):
+        return None
+    heads = config["num_attention_heads"] if m.group(2) == "attn_q" else config["num_key_value_heads"]
+    if n_rows % (2 * heads):
+        raise ConfigError(f"{n_rows} rows do not split into {heads} heads of an even size", tensor=gguf_name)
+    return np.arange(n_rows).reshape(heads, n_rows // heads // 2, 2).swapaxes(1, 2).reshape(n_rows)
