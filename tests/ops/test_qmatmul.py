@@ -1,0 +1,114 @@
+"""The XLA reference qmatmul against the float64 oracle, and the dispatcher's rules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jquant.ops import explain, qmatmul, qtake, register_backend, select
+from jquant.ops.backend import BACKENDS, Backend
+from tests.ops.qmatmul_suite import CASES, QCase, check_backend, make_qarray
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_reference_matches_float64_oracle(case):
+    check_backend("xla_reference", case)
+
+
+def test_dispatcher_default_is_reference_on_cpu():
+    case = CASES[0]
+    check_backend(None, case)
+
+
+def test_dense_weight_is_plain_matmul():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal((24, 40)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(qmatmul(jnp.asarray(x), jnp.asarray(w))), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [QCase("uint4", (1, 32), 1, 50, 96, zero="float", perm=True),
+                                  QCase("fp8_e4m3", (128, 128), 1, 300, 256, scale_dtype="float32"),
+                                  QCase("nf4", (1, 64), 1, 20, 128, scale_dtype="float32")], ids=str)  # fmt: skip
+def test_qtake_rows_bit_exact(case):
+    from jquant.core import dequantize, jnp_dequant
+
+    w = make_qarray(case)
+    ids = np.array([[0, 5, case.n - 1], [7, 7, 2]], np.int32)
+    got = np.asarray(qtake(jax.device_put(w), jnp.asarray(ids)))
+    ref = np.asarray(jax.jit(jnp_dequant.dequantize)(jax.device_put(w)))
+    assert got.shape == (2, 3, case.k)
+    np.testing.assert_array_equal(got, ref[ids])
+    np.testing.assert_allclose(got, dequantize(w)[ids], rtol=0, atol=1e-6)
+
+
+class _Declines(Backend):
+    """A test backend that only runs M == 1 and computes the reference (so selections are observable)."""
+
+    name = "test_m1_only"
+    platforms = ("cpu", "gpu")
+    priority = 10
+
+    def __init__(self):
+        self.calls = 0
+
+    def supports(self, x, w, **kw):
+        return (True, "") if x.shape[0] == 1 else (False, f"only M == 1, got M = {x.shape[0]}")
+
+    def __call__(self, x, w, **kw):
+        self.calls += 1
+        return BACKENDS["xla_reference"](x, w)
+
+
+@pytest.fixture
+def m1_backend():
+    b = register_backend(_Declines())
+    yield b
+    BACKENDS.pop(b.name)
+
+
+def _xw(m):
+    case = QCase("uint4b8", (1, 128), m, 16, 256)
+    return jnp.ones((m, 256), jnp.float32), jax.device_put(make_qarray(case))
+
+
+def test_priority_then_fallback_with_reasons(m1_backend):
+    x1, w = _xw(1)
+    assert select(x1, w, platform="cpu")[0] is m1_backend
+    x4, _ = _xw(4)
+    b, skipped = select(x4, w, platform="cpu")
+    assert b.name == "xla_reference"
+    assert skipped == ["test_m1_only: only M == 1, got M = 4"]
+    report = explain(x4, w, platform="cpu")
+    assert "-> xla_reference" in report and "only M == 1, got M = 4" in report
+    qmatmul(x1, w)
+    assert m1_backend.calls == 1
+
+
+def test_disabled_kernels_env(m1_backend, monkeypatch):
+    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "other, test_m1_only")
+    x1, w = _xw(1)
+    b, skipped = select(x1, w, platform="cpu")
+    assert b.name == "xla_reference"
+    assert skipped == ["test_m1_only: disabled by JQUANT_DISABLED_KERNELS"]
+
+
+def test_forced_kernels_env(m1_backend, monkeypatch):
+    x1, w = _xw(1)
+    monkeypatch.setenv("JQUANT_KERNELS", "xla_reference")
+    assert select(x1, w, platform="cpu")[0].name == "xla_reference"
+    monkeypatch.setenv("JQUANT_KERNELS", "nope,test_m1_only")
+    b, skipped = select(x1, w, platform="cpu")
+    assert b is m1_backend and "nope: unknown backend" in skipped[0]
+
+
+def test_forced_backend_that_declines_raises(m1_backend, monkeypatch):
+    x4, w = _xw(4)
+    with pytest.raises(ValueError, match="only M == 1, got M = 4"):
+        qmatmul(x4, w, implementation="test_m1_only")
+    monkeypatch.setenv("JQUANT_KERNELS", "test_m1_only")
+    with pytest.raises(ValueError, match="requested qmatmul backend"):
+        qmatmul(x4, w)
+    with pytest.raises(ValueError, match="unknown backend"):
+        qmatmul(x4, w, implementation="no_such_kernel")
