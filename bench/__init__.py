@@ -1,0 +1,1 @@
+"""Benchmarks (GPU): ``python -m bench.qmatmul``; shapes in `bench.shapes`."""

@@ -1,0 +1,535 @@
+"""``python -m bench.qmatmul``: W4A16 / W8A16 qmatmul against cuBLAS and peers, same run, same card.
+
+Columns (all device-side times, microseconds; see `bench.timing`):
+
+* ``torch_bf16``: ``torch.nn.functional.linear`` on the dequantized bf16 weight (cuBLAS).
+* ``xla_bf16``: ``x @ W.T`` in XLA on the same bf16 weight (cuBLAS through XLA).
+* ``xla_deq``: XLA dequantize the QArray to bf16, then dot (what plain JAX does with the codes).
+* ``xla_ref``: ``jquant.ops.reference_qmatmul`` (f32 HIGHEST, the spec; decode M only).
+* ``jquant``: the registered Pallas backend the dispatcher picks (decode M <= 64, prefill above).
+* ``gemlite``: gemlite ``A16Wn`` (Triton; source carried in ``.bench_vendor/``), if importable.
+* ``tinygemm``: ``torch.ops.aten._weight_int4pack_mm`` (4-bit, bf16, groups 32..256).
+
+Every method is checked against the spec (f32 reference on a sample of rows, ||y-ref||/||ref||)
+before it is timed; a method that fails the check is reported as ``WRONG`` and not timed.
+Weights are random codes and scales (never zeros), activations random normal.
+
+Writes ``<out>/qmatmul.md`` (+ ``qmatmul.png``, ``qmatmul.json``, ``sweep.md``) with the card,
+versions and commit; prints a short table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+import zlib
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the card
+
+import numpy as np  # noqa: E402
+
+from bench.shapes import M_TABLE, M_VALUES, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
+
+# Relative L2 error accepted for bf16 outputs of a K-long f32-accumulated dot (bf16 rounding of
+# the output alone is 2^-9 = 2e-3; bf16 weights add about as much).
+REL_ERR_OK = 1e-2
+
+
+@dataclasses.dataclass
+class Case:
+    shape: LinearShape
+    m: int
+    bits: int = 4
+    group: int = 128  # -1: per-channel
+    zero: bool = False
+
+    @property
+    def label(self) -> str:
+        g = "pc" if self.group == -1 else f"g{self.group}"
+        return f"{self.shape.name} M={self.m} w{self.bits}{g}{'z' if self.zero else ''}"
+
+
+def _log(*a):
+    print(*a, flush=True)
+
+
+def env_info() -> dict:
+    import jax
+    import torch
+    import triton
+
+    try:
+        card = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        card = f"unknown ({e})"
+    return {
+        "card": card,
+        "jax": jax.__version__,
+        "jaxlib": __import__("jaxlib").__version__,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "commit": os.environ.get("JQUANT_COMMIT") or _git_commit(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def card_slug(card: str) -> str:
+    name = card.split(",")[0].strip().lower()
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "unknown"
+
+
+# ---------------------------------------------------------------------------------------------
+# problem construction (on device, random, never zeros)
+# ---------------------------------------------------------------------------------------------
+
+
+def make_qarray(key, n: int, k: int, bits: int, group: int, zero: bool):
+    """A random canonical QArray on the device: uint4b8 / uint4+zero / uint8b128 / uint8+zero."""
+    import jax
+    import jax.numpy as jnp
+
+    from jquant.core.qarray import QArray, block_for
+    from jquant.core.qtypes import int_type
+
+    kd, ks, kz = jax.random.split(key, 3)
+    block = block_for(n, k, group_size=group)
+    ng = -(-k // block[1])
+    data = jax.random.randint(kd, (n, k * bits // 8), 0, 256, dtype=jnp.int32).astype(jnp.uint8)
+    scale = jax.random.uniform(ks, (n, ng), jnp.float32, 0.002, 0.02).astype(jnp.float16)
+    if zero:
+        qt = int_type(bits)
+        z = jax.random.randint(kz, (n, ng), 0, 1 << bits, dtype=jnp.int32).astype(jnp.uint8)
+    else:
+        qt = int_type(bits, bias=1 << (bits - 1))
+        z = None
+    return QArray(data=data, scale=scale, zero=z, qtype=qt, shape=(n, k), block=block)
+
+
+def rel_err(y, ref) -> float:
+    y = np.asarray(y, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if not np.isfinite(y).all():
+        return float("inf")
+    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+# ---------------------------------------------------------------------------------------------
+# one case: every method, checked then timed
+# ---------------------------------------------------------------------------------------------
+
+
+def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import jquant.pallas  # noqa: F401  (registers the backends)
+    from bench.timing import copies_for, jax_time_us, torch_time_us
+    from jquant.core import jnp_dequant
+    from jquant.ops import qmatmul as ops_qmatmul
+    from jquant.ops import reference_qmatmul
+    from jquant.ops.qmatmul import select
+
+    n, k, m = case.shape.n, case.shape.k, case.m
+    key = jax.random.PRNGKey(zlib.crc32(case.label.encode()))
+    kx, kw = jax.random.split(key)
+    x = jax.random.normal(kx, (m, k), jnp.float32).astype(jnp.bfloat16)
+    w0 = make_qarray(kw, n, k, case.bits, case.group, case.zero)
+    qbytes = w0.nbytes
+    n_q = copies_for(qbytes)
+    n_d = copies_for(2 * n * k)
+    qcopies = [w0] + [
+        make_qarray(jax.random.fold_in(kw, i), n, k, case.bits, case.group, case.zero) for i in range(1, n_q)
+    ]
+    deq = jax.jit(lambda w: jnp_dequant.dequantize(w, jnp.bfloat16))
+    dense = [deq(w) for w in qcopies[: min(n_d, n_q)]]
+    while len(dense) < n_d:
+        dense.append(dense[-1] + jnp.bfloat16(0))  # distinct buffers, same values
+
+    # the spec on a sample of rows (f32 HIGHEST), against which every method is checked
+    rows = np.unique(np.linspace(0, m - 1, num=min(m, 16)).astype(int))
+    ref = np.asarray(reference_qmatmul(x[rows], w0).astype(jnp.float32)) if m > 16 else None
+    ref_full = None
+    res: dict = {
+        "case": case.label,
+        "m": m,
+        "n": n,
+        "k": k,
+        "bits": case.bits,
+        "group": case.group,
+        "weight_bytes": qbytes,
+        "copies_q": n_q,
+        "copies_dense": n_d,
+    }
+
+    def check(name, y):
+        nonlocal ref_full
+        y = np.asarray(jnp.asarray(y).astype(jnp.float32))
+        if m <= 16:
+            if ref_full is None:
+                ref_full = np.asarray(reference_qmatmul(x, w0).astype(jnp.float32))
+            e = rel_err(y, ref_full)
+        else:
+            e = rel_err(y[rows], ref)
+        res[f"{name}_err"] = e
+        return e <= REL_ERR_OK
+
+    def timed(name, check_fn, time_fn):
+        try:
+            if not check(name, check_fn()):
+                res[name] = "WRONG"
+                _log(f"  {name}: WRONG rel err {res[name + '_err']:.3e}")
+                return
+            res[name] = time_fn()
+            _log(f"  {name}: {res[name]:.1f} us (err {res[name + '_err']:.1e})")
+        except Exception as e:  # noqa: BLE001
+            res[name] = f"ERROR {type(e).__name__}"
+            _log(f"  {name}: ERROR {type(e).__name__}: {str(e)[:300]}")
+            traceback.print_exc(file=sys.stdout)
+
+    if "jquant" in methods:
+        backend, _ = select(x, w0, platform="gpu")
+        res["jquant_backend"] = backend.name
+        res["jquant_config"] = repr(backend.config_for(m, w0)) if hasattr(backend, "config_for") else ""
+        f = lambda x, w: ops_qmatmul(x, w)  # noqa: E731
+        timed("jquant", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
+    if "xla_bf16" in methods:
+        f = lambda x, wd: jnp.dot(x, wd.T, preferred_element_type=jnp.float32).astype(x.dtype)  # noqa: E731
+        timed("xla_bf16", lambda: jax.jit(f)(x, dense[0]), lambda: jax_time_us(f, x, dense, iterations=iters))
+    if "xla_deq" in methods:
+        f = lambda x, w: jnp.dot(
+            x,
+            jnp_dequant.dequantize(w, jnp.bfloat16).T,  # noqa: E731
+            preferred_element_type=jnp.float32,
+        ).astype(x.dtype)
+        timed("xla_deq", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
+    if "xla_ref" in methods and m <= 16:
+        timed(
+            "xla_ref",
+            lambda: jax.jit(reference_qmatmul)(x, w0),
+            lambda: jax_time_us(reference_qmatmul, x, qcopies, iterations=iters),
+        )
+
+    # torch side: the same values through dlpack
+    xt = torch.from_dlpack(x)
+    if "torch_bf16" in methods:
+        wts = [torch.from_dlpack(d) for d in dense[:1]]
+        timed(
+            "torch_bf16",
+            lambda: torch.nn.functional.linear(xt, wts[0]),
+            lambda: torch_time_us(lambda: torch.nn.functional.linear(xt, wts[0])),
+        )
+    if "tinygemm" in methods and case.bits == 4 and not case.zero and case.group in (32, 64, 128, 256):
+        try:
+            data = torch.from_dlpack(w0.data)
+            # canonical: even column in the low nibble; tinygemm (torchao's packing): even column high.
+            swapped = ((data & 0xF) << 4) | (data >> 4)
+            packed = torch.ops.aten._convert_weight_to_int4pack(swapped.contiguous(), 8)
+            s = torch.from_dlpack(w0.scale).to(torch.bfloat16)  # [N, K/G]
+            sz = torch.stack([s.t(), torch.zeros_like(s.t())], dim=-1).contiguous()  # w = (q-8)*s + 0
+            g = case.group
+            run = lambda: torch.ops.aten._weight_int4pack_mm(xt, packed, g, sz)  # noqa: E731
+            timed("tinygemm", run, lambda: torch_time_us(run))
+        except Exception as e:  # noqa: BLE001
+            res["tinygemm"] = f"ERROR {type(e).__name__}"
+            _log(f"  tinygemm: ERROR {e}")
+    if "gemlite" in methods and gemlite_mod is not None and case.bits in (4, 8):
+        try:
+            from jquant.core.packing import unpack_codes  # noqa: F401
+
+            codes = torch.from_dlpack(jnp_dequant.unpack_codes(w0.data, case.bits) if case.bits == 4 else w0.data)
+            g = k if case.group == -1 else case.group
+            s = torch.from_dlpack(w0.scale).to(torch.bfloat16)
+            if case.zero:
+                z = torch.from_dlpack(w0.zero).to(torch.bfloat16)
+            else:
+                z = torch.full_like(s, float(w0.qtype.bias))
+            lin = gemlite_mod.A16Wn(device="cuda:0", dtype=torch.bfloat16).from_weights(
+                codes.contiguous(), s.contiguous(), z.contiguous(), W_nbits=case.bits, group_size=g
+            )
+            run = lambda: lin(xt)  # noqa: E731
+            timed("gemlite", run, lambda: torch_time_us(run))
+        except Exception as e:  # noqa: BLE001
+            res["gemlite"] = f"ERROR {type(e).__name__}"
+            _log(f"  gemlite: ERROR {str(e)[:300]}")
+    dense.clear()  # free device memory before the next case
+    qcopies.clear()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# config sweep of the Pallas kernel (tuning data for wna16_config)
+# ---------------------------------------------------------------------------------------------
+
+
+def sweep(shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group: int = 128) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+
+    from bench.timing import copies_for, jax_time_us
+    from jquant.ops import reference_qmatmul
+    from jquant.pallas import wna16_qmatmul
+
+    n, k = shape.n, shape.k
+    key = jax.random.PRNGKey(7)
+    x = jax.random.normal(key, (m, k), jnp.float32).astype(jnp.bfloat16)
+    w0 = make_qarray(jax.random.fold_in(key, 1), n, k, bits, group, False)
+    copies = [w0] + [
+        make_qarray(jax.random.fold_in(key, 2 + i), n, k, bits, group, False) for i in range(copies_for(w0.nbytes) - 1)
+    ]
+    rows = np.arange(min(m, 16))
+    ref = np.asarray(reference_qmatmul(x[rows], w0).astype(jnp.float32))
+    out = []
+    for cfg in configs:
+        f = lambda x, w, cfg=cfg: wna16_qmatmul(x, w, cfg)  # noqa: E731
+        row = {"shape": shape.name, "m": m, "config": repr(cfg)}
+        try:
+            y = np.asarray(jax.jit(f)(x, w0).astype(jnp.float32))
+            row["err"] = rel_err(y[rows], ref)
+            row["us"] = jax_time_us(f, x, copies, iterations=iters) if row["err"] <= REL_ERR_OK else "WRONG"
+        except Exception as e:  # noqa: BLE001
+            row["us"] = f"ERROR {type(e).__name__}: {str(e)[:200]}"
+        _log(f"  sweep {shape.name} M={m} {cfg}: {row.get('us')}")
+        out.append(row)
+    return out
+
+
+def sweep_configs(m: int):
+    from jquant.pallas.wna16_config import WNA16Config
+
+    if m <= 64:
+        bm = max(16, 1 << (m - 1).bit_length())
+        cfgs = []
+        for bn in (32, 64, 128):
+            for bk in (256, 512):
+                for split in (1, 2, 4, 8):
+                    cfgs.append(WNA16Config(bm=bm, bn=bn, bk=bk, split_k=split, num_warps=4, num_stages=3))
+        cfgs += [
+            WNA16Config(bm=bm, bn=64, bk=512, split_k=4, num_warps=w, num_stages=s) for w, s in ((8, 3), (4, 4), (4, 2))
+        ]
+        return cfgs
+    cfgs = []
+    for bm, bn, bk, w, s in (
+        (128, 128, 64, 8, 4),
+        (128, 128, 128, 8, 3),
+        (128, 256, 64, 8, 3),
+        (64, 128, 128, 4, 4),
+        (128, 64, 128, 4, 4),
+        (256, 128, 64, 8, 3),
+    ):
+        for so in (False, True):
+            cfgs.append(WNA16Config(bm=bm, bn=bn, bk=bk, split_k=1, num_warps=w, num_stages=s, scale_on_output=so))
+    return cfgs
+
+
+# ---------------------------------------------------------------------------------------------
+# copy bandwidth ceiling
+# ---------------------------------------------------------------------------------------------
+
+
+def copy_bandwidth_tbs() -> float:
+    import torch
+
+    from bench.timing import torch_time_us
+
+    src = torch.randn(2**28, device="cuda", dtype=torch.float32)  # 1 GiB
+    dst = torch.empty_like(src)
+    us = torch_time_us(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / (us * 1e-6) / 1e12
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+COLS = ("torch_bf16", "xla_bf16", "xla_deq", "xla_ref", "gemlite", "tinygemm", "jquant")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (int, float)):
+        return f"{v:.1f}"
+    return "-" if v is None else str(v)
+
+
+def write_report(out: str, env: dict, results: list[dict], sweeps: list[dict], bw_tbs: float) -> str:
+    os.makedirs(out, exist_ok=True)
+    lines = [
+        "# qmatmul benchmark",
+        "",
+        f"- card: {env['card']}",
+        f"- jax {env['jax']} (jaxlib {env['jaxlib']}), torch {env['torch']}, triton {env['triton']}, python {env['python']}",
+        f"- jquant commit: {env['commit']}, run {env['date_utc']} UTC",
+        f"- copy bandwidth (torch, 1 GiB, read+write): {bw_tbs:.2f} TB/s",
+        "- times: device-side median, microseconds (JAX: CUPTI sum of kernels per call, weights rotated over"
+        " >= 2x L2; torch: triton do_bench median, L2 flushed). `x/bf16` = torch_bf16 / jquant.",
+        "- weights: random codes, fp16 scales; activations bf16 random normal; every method checked"
+        f" against the f32 spec (rel. L2 err <= {REL_ERR_OK}) before timing.",
+        "",
+        "| case | " + " | ".join(COLS) + " | x/bf16 | GB/s (jquant) | % copy BW | backend |",
+        "|---" * (len(COLS) + 5) + "|",
+    ]
+    for r in results:
+        j, t = r.get("jquant"), r.get("torch_bf16")
+        ratio = f"{t / j:.2f}" if isinstance(j, float) and isinstance(t, float) else "-"
+        gbs = r["weight_bytes"] / (j * 1e-6) / 1e9 if isinstance(j, float) else None
+        pct = f"{100 * gbs / (bw_tbs * 1e3):.0f}%" if gbs and bw_tbs else "-"
+        lines.append(
+            f"| {r['case']} | "
+            + " | ".join(_fmt(r.get(c)) for c in COLS)
+            + f" | {ratio} | {_fmt(gbs)} | {pct} | {r.get('jquant_backend', '-')} |"
+        )
+    if sweeps:
+        lines += ["", "## Pallas config sweep", "", "| shape | M | config | us | err |", "|---|---|---|---|---|"]
+        for s in sweeps:
+            lines.append(f"| {s['shape']} | {s['m']} | `{s['config']}` | {_fmt(s.get('us'))} | {_fmt(s.get('err'))} |")
+    path = os.path.join(out, "qmatmul.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "qmatmul.json"), "w") as f:
+        json.dump({"env": env, "copy_bw_tbs": bw_tbs, "results": results, "sweeps": sweeps}, f, indent=1, default=str)
+    try:
+        plot(out, env, results)
+    except Exception as e:  # noqa: BLE001
+        _log(f"plot failed: {e}")
+    return path
+
+
+def plot(out: str, env: dict, results: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_shape: dict[str, list[dict]] = {}
+    for r in results:
+        if r["bits"] == 4 and r["group"] == 128 and "z" not in r["case"].split()[-1]:
+            by_shape.setdefault(r["case"].split()[0], []).append(r)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name, rs in sorted(by_shape.items()):
+        pts = [
+            (r["m"], r["torch_bf16"] / r["jquant"])
+            for r in rs
+            if isinstance(r.get("jquant"), float) and isinstance(r.get("torch_bf16"), float)
+        ]
+        if pts:
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("M (tokens)")
+    ax.set_ylabel("speedup over torch bf16 (cuBLAS)")
+    ax.set_title(f"jquant W4A16 g128 Pallas vs bf16 - {env['card'].split(',')[0]}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "qmatmul.png"), dpi=110)
+
+
+def short_table(results: list[dict]) -> str:
+    rows = ["case                          torch_bf16  xla_deq   gemlite  tinygemm   jquant   x/bf16"]
+    for r in results:
+        j, t = r.get("jquant"), r.get("torch_bf16")
+        ratio = f"{t / j:6.2f}" if isinstance(j, float) and isinstance(t, float) else "     -"
+        rows.append(
+            f"{r['case'][:29]:29s} {_fmt(r.get('torch_bf16')):>10s} {_fmt(r.get('xla_deq')):>8s} "
+            f"{_fmt(r.get('gemlite')):>9s} {_fmt(r.get('tinygemm')):>9s} {_fmt(r.get('jquant')):>8s} {ratio}"
+        )
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def plan(args) -> list[Case]:
+    shapes = [SHAPES_BY_NAME[s] for s in args.shapes.split(",")] if args.shapes else list(SHAPES)
+    ms = [int(v) for v in args.ms.split(",")] if args.ms else list(M_TABLE)
+    cases = [Case(s, m) for s in shapes for m in ms]
+    if not args.no_extras:
+        sq = SHAPES_BY_NAME["70b_o"]
+        cases += [Case(sq, m) for m in M_VALUES if m not in ms]  # full M sweep on 8192x8192
+        for m in (1, 16):  # group sizes, zero points and 8-bit on the square shape
+            cases += [Case(sq, m, group=g) for g in (32, 64, -1)]
+            cases += [Case(sq, m, zero=True), Case(sq, m, bits=8), Case(sq, m, bits=8, group=-1)]
+        cases += [Case(sq, 1024, bits=8), Case(sq, 1024, zero=True)]
+    return cases
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=None, help="results folder (default bench/results/<card>)")
+    p.add_argument("--log-dir", default=os.environ.get("OUT"), help="also copy results here ($OUT on the device)")
+    p.add_argument("--shapes", default="", help="comma list of bench.shapes names (default: all)")
+    p.add_argument("--ms", default="", help="comma list of M (default bench.shapes.M_TABLE)")
+    p.add_argument("--methods", default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,jquant")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--sweep", action="store_true", help="also sweep Pallas tile configs on 70b_o / 8b_gate_up")
+    p.add_argument("--no-extras", action="store_true", help="skip the M sweep / group / 8-bit cases")
+    p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this many seconds")
+    args = p.parse_args(argv)
+    t0 = time.time()
+
+    env = env_info()
+    _log(json.dumps(env))
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", card_slug(env["card"]))
+    gemlite_mod = None
+    if "gemlite" in args.methods:
+        vendor = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".bench_vendor")
+        if os.path.isdir(vendor):
+            sys.path.insert(0, vendor)
+        try:
+            import gemlite as gemlite_mod  # noqa: F811
+        except Exception as e:  # noqa: BLE001
+            _log(f"gemlite unavailable: {type(e).__name__}: {e}")
+    bw = copy_bandwidth_tbs()
+    _log(f"copy bandwidth {bw:.2f} TB/s")
+
+    sweeps: list[dict] = []
+    if args.sweep:
+        for shape, m in (("70b_o", 1), ("70b_o", 16), ("8b_gate_up", 1), ("70b_o", 128), ("70b_o", 1024)):
+            if time.time() - t0 > args.budget_s:
+                break
+            sweeps += sweep(SHAPES_BY_NAME[shape], m, sweep_configs(m), iters=10)
+
+    methods = args.methods.split(",")
+    results = []
+    for case in plan(args):
+        if time.time() - t0 > args.budget_s:
+            _log(f"budget reached, skipping {case.label} and the rest")
+            break
+        _log(f"{case.label}  [{time.time() - t0:.0f}s]")
+        results.append(run_case(case, methods, args.iters, gemlite_mod))
+        write_report(out, env, results, sweeps, bw)  # keep partial results
+    path = write_report(out, env, results, sweeps, bw)
+    if args.log_dir:
+        import shutil
+
+        for f in ("qmatmul.md", "qmatmul.json", "qmatmul.png"):
+            if os.path.exists(os.path.join(out, f)):
+                shutil.copy(os.path.join(out, f), os.path.join(args.log_dir, f))
+    _log(f"wrote {path} in {time.time() - t0:.0f}s")
+    _log(short_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Tile configurations and the heuristic that picks one for the W4A16 / W8A16 Pallas-Triton kernel.
+
+Two regimes (BENCH.md, "Count bytes and flops first"):
+
+* decode, M <= 64: bandwidth-bound. The weight bytes (N*K/2 for 4-bit) dwarf x and y, so the goal
+  is every weight byte read once with many bytes in flight: a small M tile (16, the smallest
+  ``tl.dot`` M), a narrow N tile and split-K so that the grid has several programs per SM.
+  Split-K partials are f32 [S, M, N] summed by one small XLA reduction.
+* prefill, M > 64: compute-bound. Large (bm, bn) tiles for tensor-core reuse, no split.
+
+The numbers below come from the sweep in ``bench/qmatmul.py`` (``--sweep``) on the lent Hopper
+card; `bench/results/<card>/qmatmul.md` records which one won per shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["WNA16Config", "decode_config", "prefill_config", "DECODE_MAX_M", "NUM_SMS_DEFAULT"]
+
+# Largest M the decode backend accepts; above it the prefill tiles win (tensor-core reuse).
+DECODE_MAX_M = 64
+# Hopper H100 / H200 SXM multiprocessor count; used to size split-K when the device is unknown.
+NUM_SMS_DEFAULT = 132
+
+
+@dataclasses.dataclass(frozen=True)
+class WNA16Config:
+    """Static launch parameters of `jquant.pallas.wna16_triton.wna16_matmul`.
+
+    Attributes:
+        bm: rows of x per program (power of two, >= 16: the smallest ``tl.dot`` M).
+        bn: output columns (weight rows) per program (power of two, >= 16).
+        bk: K columns per loop step (power of two). A step is split into sub-blocks of
+            ``min(group, bk)`` columns, one scale per sub-block.
+        split_k: number of K chunks run by separate programs (f32 partials, summed after).
+        num_warps: Triton warps per program.
+        num_stages: Triton software-pipelining depth of the K loop.
+        scale_on_output: True: dot the integer-valued codes (exact in bf16/f16) and scale the f32
+            product per group (most accurate; cheap when bm is small). False: scale the weights in
+            f32 and round them to the activation dtype before the dot (fewer f32 ops at large bm).
+    """
+
+    bm: int = 16
+    bn: int = 64
+    bk: int = 256
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    scale_on_output: bool = True
+
+    def __post_init__(self):
+        for f in ("bm", "bn", "bk"):
+            v = getattr(self, f)
+            if v < 16 or v & (v - 1):
+                raise ValueError(f"WNA16Config.{f}={v} must be a power of two >= 16 (Triton lowering)")
+        if self.split_k < 1:
+            raise ValueError(f"WNA16Config.split_k={self.split_k} must be >= 1")
+
+
+def _pow2_at_least(v: int, lo: int) -> int:
+    p = lo
+    while p < v:
+        p *= 2
+    return p
+
+
+def decode_config(m: int, n: int, k: int, *, bits: int, num_sms: int = NUM_SMS_DEFAULT) -> WNA16Config:
+    """Split-K GEMV-style tiles for M <= `DECODE_MAX_M`.
+
+    Sizing: a (bn x bk) step reads bn*bk*bits/8 weight bytes (16 KiB for bn=128, bk=256, 4-bit);
+    split-K raises the number of programs to about 4 per SM so that enough loads are in flight to
+    cover HBM latency, while each split still runs >= 4 loop steps for the pipeliner.
+    """
+    bm = _pow2_at_least(m, 16)
+    bn = 64 if bm <= 16 else 32
+    bk = 512 if bits == 4 else 256
+    n_blocks = -(-n // bn)
+    steps = max(1, -(-k // bk))
+    split = 1
+    while n_blocks * split * 2 <= 4 * num_sms and steps // (split * 2) >= 4:
+        split *= 2
+    return WNA16Config(bm=bm, bn=bn, bk=bk, split_k=split, num_warps=4, num_stages=3, scale_on_output=True)
+
+
+def prefill_config(m: int, n: int, k: int, *, bits: int, num_sms: int = NUM_SMS_DEFAULT) -> WNA16Config:
+    """Tensor-core tiles for M > `DECODE_MAX_M` (128x128 output tiles, 64-deep K steps)."""
+    bm = 64 if m <= 64 else 128
+    return WNA16Config(
+        bm=bm, bn=128, bk=64, split_k=1, num_warps=8 if bm == 128 else 4, num_stages=4, scale_on_output=False
+    )

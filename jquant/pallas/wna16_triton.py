@@ -1,0 +1,228 @@
+"""W4A16 / W8A16 group-wise quantized matmul as a Pallas kernel for the Triton lowering.
+
+Computes ``y = x @ W.T`` for a canonical `QArray` ``W`` (HF orientation [N, K]) whose codes are
+
+* 4-bit, packed two per byte along K (canonical: element 2i in the low nibble of byte i), or
+* 8-bit, one per byte (uint8 or int8),
+
+with ``w'[n, j] = (code[n, j] - bias - zero[n, j // G]) * scale[n, j // G]`` (``zero`` optional,
+integer codes), groups ``G`` (power of two >= 32) or one scale per row (per-channel). The kernel
+reads the canonical bytes as they are; there is no repacking step.
+
+Unpacking: a [bn, bk/2] byte tile gives the low nibbles (even K columns) and high nibbles (odd
+columns) as two [bn, bk/2] tiles; a last-axis ``jnp.stack`` + reshape (Triton's ``tl.join``, i.e.
+``tl.interleave``) puts them back in K order, so x is read contiguously. 8-bit codes need nothing.
+
+Scales: with ``scale_on_output`` the dot runs on the integer values ``code - bias - zero``
+(exactly representable in bf16 and f16: |v| <= 255) and the f32 product is scaled per group, one
+sub-block of ``min(G, bk)`` columns at a time; otherwise the weights are scaled in f32 and rounded
+to the activation dtype before the dot (Marlin/exllama-style). Accumulation is f32 throughout.
+
+Grid: (cdiv(M, bm), cdiv(N, bn), split_k). Edges of M, N and K are masked (loads give 0, stores are
+masked), so no shape needs padding. With split_k > 1 each program writes an f32 partial
+[split_k, M, N] and one XLA reduction sums them (decode path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from jquant.pallas.wna16_config import WNA16Config
+
+__all__ = ["WNA16Layout", "wna16_matmul"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WNA16Layout:
+    """Static description of the quantized weight, derived from a `QArray` (see `layout_of`).
+
+    Attributes:
+        n, k: logical weight shape [N, K].
+        bits: 4 or 8 (code container width).
+        bias: subtracted from every code (8 for uint4b8, 128 for uint8b128, 0 otherwise).
+        group: K columns per scale; ``k`` for per-channel.
+        has_zero: a uint8 zero-point array of the scale's shape is passed.
+    """
+
+    n: int
+    k: int
+    bits: int
+    bias: int
+    group: int
+    has_zero: bool
+
+    @property
+    def per_channel(self) -> bool:
+        return self.group >= self.k
+
+    @property
+    def n_groups(self) -> int:
+        return -(-self.k // self.group)
+
+
+def _dot_nt(a, b):
+    """a [m, k] @ b[n, k].T -> f32 [m, n] (``tl.dot`` with a transposed B; same dtypes)."""
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out_partial: bool, poison: bool):
+    if poison:  # the NaN-filled buffer aliased to the output: drop its input ref
+        refs = refs[:-2] + refs[-1:]
+    if lay.has_zero:
+        x_ref, q_ref, s_ref, z_ref, o_ref = refs
+    else:
+        x_ref, q_ref, s_ref, o_ref = refs
+        z_ref = None
+    bm, bn, bk = cfg.bm, cfg.bn, cfg.bk
+    k = lay.k
+    sw = min(lay.group, bk)  # sub-block width: one scale column per sub-block
+    n_sub = bk // sw
+    per_byte = 8 // lay.bits  # codes per byte: 2 (4-bit) or 1 (8-bit)
+    cdt = x_ref.dtype  # compute dtype of the dot operands (bf16 / f16)
+
+    pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    m0 = pid_m * bm
+    n0 = pid_n * bn
+    rows = m0 + jax.lax.broadcasted_iota(jnp.int32, (bm, 1), 0)  # [bm, 1]
+    cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)  # [bn, 1] weight rows = output columns
+    row_ok = rows < m
+    col_ok = cols < lay.n
+    k_begin = pid_s * k_chunk
+
+    def group_params(g):
+        """Scale [1, bn] f32 and offset (bias + zero) [bn, 1] int32 of scale column ``g`` (traced)."""
+        g_ok = col_ok & (g < lay.n_groups)
+        s = pltriton.load(s_ref.at[pl.ds(n0, bn), pl.ds(g, 1)], mask=g_ok, other=0).astype(jnp.float32)
+        off = jnp.full((bn, 1), lay.bias, jnp.int32)
+        if z_ref is not None:
+            off = off + pltriton.load(z_ref.at[pl.ds(n0, bn), pl.ds(g, 1)], mask=g_ok, other=0).astype(jnp.int32)
+        return s.reshape(1, bn), off
+
+    def sub_block(kk, acc, s_row, off):
+        """Adds x[:, kk:kk+sw] @ w[:, kk:kk+sw].T to ``acc`` (scaled by s_row unless per-channel)."""
+        nb = sw // per_byte  # code bytes of this sub-block per weight row
+        kb = kk // per_byte
+        byte_idx = kb + jax.lax.broadcasted_iota(jnp.int32, (1, nb), 1)
+        q = pltriton.load(
+            q_ref.at[pl.ds(n0, bn), pl.ds(kb, nb)], mask=col_ok & (byte_idx < k // per_byte), other=0
+        ).astype(jnp.int32)
+        scale_w = not (cfg.scale_on_output or lay.per_channel)
+
+        def values(c):  # integer codes -> dot operand (exact ints, or scaled weights when scale_w)
+            v = c - off  # exact integers in [-255, 255]
+            if scale_w:
+                return (v.astype(jnp.float32) * s_row.reshape(bn, 1)).astype(cdt)
+            return v.astype(cdt)
+
+        if lay.bits == 4:
+            # Canonical nibble order: column 2i is the low nibble of byte i. Interleave back with a
+            # last-axis stack (tt.join) + reshape, Triton's tl.interleave.
+            lo = values(q & 0xF)
+            hi = values(jax.lax.shift_right_logical(q, 4) & 0xF)
+            w = jnp.stack([lo, hi], axis=-1).reshape(bn, sw)
+        else:
+            w = values(q)
+        x_idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, sw), 1)
+        xs = pltriton.load(x_ref.at[pl.ds(m0, bm), pl.ds(kk, sw)], mask=row_ok & (x_idx < k), other=0)
+        part = _dot_nt(xs, w)
+        if lay.per_channel or scale_w:
+            return acc + part
+        return acc + part * s_row
+
+    if lay.per_channel:
+        s_row, off = group_params(0)
+    else:
+        s_row = off = None
+
+    def step(i, acc):
+        k0 = k_begin + i * bk
+        for j in range(n_sub):  # static unroll over the groups of one step
+            kk = k0 + j * sw
+            if lay.per_channel:
+                acc = sub_block(kk, acc, s_row, off)
+            else:
+                s_g, off_g = group_params(kk // lay.group)
+                acc = sub_block(kk, acc, s_g, off_g)
+        return acc
+
+    acc = jax.lax.fori_loop(0, k_chunk // bk, step, jnp.zeros((bm, bn), jnp.float32))
+    if lay.per_channel:
+        acc = acc * s_row
+    out_mask = row_ok & col_ok.reshape(1, bn)
+    if out_partial:
+        pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], acc, mask=out_mask)
+    else:
+        pltriton.store(o_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(o_ref.dtype), mask=out_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("lay", "cfg", "interpret", "name", "poison"))
+def wna16_matmul(
+    x,
+    codes,
+    scale,
+    zero=None,
+    *,
+    lay: WNA16Layout,
+    cfg: WNA16Config,
+    interpret=False,
+    name: str = "jquant_wna16",
+    poison: bool = False,
+):
+    """``x @ W.T`` for the canonical codes/scales/zeros described by ``lay``.
+
+    Args:
+        x: [M, K] bf16 or f16 activations (already permuted by the QArray's ``perm``, if any).
+        codes: uint8 [N, K/2] (4-bit, canonical nibble order) or uint8/int8 [N, K] (8-bit).
+        scale: [N, ceil(K/G)] f32/f16/bf16 scales (``[N, 1]`` per-channel).
+        zero: None, or uint8 [N, ceil(K/G)] zero-point codes.
+        lay: static weight description.
+        cfg: static tile configuration.
+        interpret: run the Pallas interpreter (CPU tests).
+        name: kernel name in profiles.
+        poison: tests only: the kernel writes into a NaN-filled buffer (aliased to the output), so
+            any element it fails to write shows up as NaN.
+
+    Returns:
+        [M, N] in ``x.dtype``.
+    """
+    m, k = x.shape
+    if k != lay.k:
+        raise ValueError(f"x has K={k}, weight has K={lay.k}")
+    if lay.has_zero != (zero is not None):
+        raise ValueError("zero must be passed exactly when lay.has_zero")
+    bk = cfg.bk
+    steps = -(-k // bk)
+    split = max(1, min(cfg.split_k, steps))
+    k_chunk = -(-steps // split) * bk
+    split = -(-k // k_chunk)  # drop splits that would start beyond K
+    out_partial = split > 1
+    grid = (pl.cdiv(m, cfg.bm), pl.cdiv(lay.n, cfg.bn), split)
+    out_shape = (
+        jax.ShapeDtypeStruct((split, m, lay.n), jnp.float32)
+        if out_partial
+        else jax.ShapeDtypeStruct((m, lay.n), x.dtype)
+    )
+    kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
+    args = (x, codes, scale) if zero is None else (x, codes, scale, zero)
+    aliases = {}
+    if poison:
+        args += (jnp.full(out_shape.shape, jnp.nan, out_shape.dtype),)
+        aliases = {len(args) - 1: 0}
+    y = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        input_output_aliases=aliases,
+        interpret=interpret,
+        name=name,
+        compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+    )(*args)
+    if out_partial:
+        y = y.sum(axis=0).astype(x.dtype)
+    return y

@@ -1,0 +1,87 @@
+"""Registration, dispatch and the reasons the Pallas backends give when they decline."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jquant.pallas  # noqa: F401
+from jquant.core.qarray import QArray
+from jquant.core.qtypes import fp8_e4m3, nf4
+from jquant.ops.backend import BACKENDS, available_backends
+from jquant.ops.qmatmul import explain, select
+from jquant.pallas import WNA16Backend
+from tests.pallas.helpers import make_weight
+
+RNG = np.random.default_rng(0)
+
+
+def test_registered_for_gpu_only_with_priorities():
+    names = [b.name for b in available_backends("gpu")]
+    assert names.index("pallas_triton_wna16_decode") < names.index("pallas_triton_wna16_prefill")
+    assert names[-1] == "xla_reference"
+    assert "pallas_triton_wna16_decode" not in [b.name for b in available_backends("cpu")]
+
+
+@pytest.mark.parametrize("m, expect", [(1, "decode"), (64, "decode"), (65, "prefill"), (4096, "prefill")])
+def test_dispatch_by_m(m, expect):
+    w = make_weight(RNG, 64, 256, bits=4, group=128)
+    x = jax.ShapeDtypeStruct((m, 256), jnp.bfloat16)
+    b, skipped = select(x, w, platform="gpu")
+    assert b.name == f"pallas_triton_wna16_{expect}", skipped
+    if expect == "prefill":
+        assert any("decode" in s and "M=" in s for s in skipped)
+
+
+def _decline(w, x=None, mode="decode"):
+    x = x if x is not None else jax.ShapeDtypeStruct((1, w.shape[1]), jnp.bfloat16)
+    ok, why = WNA16Backend(mode).supports(x, w)
+    assert not ok and why
+    return why
+
+
+def test_declines_with_reasons():
+    base = make_weight(RNG, 32, 256, bits=4, group=128)
+    assert "dtype float32" in _decline(base, jax.ShapeDtypeStruct((1, 256), jnp.float32))
+    assert "K=" in _decline(base, jax.ShapeDtypeStruct((1, 128), jnp.bfloat16))
+    assert "M=65" in _decline(base, jax.ShapeDtypeStruct((65, 256), jnp.bfloat16))
+    assert "scale2" in _decline(base.replace(scale2=np.ones((1, 1), np.float32)))
+    assert "group size 16" in _decline(make_weight(RNG, 32, 256, bits=4, group=16))
+    assert "group size 48" in _decline(base.replace(block=(1, 48), scale=np.ones((32, 6), np.float16)))
+    assert "block (128, 128)" in _decline(base.replace(block=(128, 128), scale=np.ones((1, 2), np.float16)))
+    fz = make_weight(RNG, 32, 256, bits=4, group=128, zero=True)
+    assert "zero dtype float16" in _decline(fz.replace(zero=fz.zero.astype(np.float16)))
+    fp8 = QArray(
+        data=np.zeros((32, 256), fp8_e4m3.storage_dtype),
+        scale=np.ones((32, 1), np.float32),
+        qtype=fp8_e4m3,
+        shape=(32, 256),
+        block=(1, 256),
+    )
+    assert "not an integer code type" in _decline(fp8)
+    n4 = QArray(
+        data=np.zeros((32, 128), np.uint8),
+        scale=np.ones((32, 4), np.float16),
+        qtype=nf4,
+        shape=(32, 256),
+        block=(1, 64),
+    )
+    assert "not an integer code type" in _decline(n4)
+    assert "float8_e4m3fn" in _decline(base.replace(scale=base.scale.astype(fp8_e4m3.storage_dtype)))
+
+
+def test_explain_names_pallas_on_gpu():
+    w = make_weight(RNG, 64, 256, bits=8, group=-1)
+    text = explain(jax.ShapeDtypeStruct((3, 256), jnp.float16), w, platform="gpu")
+    assert "pallas_triton_wna16_decode" in text.splitlines()[0]
+
+
+def test_forced_backend_raises_when_it_declines():
+    w = make_weight(RNG, 64, 256, bits=4, group=16)
+    from jquant.ops import qmatmul
+
+    with pytest.raises(ValueError, match="group size 16"):
+        qmatmul(jnp.zeros((1, 256), jnp.bfloat16), w, implementation="pallas_triton_wna16_decode")
+    assert "pallas_triton_wna16_prefill" in BACKENDS
