@@ -6,7 +6,9 @@ Layout of an output folder::
     OUT/config.json          the HF-style config
     OUT/model.safetensors    plain tensors under their HF name; a QArray's arrays under
                              "<name>:data", "<name>:scale", "<name>:zero", "<name>:perm", "<name>:scale2",
-                             with its static description (qtype, shape, block) in __metadata__["qarrays"]
+                             with its static description (qtype, shape, block) in __metadata__["qarrays"];
+                             an ActQuant (input-activation recipe) likewise under "<name>:scale" etc.,
+                             described in __metadata__["activations"]
     OUT/tokenizer*, ...      tokenizer files copied from a source folder, when it has them
 
 The folder is written under a temporary name beside OUT and renamed into place only when complete,
@@ -25,6 +27,7 @@ import numpy as np
 
 from jquant.convert.checkpoint import Checkpoint
 from jquant.convert.safetensors_io import SafetensorsFile, write_safetensors
+from jquant.core.activation import ActQuant
 from jquant.core.errors import CorruptFileError, FormatError, UnsupportedFormatError
 from jquant.core.qarray import LAYOUT_VERSION, QArray
 from jquant.core.qtypes import QType
@@ -33,6 +36,7 @@ __all__ = ["save", "load", "is_canonical", "MARKER"]
 
 MARKER = "jquant.json"
 _FIELDS = ("data", "scale", "zero", "perm", "scale2")
+_ACT_FIELDS = ("scale", "zero", "global_scale")
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -68,6 +72,7 @@ def save(
     try:
         tensors: dict[str, np.ndarray] = {}
         statics: dict[str, dict] = {}
+        acts: dict[str, dict] = {}
         items = list(ckpt.weights.items())
         for i, (name, w) in enumerate(items):
             if progress is not None:
@@ -77,9 +82,16 @@ def save(
                 statics[name] = w.static_json()
                 for f, a in w.arrays().items():
                     tensors[f"{name}:{f}"] = np.asarray(a)
+            elif isinstance(w, ActQuant):
+                w.validate(name)
+                acts[name] = w.static_json()
+                for f, a in w.arrays().items():
+                    tensors[f"{name}:{f}"] = np.asarray(a)
             else:
                 tensors[name] = np.asarray(w)
         meta = {"qarrays": json.dumps(statics), "layout_version": str(LAYOUT_VERSION)}
+        if acts:
+            meta["activations"] = json.dumps(acts)
         write_safetensors(tmp / "model.safetensors", tensors, meta)
         (tmp / "config.json").write_text(json.dumps(ckpt.config, indent=2, default=str))
         src = ckpt.metadata.get("source")
@@ -126,8 +138,9 @@ def load(folder: str | os.PathLike) -> Checkpoint:
     sf = SafetensorsFile(folder / "model.safetensors")
     try:
         statics = json.loads(sf.metadata.get("qarrays", "{}"))
+        acts = json.loads(sf.metadata.get("activations", "{}"))
     except json.JSONDecodeError:
-        raise CorruptFileError("__metadata__['qarrays'] is not valid JSON", file=sf.path) from None
+        raise CorruptFileError("__metadata__['qarrays'] or ['activations'] is not valid JSON", file=sf.path) from None
     weights: dict = {}
     qnames = set(statics)
     for name in sf:
@@ -135,6 +148,10 @@ def load(folder: str | os.PathLike) -> Checkpoint:
         if sep and base in qnames:
             if field not in _FIELDS:
                 raise CorruptFileError(f"unknown QArray field {field!r}", file=sf.path, tensor=name)
+            continue
+        if sep and base in acts:
+            if field not in _ACT_FIELDS:
+                raise CorruptFileError(f"unknown ActQuant field {field!r}", file=sf.path, tensor=name)
             continue
         weights[name] = sf[name]
     for name, st in statics.items():
@@ -149,6 +166,12 @@ def load(folder: str | os.PathLike) -> Checkpoint:
             layout_version=st["layout_version"],
         )
         weights[name] = q.validate(name)
+    for name, st in acts.items():
+        arrays = {f: np.asarray(sf[f"{name}:{f}"]) for f in _ACT_FIELDS if f"{name}:{f}" in sf}
+        try:
+            weights[name] = ActQuant.from_json(st, arrays).validate(name)
+        except (KeyError, TypeError) as e:
+            raise CorruptFileError(f"bad activation description ({e})", file=sf.path, tensor=name) from None
     metadata = dict(marker.get("metadata", {}))
     metadata["canonical_path"] = str(folder)
     return Checkpoint(format=marker["format"], config=config, weights=weights, metadata=metadata)
