@@ -141,9 +141,7 @@ class GGUF(Format, name="gguf"):
     def from_config(cls, config: Mapping[str, Any], tensor_names: Collection[str]) -> GGUF:
         """From an HF config already derived from GGUF metadata (``model_type`` picks the arch)."""
         mt = config.get("model_type")
-        spec = next((s for s in (*ARCHS.values(),) if s.model_type == mt), None)
-        if mt == "mistral":
-            spec = arch_spec({"general.architecture": "llama", "general.name": "mistral"})
+        spec = next((s for s in ARCHS.values() if s.model_type == mt), None)
         if spec is None:
             raise UnsupportedFormatError(f"model_type {mt!r} has no GGUF mapping; supported: {sorted(ARCHS)}")
         return cls(spec, dict(config))

@@ -1,17 +1,23 @@
 """GGUF architectures: metadata -> HF-style config, GGUF tensor names -> HF names, Q/K row order.
 
-Supported: ``llama`` (also SmolLM, and Mistral: llama.cpp's converter writes Mistral 7B-style models
-with ``general.architecture = "llama"``; gguf-py 0.19 has no plain ``mistral`` arch, only the
-unrelated ``mistral3``/``mistral4``), ``qwen2`` and ``qwen3``.
+Supported: ``llama`` (also SmolLM and Mistral), ``qwen2`` and ``qwen3``.
+
+Mistral: llama.cpp's converter writes Mistral-7B-style models with ``general.architecture =
+"llama"`` (``convert_hf_to_gguf.py``: ``MistralForCausalLM`` is registered on ``LlamaModel``;
+gguf-py 0.19 has no plain ``mistral`` arch, only the different ``mistral3`` / ``mistral4``), and
+llama.cpp runs them as llama (no sliding window), so jquant maps them to ``LlamaForCausalLM``.
+transformers 5.24 switches to ``model_type="mistral"`` only when ``general.name == "mistral"``
+exactly (it tests ``"mistral" in [name]``), and then fails to load the weights with gguf 0.19
+("Unknown gguf model_type: mistral"); jquant does not copy that quirk.
 
 The config follows transformers' GGUF loader (``modeling_gguf_pytorch_utils.load_gguf_checkpoint``
 with ``integrations/ggml.py GGUF_CONFIG_MAPPING``), including its quirks, so that a jquant
 checkpoint and ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` build the same model:
 
-* ``model_type`` is ``"mistral"`` only when an ``llama``-arch file has ``general.name == "mistral"``
-  exactly (transformers tests list membership ``"mistral" in [name]``); otherwise ``"llama"``.
-* ``head_dim`` is ``{arch}.rope.dimension_count`` for llama/mistral; qwen2 uses hidden / heads;
-  qwen3 uses ``attention.key_length`` when present (llama.cpp writes it when head_dim differs).
+* ``head_dim`` is ``{arch}.rope.dimension_count`` for llama; qwen2 uses hidden / heads; qwen3 uses
+  ``attention.key_length`` when present (llama.cpp writes it from the HF ``head_dim``), else
+  hidden / heads as llama.cpp does. (transformers ignores key_length for qwen3 and relies on
+  ``Qwen3Config``'s default head_dim of 128, which real Qwen3 checkpoints happen to use.)
 * ``tie_word_embeddings`` is true exactly when the file has no ``output.weight``.
 
 llama.cpp's ``convert_hf_to_gguf.py LlamaModel.modify_tensors`` permutes the rows of ``attn_q`` /
@@ -59,7 +65,6 @@ ARCHS: dict[str, ArchSpec] = {
     "qwen2": ArchSpec("qwen2", "Qwen2ForCausalLM", "qwen2", False, None),
     "qwen3": ArchSpec("qwen3", "Qwen3ForCausalLM", "qwen3", False, "attention.key_length"),
 }
-_MISTRAL = ArchSpec("llama", "MistralForCausalLM", "mistral", True, "rope.dimension_count")
 
 
 def arch_spec(metadata: Mapping[str, Any], *, file: Any = None) -> ArchSpec:
@@ -77,8 +82,6 @@ def arch_spec(metadata: Mapping[str, Any], *, file: Any = None) -> ArchSpec:
             file=file,
             tensor="general.architecture",
         )
-    if arch == "llama" and metadata.get("general.name") == "mistral":
-        return _MISTRAL
     return ARCHS[arch]
 
 
@@ -147,7 +150,7 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, fil
         "vocab_size": None if vocab is None else int(vocab),
         "tie_word_embeddings": "output.weight" not in tensor_names,
     }
-    if spec.model_type in ("llama", "mistral"):
+    if spec.model_type == "llama":
         cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
         cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensor_names
     for key, cfg_key in (
