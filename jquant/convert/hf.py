@@ -22,7 +22,7 @@ from jquant.formats import Format, TensorGroup, detect_format
 __all__ = ["read_config", "open_shards", "iter_groups", "convert_hf"]
 
 # Side files some producers write instead of (or besides) config.json's quantization_config.
-_SIDE_FILES = {"quantize_config.json": "gptq", "quant_config.json": "awq"}
+_SIDE_FILES = {"quantize_config.json": "gptq", "quant_config.json": "awq", "hf_quant_config.json": "modelopt"}
 
 
 def _load_json(path: Path) -> dict:
