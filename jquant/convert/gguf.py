@@ -25,7 +25,7 @@ from jquant.convert.gguf_reader import GGUFFile
 from jquant.core.errors import CorruptFileError
 from jquant.core.qarray import LAYOUT_VERSION, QArray
 from jquant.formats.base import TensorGroup
-from jquant.formats.gguf import GGUF, RawTensor, hf_name
+from jquant.formats.gguf import GGUF, NON_WEIGHTS, RawTensor, hf_name
 
 __all__ = ["convert_gguf", "gguf_metadata_summary"]
 
@@ -89,11 +89,16 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
             f"this is one of {f.metadata['split.count']} split files; merge them first (llama-gguf-split --merge)",
             file=path,
         )
-    fmt = GGUF.from_metadata(f.metadata, list(f.tensors), file=path)
+    rope_freqs = f["rope_freqs.weight"] if "rope_freqs.weight" in f else None
+    if rope_freqs is not None and f.ggml_type("rope_freqs.weight").name != "F32":
+        raise CorruptFileError("rope_freqs must be F32", file=path, tensor="rope_freqs.weight")
+    fmt = GGUF.from_metadata(f.metadata, list(f.tensors), rope_freqs=rope_freqs, file=path)
     records = _Records(f)
     groups: dict[str, dict[str, tuple[_Records, str]]] = collections.defaultdict(dict)
     seen: dict[str, str] = {}
     for gname in f.tensors:
+        if gname in NON_WEIGHTS:
+            continue
         name = hf_name(gname, file=path)
         if name in seen:
             raise CorruptFileError(f"maps to HF name {name!r} like {seen[name]!r}", file=path, tensor=gname)
@@ -117,4 +122,6 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
         "tokenizer_source": str(path) if "tokenizer.ggml.model" in f.metadata else None,
         "gguf": gguf_metadata_summary(f),
     }
+    if rope_freqs is not None:
+        metadata["rope_freqs"] = np.asarray(rope_freqs, dtype=np.float32).tolist()
     return Checkpoint(format=fmt.name, config=fmt.config, weights=weights, metadata=metadata)

@@ -197,6 +197,17 @@ class GGUFFile(Mapping):
         self.tensors: dict[str, TensorInfo] = {}
         for name, ne, tid, off in infos:
             self.tensors[name] = self._check_tensor(name, ne, tid, off, size)
+        # Tensors may not share bytes: a shape x type that claims more bytes than the tensor's slot
+        # shows up here (llama.cpp gguf.cpp likewise requires each offset to follow the previous one).
+        by_start = sorted(self.tensors.values(), key=lambda t: t.offset)
+        for a, b in zip(by_start, by_start[1:]):
+            if a.offset + a.nbytes > b.offset:
+                raise CorruptFileError(
+                    f"data [{a.offset}, {a.offset + a.nbytes}) ({list(a.shape)} x {a.type.name}) overlaps "
+                    f"tensor {b.name!r} starting at {b.offset}: shape and type disagree with the layout",
+                    file=self.path,
+                    tensor=a.name,
+                )
 
     # ---- parsing helpers --------------------------------------------------------------------
     def _value(self, cur: _Cursor, vtype: int, key: str) -> tuple[Any, str]:

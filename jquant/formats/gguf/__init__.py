@@ -31,7 +31,16 @@ import numpy as np
 from jquant.core.errors import FormatError, UnsupportedFormatError
 from jquant.core.qarray import QArray
 from jquant.formats.base import Format, TensorGroup
-from jquant.formats.gguf.arch import ARCHS, ArchSpec, arch_spec, hf_config, hf_name, qk_row_order
+from jquant.formats.gguf.arch import (
+    ARCHS,
+    NON_WEIGHTS,
+    ArchSpec,
+    arch_spec,
+    hf_config,
+    hf_name,
+    llama3_rope_scaling,
+    qk_row_order,
+)
 from jquant.formats.gguf.types import CANONICAL, GGML_TYPES, GGMLType, ggml_type, to_qarray
 
 __all__ = [
@@ -44,6 +53,7 @@ __all__ = [
     "ggml_type",
     "hf_config",
     "hf_name",
+    "NON_WEIGHTS",
     "convert_tensor",
     "dequantize_gguf",
 ]
@@ -134,8 +144,34 @@ class GGUF(Format, name="gguf"):
         self.spec, self.config, self.file = spec, config, file
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any], tensor_names: Collection[str], *, file: Any = None) -> GGUF:
-        return cls(arch_spec(metadata, file=file), hf_config(metadata, tensor_names, file=file), file)
+    def from_metadata(
+        cls,
+        metadata: Mapping[str, Any],
+        tensor_names: Collection[str],
+        *,
+        rope_freqs: np.ndarray | None = None,
+        file: Any = None,
+    ) -> GGUF:
+        """Builds the format (and the HF config) from a file's metadata.
+
+        Args:
+            metadata: key -> value.
+            tensor_names: GGUF tensor names in the file.
+            rope_freqs: the file's ``rope_freqs.weight`` (float32 [head_dim / 2]) if it has one:
+                Llama-3.1 rope scaling, turned back into ``config["rope_scaling"]``.
+            file: for error messages.
+        """
+        config = hf_config(metadata, tensor_names, file=file)
+        if rope_freqs is not None and config.get("rope_scaling") is None:
+            scaling = llama3_rope_scaling(rope_freqs, config["rope_theta"], config["head_dim"])
+            if scaling is None:
+                warnings.warn(
+                    f"{file}: rope_freqs.weight does not match Llama-3 rope scaling; it is kept in "
+                    "Checkpoint.metadata['rope_freqs'] and config['rope_scaling'] is left unset",
+                    stacklevel=2,
+                )
+            config["rope_scaling"] = scaling
+        return cls(arch_spec(metadata, file=file), config, file)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], tensor_names: Collection[str]) -> GGUF:

@@ -38,7 +38,16 @@ import numpy as np
 
 from jquant.core.errors import ConfigError, UnsupportedFormatError
 
-__all__ = ["ArchSpec", "ARCHS", "arch_spec", "hf_config", "hf_name", "qk_row_order"]
+__all__ = [
+    "ArchSpec",
+    "ARCHS",
+    "arch_spec",
+    "hf_config",
+    "hf_name",
+    "qk_row_order",
+    "llama3_rope_scaling",
+    "NON_WEIGHTS",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +115,58 @@ def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | No
     if f"{arch}.rope.scaling.original_context_length" in metadata:
         out["original_max_position_embeddings"] = int(metadata[f"{arch}.rope.scaling.original_context_length"])
     return out
+
+
+def llama3_rope_factors(theta: float, head_dim: int, scaling: Mapping[str, float]) -> np.ndarray:
+    """The per-frequency divisors llama.cpp stores as ``rope_freqs.weight`` for Llama-3.1 rope scaling.
+
+    Port of ``convert_hf_to_gguf.py LlamaModel.generate_extra_tensors`` (float32 frequencies,
+    float64 arithmetic as in Python's math).
+    """
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    freqs = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))).astype(
+        np.float32
+    )
+    out = []
+    for f in freqs.astype(np.float64):
+        wavelen = 2 * np.pi / f
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
+def llama3_rope_scaling(rope_freqs: np.ndarray, theta: float, head_dim: int) -> dict[str, Any] | None:
+    """Recovers HF's llama3 ``rope_scaling`` from llama.cpp's ``rope_freqs`` tensor, or None.
+
+    The tensor is a function of (factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings); factor is its maximum, and the other three are searched
+    among the values Llama 3.x releases use. A match must reproduce every entry to 1e-6 relative.
+    """
+    r = np.asarray(rope_freqs, dtype=np.float32).ravel()
+    if r.shape != (head_dim // 2,) or not np.isfinite(r).all():
+        return None
+    factor = float(r.max())
+    for old in (8192, 4096, 16384, 32768, 2048, 131072):
+        for low in (1.0, 2.0, 0.5):
+            for high in (4.0, 2.0, 8.0, 1.0 + low):
+                if high <= low:
+                    continue
+                cand = {
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low,
+                    "high_freq_factor": high,
+                    "original_max_position_embeddings": old,
+                }
+                if np.allclose(llama3_rope_factors(theta, head_dim, cand), r, rtol=1e-6, atol=0):
+                    return cand
+    return None
 
 
 def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, file: Any = None) -> dict[str, Any]:
@@ -185,8 +246,9 @@ _BLOCK = {
 }
 _BLK_RE = re.compile(r"blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)")
 _TOP_RE = re.compile(r"([a-z_]+)\.(weight|bias)")
-# Tensors llama.cpp writes that have no HF parameter: rope_freqs (Llama-3.1 rope scaling factors).
-EXTRA = {"rope_freqs.weight": "rope_freqs"}
+# Tensors llama.cpp writes that are not HF parameters: rope_freqs (Llama-3.1 rope scaling divisors,
+# folded into config["rope_scaling"] by `jquant.formats.gguf.GGUF.from_metadata`).
+NON_WEIGHTS = frozenset({"rope_freqs.weight"})
 
 
 def hf_name(gguf_name: str, *, file: Any = None) -> str:
@@ -195,8 +257,6 @@ def hf_name(gguf_name: str, *, file: Any = None) -> str:
     Raises:
         UnsupportedFormatError: a tensor name with no HF counterpart (e.g. fused ``attn_qkv``).
     """
-    if gguf_name in EXTRA:
-        return EXTRA[gguf_name]
     m = _BLK_RE.fullmatch(gguf_name)
     if m and m.group(2) in _BLOCK:
         return f"model.layers.{m.group(1)}.{_BLOCK[m.group(2)]}.{m.group(3)}"
