@@ -12,7 +12,7 @@ import sys
 
 from jquant.core.errors import FormatError
 
-COMMANDS = ("convert", "inspect")
+COMMANDS = ("convert", "inspect", "generate", "parity")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,84 @@
+"""Parity of jquant's logits with transformers' forward of the same checkpoint (the oracle model).
+
+transformers loads HF folders natively (GPTQ / AWQ / compressed-tensors checkpoints through their
+own integrations where those run on CPU) and GGUF files with ``from_pretrained(dir, gguf_file=...)``
+(dequantized to dense weights by gguf-py: an exact oracle of the file's values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from jquant.models.tokenizer import gguf_file_of
+
+__all__ = ["ParityReport", "compare_logits", "load_transformers_model", "transformers_logits", "transformers_greedy"]
+
+
+@dataclasses.dataclass
+class ParityReport:
+    """Logit agreement of two models on the same tokens.
+
+    Attributes:
+        max_abs_diff: max |a - b| over every position and vocab entry.
+        rel: ``max_abs_diff / std(b)`` (b = the oracle's logits): scale-free.
+        top1_agreement: fraction of positions whose argmax agree.
+    """
+
+    max_abs_diff: float
+    rel: float
+    top1_agreement: float
+
+    def __str__(self) -> str:
+        return (
+            f"max|diff| {self.max_abs_diff:.3e}, max|diff|/std {self.rel:.3e}, top-1 agreement {self.top1_agreement:.1%}"
+        )
+
+
+def compare_logits(ours: np.ndarray, oracle: np.ndarray) -> ParityReport:
+    """Compares float logits [..., vocab] of the same shape."""
+    ours, oracle = np.asarray(ours, np.float64), np.asarray(oracle, np.float64)
+    if ours.shape != oracle.shape:
+        raise ValueError(f"logit shapes differ: {ours.shape} vs {oracle.shape}")
+    d = float(np.abs(ours - oracle).max())
+    return ParityReport(d, d / float(oracle.std()), float((ours.argmax(-1) == oracle.argmax(-1)).mean()))
+
+
+def load_transformers_model(src: str | os.PathLike, dtype: str = "float32"):
+    """transformers' ``AutoModelForCausalLM`` for ``src`` (HF folder, or GGUF via ``gguf_file=``), eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf = gguf_file_of(src)
+    kw = dict(dtype=getattr(torch, dtype))
+    if gguf is not None:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **kw)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    return model.eval()
+
+
+def transformers_logits(model, ids: np.ndarray) -> np.ndarray:
+    """float32 logits [B, T, vocab] of int ids [B, T]."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(np.asarray(ids)).long()).logits.float().numpy()
+
+
+def transformers_greedy(model, ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
+    """int [B, n] greedy continuation (no early stop, so it lines up with jquant's token for token)."""
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(
+            torch.from_numpy(np.asarray(ids)).long(),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[:, ids.shape[1] :].numpy()
