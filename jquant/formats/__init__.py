@@ -7,6 +7,7 @@ Importing this package registers every format below. Add a format by writing one
 from jquant.formats import unquantized  # noqa: F401  (registers by import)
 from jquant.formats import gguf  # noqa: F401
 from jquant.formats import compressed_tensors, fp8, modelopt, mxfp4, quark  # noqa: F401
+from jquant.formats import autoround, awq, gptq  # noqa: F401
 from jquant.formats.base import (
     Format,
     TensorGroup,
