@@ -1,0 +1,55 @@
+"""Runs every `cases.KERNEL_CASES` problem through the Triton kernels on the CPU interpreter.
+
+Invoked by `test_triton_interpreter.py` in a subprocess: ``TRITON_INTERPRET=1`` must be set before
+the kernels are decorated (import time) and must not leak into other test modules. Writes the
+outputs as float32 arrays to the ``.npz`` named on the command line; the test compares them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import torch_bridge as tb  # noqa: E402
+from tests.torch_bridge.cases import KERNEL_CASES, make_weight, make_x  # noqa: E402
+from torch_bridge.cpu import DequantMatmul  # noqa: E402
+from torch_bridge.triton import TileConfig, is_interpreter, wxa16_matmul  # noqa: E402
+
+
+def run_case(c) -> np.ndarray:
+    w = tb.to_torch(make_weight(c))
+    x = torch.from_numpy(make_x(c)).to(getattr(torch, c.x_dtype))
+    if c.split_k > 1:  # the launcher only picks split-K for GPU shapes: force it through the config
+        spec, t = tb.BACKENDS["torch_triton_wxa16"].prepare(w, torch.device("cpu"), x.dtype, None)
+        td = dict(zip(spec.names, t))
+        cfg = TileConfig(block_m=16, block_n=32, block_k=32, split_k=c.split_k, num_stages=1)
+        y = wxa16_matmul(x, td["data"], td["scale"], td.get("zero"), None, w.qtype, w.shape, w.block, cfg)
+    else:
+        y = tb.qmatmul(x, w, implementation=c.impl, act_quant=c.act_quant)
+    assert y.dtype == x.dtype and y.shape == (c.m, c.n), (y.dtype, y.shape)
+    return y.float().numpy()
+
+
+def main(out_path: str) -> None:
+    assert is_interpreter(), "TRITON_INTERPRET=1 did not take effect"
+    assert tb.select(make_weight(KERNEL_CASES[0]), "cpu", torch.float32)[0].name == "torch_triton_wxa16"
+    assert DequantMatmul.priority < tb.BACKENDS["torch_triton_wxa16"].priority
+    results, times = {}, {}
+    for c in KERNEL_CASES:
+        t0 = time.perf_counter()
+        results[c.name] = run_case(c)
+        times[c.name] = time.perf_counter() - t0
+    np.savez(out_path, **results)
+    for name, t in times.items():
+        print(f"{name:45s} {t:6.2f}s")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,100 @@
+"""Ahead-of-time compilation of the kernels for real GPU targets, on any machine (no GPU needed).
+
+``triton.compile(ASTSource(...), target=GPUTarget(...))`` runs the whole backend pipeline (TTIR ->
+TTGIR -> LLVM -> PTX/cubin or AMDGCN/hsaco) on the host, so CPU CI can check that every kernel
+configuration the launchers can produce compiles for sm_90 and gfx942, which the interpreter
+(permissive about layouts, dtypes and shared memory) cannot. Requires the kernels to have been
+imported *without* ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from jquant.core.qtypes import QType
+from torch_bridge.triton.configs import TileConfig
+from torch_bridge.triton.w8a8 import w8a8_constexprs, w8a8_kernel
+from torch_bridge.triton.wxa16 import ZeroKind, kernel_constexprs, wxa16_kernel
+
+__all__ = ["TARGETS", "Wxa16Case", "W8a8Case", "compile_case"]
+
+TARGETS = {"sm_90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
+
+_PTR = {
+    torch.float16: "*fp16",
+    torch.bfloat16: "*bf16",
+    torch.float32: "*fp32",
+    torch.uint8: "*u8",
+    torch.int8: "*i8",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Wxa16Case:
+    """One weight-only kernel specialization: qtype, scale block, K, zero kind, activation dtype, tiles."""
+
+    qtype: QType
+    block: tuple[int, int]
+    k: int
+    zero: ZeroKind
+    x_dtype: torch.dtype
+    config: TileConfig
+
+    def data_dtype(self) -> torch.dtype:
+        return torch.int8 if self.qtype.signed else torch.uint8  # fp8 codes travel as uint8 bits
+
+    def signature_and_constexprs(self) -> tuple[dict, dict]:
+        consts = kernel_constexprs(self.qtype, self.block, self.k, self.zero, self.x_dtype, self.config, dot_f32=None)
+        consts["DOT_F32"] = self.x_dtype == torch.float32  # what a GPU launch uses (not the interpreter's)
+        zero_ptr = {ZeroKind.NONE: "*fp32", ZeroKind.INT: "*u8", ZeroKind.FLOAT: "*fp32"}[self.zero]
+        y_ptr = "*fp32" if self.config.split_k > 1 else _PTR[self.x_dtype]
+        ptrs = [_PTR[self.x_dtype], _PTR[self.data_dtype()], "*fp32", zero_ptr, "*fp32", y_ptr]
+        return _signature(wxa16_kernel, ptrs, consts), consts
+
+
+@dataclasses.dataclass(frozen=True)
+class W8a8Case:
+    """One W8A8 kernel specialization."""
+
+    is_int8: bool
+    a_bk: int
+    w_block: tuple[int, int]
+    k: int
+    out_dtype: torch.dtype
+    config: TileConfig
+
+    def signature_and_constexprs(self) -> tuple[dict, dict]:
+        consts = w8a8_constexprs(self.a_bk, self.w_block, self.k, self.is_int8, self.config)
+        code = "*i8" if self.is_int8 else "*u8"
+        ptrs = [code, "*fp32", code, "*fp32", _PTR[self.out_dtype]]
+        return _signature(w8a8_kernel, ptrs, consts), consts
+
+
+def _signature(kernel, ptr_types: list[str], consts: dict) -> dict:
+    sig = {}
+    ptrs = iter(ptr_types)
+    for name in kernel.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = next(ptrs)
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def compile_case(case: Wxa16Case | W8a8Case, target: GPUTarget):
+    """Compiles one case for ``target``; returns the `triton.compiler.CompiledKernel`."""
+    kernel = wxa16_kernel if isinstance(case, Wxa16Case) else w8a8_kernel
+    if not isinstance(kernel, triton.runtime.JITFunction):
+        raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1; AOT compilation needs JIT functions")
+    sig, consts = case.signature_and_constexprs()
+    src = ASTSource(fn=kernel, signature=sig, constexprs=consts)
+    return triton.compile(
+        src, target=target, options={"num_warps": case.config.num_warps, "num_stages": case.config.num_stages}
+    )
