@@ -168,7 +168,7 @@ class GGUFFile(Mapping):
         # Each KV needs >= 12 bytes and each tensor info >= 28: refuse impossible counts before looping.
         if n_kv * 12 + n_tensors * 28 > size - cur.pos:
             raise CorruptFileError(
-                f"header claims {n_tensors} tensors and {n_kv} metadata keys, more than a {size}-byte file can hold",
+                f"header claims {n_tensors} tensors and {n_kv} metadata keys, more than a {size}-byte file can hold (truncated or corrupt)",
                 file=self.path,
             )
         self.metadata: dict[str, Any] = {}

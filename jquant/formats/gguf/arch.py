@@ -94,13 +94,24 @@ def arch_spec(metadata: Mapping[str, Any], *, file: Any = None) -> ArchSpec:
     return ARCHS[arch]
 
 
-def _need(metadata: Mapping[str, Any], key: str, file: Any) -> Any:
+def _num(
+    metadata: Mapping[str, Any], key: str, file: Any, kind: type = int, default: Any = None, *, positive: bool = True
+) -> Any:
+    """A numeric metadata value (``kind`` int or float), ``default`` if absent (None: required)."""
     if key not in metadata:
-        raise ConfigError("required metadata key is missing", file=file, tensor=key)
-    return metadata[key]
+        if default is None:
+            raise ConfigError("required metadata key is missing", file=file, tensor=key)
+        return default
+    v = metadata[key]
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+    if not ok or (positive and v <= 0) or v < 0:
+        raise ConfigError(
+            f"expected a {'positive' if positive else 'non-negative'} {kind.__name__}, got {v!r}", file=file, tensor=key
+        )
+    return kind(v)
 
 
-def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | None:
+def _rope_scaling(metadata: Mapping[str, Any], arch: str, file: Any) -> dict[str, Any] | None:
     """``{arch}.rope.scaling.*`` -> HF rope_scaling (linear / yarn), or None.
 
     Llama-3.1-style scaling is not in the metadata: llama.cpp bakes it into a ``rope_freqs.weight``
@@ -111,9 +122,10 @@ def _rope_scaling(metadata: Mapping[str, Any], arch: str) -> dict[str, Any] | No
         return None
     out: dict[str, Any] = {"rope_type": kind}
     if f"{arch}.rope.scaling.factor" in metadata:
-        out["factor"] = float(metadata[f"{arch}.rope.scaling.factor"])
+        out["factor"] = _num(metadata, f"{arch}.rope.scaling.factor", file, float)
     if f"{arch}.rope.scaling.original_context_length" in metadata:
-        out["original_max_position_embeddings"] = int(metadata[f"{arch}.rope.scaling.original_context_length"])
+        key = f"{arch}.rope.scaling.original_context_length"
+        out["original_max_position_embeddings"] = _num(metadata, key, file)
     return out
 
 
@@ -183,32 +195,33 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, fil
     """
     spec = arch_spec(metadata, file=file)
     a = spec.arch
-    heads = int(_need(metadata, f"{a}.attention.head_count", file))
-    hidden = int(_need(metadata, f"{a}.embedding_length", file))
-    kv_heads = metadata.get(f"{a}.attention.head_count_kv", heads)
-    if isinstance(kv_heads, np.ndarray):  # per-layer list (hybrid models); dense models repeat one value
-        if len(set(kv_heads.tolist())) != 1:
-            raise UnsupportedFormatError("per-layer head_count_kv values differ", file=file, tensor=f"{a}.attention")
-        kv_heads = kv_heads[0]
-    head_dim = metadata.get(f"{a}.{spec.head_dim_key}") if spec.head_dim_key else None
-    vocab = metadata.get(f"{a}.vocab_size")
-    if vocab is None:
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        vocab = len(tokens) if tokens is not None else None
+    heads = _num(metadata, f"{a}.attention.head_count", file)
+    hidden = _num(metadata, f"{a}.embedding_length", file)
+    kv_key = f"{a}.attention.head_count_kv"
+    if isinstance(metadata.get(kv_key), np.ndarray):  # per-layer list (hybrid models); dense models repeat one
+        values = set(metadata[kv_key].tolist())
+        if len(values) != 1:
+            raise UnsupportedFormatError(f"per-layer values {sorted(values)} differ", file=file, tensor=kv_key)
+        kv_heads = _num({kv_key: values.pop()}, kv_key, file)
+    else:
+        kv_heads = _num(metadata, kv_key, file, default=heads)
+    head_dim = _num(metadata, f"{a}.{spec.head_dim_key}", file, default=hidden // heads) if spec.head_dim_key else None
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    vocab = _num(metadata, f"{a}.vocab_size", file, default=len(tokens) if tokens else -1)
     cfg: dict[str, Any] = {
         "architectures": [spec.hf_class],
         "model_type": spec.model_type,
         "hidden_size": hidden,
-        "intermediate_size": int(_need(metadata, f"{a}.feed_forward_length", file)),
-        "num_hidden_layers": int(_need(metadata, f"{a}.block_count", file)),
+        "intermediate_size": _num(metadata, f"{a}.feed_forward_length", file),
+        "num_hidden_layers": _num(metadata, f"{a}.block_count", file),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(kv_heads),
-        "head_dim": int(head_dim) if head_dim is not None else hidden // heads,
-        "rms_norm_eps": float(metadata.get(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(metadata.get(f"{a}.rope.freq_base", 10000.0)),
-        "rope_scaling": _rope_scaling(metadata, a),
-        "max_position_embeddings": int(_need(metadata, f"{a}.context_length", file)),
-        "vocab_size": None if vocab is None else int(vocab),
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim if head_dim is not None else hidden // heads,
+        "rms_norm_eps": _num(metadata, f"{a}.attention.layer_norm_rms_epsilon", file, float, 1e-6),
+        "rope_theta": _num(metadata, f"{a}.rope.freq_base", file, float, 10000.0),
+        "rope_scaling": _rope_scaling(metadata, a, file),
+        "max_position_embeddings": _num(metadata, f"{a}.context_length", file),
+        "vocab_size": None if vocab == -1 else vocab,
         "tie_word_embeddings": "output.weight" not in tensor_names,
     }
     if spec.model_type == "llama":
@@ -221,7 +234,7 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, fil
         ("unknown_token_id", "unk_token_id"),
     ):
         if f"tokenizer.ggml.{key}" in metadata:
-            cfg[cfg_key] = int(metadata[f"tokenizer.ggml.{key}"])
+            cfg[cfg_key] = _num(metadata, f"tokenizer.ggml.{key}", file, positive=False)
     return cfg
 
 
