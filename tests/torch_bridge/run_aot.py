@@ -31,7 +31,7 @@ def aot_case(i, c):
     x_dtype = getattr(torch, c.x_dtype)
     if c.act_quant is None:
         zero = {None: ZeroKind.NONE, "int": ZeroKind.INT, "float": ZeroKind.FLOAT}[c.zero]
-        cfg = wxa16_config(m, 4096, 4096, c.block[1] if c.block[1] < c.k else 4096)
+        cfg = wxa16_config(m, 4096, 4096, c.block[1] if c.block[1] < c.k else 4096, x_dtype.itemsize)
         return Wxa16Case(c.qtype, c.block, c.k, zero, x_dtype, cfg)
     group = aq.act_group(c.act_quant, c.k, c.block[1])
     cfg = w8a8_config(m, 4096, 4096, min(group, c.block[1]) if min(group, c.block[1]) < c.k else 4096)

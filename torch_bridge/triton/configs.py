@@ -49,12 +49,14 @@ def _pow2_at_most(v: int, cap: int) -> int:
     return p
 
 
-def wxa16_config(m: int, n: int, k: int, scale_block_k: int, num_sms: int = 132) -> TileConfig:
+def wxa16_config(m: int, n: int, k: int, scale_block_k: int, x_itemsize: int = 2, num_sms: int = 132) -> TileConfig:
     """Weight-only kernel tiles for an [m, k] x [n, k]^T problem.
 
     Small m is memory-bound: narrow m tiles, wide k tiles, and split-K until there are about two
     programs per SM. Large m is compute-bound: 128x128 tiles. ``block_k`` divides the scale block
-    along K when it can, so one scale row serves a whole tile (loaded once per K step).
+    along K when it can, so one scale row serves a whole tile (loaded once per K step). float32
+    activations (``x_itemsize`` 4) get half the K tile and two stages, which keeps every config
+    within 64 KiB of shared memory (AMD's LDS per block; checked by the AOT test).
     """
     if m <= 16:
         bm, bn, bk, warps, stages = 16, 64, 128, 4, 4
@@ -64,6 +66,8 @@ def wxa16_config(m: int, n: int, k: int, scale_block_k: int, num_sms: int = 132)
         bm, bn, bk, warps, stages = 64, 128, 64, 4, 4
     else:
         bm, bn, bk, warps, stages = 128, 128, 64, 8, 3
+    if x_itemsize >= 4:
+        bk, stages = max(16, bk // 2), 2
     while bk > 16 and scale_block_k < k and scale_block_k % bk:
         bk //= 2
     bk = min(bk, _pow2_at_most(k, 1 << 30)) if k >= 16 else 16

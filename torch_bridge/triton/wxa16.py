@@ -216,7 +216,7 @@ def wxa16_matmul(
     if k != shape[1]:
         raise ValueError(f"x has K={k}, weight has K={shape[1]}")
     if config is None:
-        config = INTERPRET_CONFIG if is_interpreter() else wxa16_config(m, n, k, block[1])
+        config = INTERPRET_CONFIG if is_interpreter() else wxa16_config(m, n, k, block[1], x.element_size())
     zk = ZeroKind.NONE if zero is None else (ZeroKind.FLOAT if zero.dtype.is_floating_point else ZeroKind.INT)
     out_dtype = torch.float32 if config.split_k > 1 else x.dtype
     alloc = torch.zeros if config.split_k > 1 else torch.empty
