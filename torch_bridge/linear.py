@@ -58,7 +58,10 @@ class QuantLinear(nn.Module):
             if a is not None:
                 # Memory-mapped checkpoint tensors are read-only: buffers never write to them.
                 self.register_buffer(f"weight_{f}", a)
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        if bias is None or isinstance(bias, nn.Parameter):
+            self.bias = bias  # the replaced nn.Linear's own parameter: shared, not copied
+        else:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self._prepared: dict[tuple[torch.device, torch.dtype], tuple[str, list[torch.Tensor], str]] = {}
 
     def qweight(self) -> QArray:

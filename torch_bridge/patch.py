@@ -66,54 +66,50 @@ def patch_model(
     """
     report = PatchReport(quantized=[], dense=[], embedding_dequantized=[], unknown=[])
     weights = _weights(ckpt)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    buffers = dict(model.named_buffers(remove_duplicate=False))
+    dense = []
+    # Pass 1: quantized weights replace their modules (a replaced Linear keeps its bias parameter).
     for name, w in weights.items():
+        if not isinstance(w, QArray):
+            dense.append(name)
+            continue
         mod_name, leaf = _split(name)
         try:
             module = model.get_submodule(mod_name)
         except AttributeError:
             module = None
-        if isinstance(w, QArray):
-            if module is None or leaf != "weight":
-                report["unknown"].append(name)
-                continue
-            if isinstance(module, nn.Linear):
-                if (module.out_features, module.in_features) != tuple(w.shape):
-                    raise ConfigError(
-                        f"checkpoint shape {w.shape} != model Linear ({module.out_features}, {module.in_features})",
-                        tensor=name,
-                    )
-                dev = device if device is not None else module.weight.device
-                if torch.device(dev).type == "meta":
-                    dev = "cpu"
-                q = QuantLinear(
-                    w,
-                    module.bias.detach() if module.bias is not None else None,
-                    act_quant=act_quant,
-                    implementation=implementation,
-                    device=dev,
-                )
-                parent_name, _, child = mod_name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                setattr(parent, child, q)
-                report["quantized"].append(name)
-            elif isinstance(module, nn.Embedding):
-                dense = dequantize(to_torch(w)).to(module.weight.dtype)
-                _copy_into(module.weight, dense, name)
-                report["embedding_dequantized"].append(name)
-            else:
+        if module is None or leaf != "weight":
+            report["unknown"].append(name)
+        elif isinstance(module, nn.Linear):
+            if (module.out_features, module.in_features) != tuple(w.shape):
                 raise ConfigError(
-                    f"quantized weight for a {type(module).__name__}; only nn.Linear / nn.Embedding can take one",
+                    f"checkpoint shape {w.shape} != model Linear ({module.out_features}, {module.in_features})",
                     tensor=name,
                 )
+            dev = device if device is not None else module.weight.device
+            if torch.device(dev).type == "meta":
+                dev = "cpu"
+            q = QuantLinear(w, module.bias, act_quant=act_quant, implementation=implementation, device=dev)
+            parent_name, _, child = mod_name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
+            report["quantized"].append(name)
+        elif isinstance(module, nn.Embedding):
+            _copy_into(module.weight, dequantize(to_torch(w)), name)
+            report["embedding_dequantized"].append(name)
         else:
-            target = params.get(name, buffers.get(name))
-            if target is None:
-                report["unknown"].append(name)
-                continue
-            _copy_into(target, as_tensor(np.asarray(w)), name)
-            report["dense"].append(name)
+            raise ConfigError(
+                f"quantized weight for a {type(module).__name__}; only nn.Linear / nn.Embedding can take one",
+                tensor=name,
+            )
+    # Pass 2: plain arrays into the (patched) model's parameters and buffers.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    for name in dense:
+        target = params.get(name, buffers.get(name))
+        if target is None:
+            report["unknown"].append(name)
+            continue
+        _copy_into(target, as_tensor(np.asarray(weights[name])), name)
+        report["dense"].append(name)
     if strict and report["unknown"]:
         raise ConfigError(f"the model has no parameter for {len(report['unknown'])} checkpoint tensors",
                           tensor=report["unknown"][0])  # fmt: skip
