@@ -184,7 +184,10 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
 
     def check(name, y):
         nonlocal ref_full
-        y = np.asarray(jnp.asarray(y).astype(jnp.float32))
+        if hasattr(y, "detach"):  # torch tensor
+            y = y.detach().float().cpu().numpy()
+        else:
+            y = np.asarray(jnp.asarray(y).astype(jnp.float32))
         if m <= 16:
             if ref_full is None:
                 ref_full = np.asarray(reference_qmatmul(x, w0).astype(jnp.float32))
@@ -264,7 +267,9 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
                 z = torch.from_dlpack(w0.zero).to(torch.bfloat16)
             else:
                 z = torch.full_like(s, float(w0.qtype.bias))
-            lin = gemlite_mod.A16Wn(device="cuda:0", dtype=torch.bfloat16).from_weights(
+            from gemlite.helper import A16Wn
+
+            lin = A16Wn(device="cuda:0", dtype=torch.bfloat16).from_weights(
                 codes.contiguous(), s.contiguous(), z.contiguous(), W_nbits=case.bits, group_size=g
             )
             run = lambda: lin(xt)  # noqa: E731
@@ -315,30 +320,41 @@ def sweep(shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group:
 
 
 def sweep_configs(m: int):
+    """Tile configs tried by ``--sweep`` (all must lower: tests/pallas/test_wna16_lowering.py)."""
     from jquant.pallas.wna16_config import WNA16Config
 
+    cfgs = []
     if m <= 64:
         bm = max(16, 1 << (m - 1).bit_length())
-        cfgs = []
-        for bn in (32, 64, 128):
-            for bk in (256, 512):
-                for split in (1, 2, 4, 8):
-                    cfgs.append(WNA16Config(bm=bm, bn=bn, bk=bk, split_k=split, num_warps=4, num_stages=3))
-        cfgs += [
-            WNA16Config(bm=bm, bn=64, bk=512, split_k=4, num_warps=w, num_stages=s) for w, s in ((8, 3), (4, 4), (4, 2))
-        ]
+        for bn, bk, split in ((64, 256, 4), (64, 512, 8), (128, 256, 8), (128, 512, 4), (32, 256, 8)):
+            for swap in (False, True):
+                for so in (True, False):
+                    cfgs.append(WNA16Config(bm=bm, bn=bn, bk=bk, split_k=split, scale_on_output=so, swap_ab=swap))
+        cfgs.append(WNA16Config(bm=bm, bn=128, bk=256, split_k=8, num_warps=8, scale_on_output=False, swap_ab=True))
+        cfgs.append(WNA16Config(bm=bm, bn=64, bk=512, split_k=8, num_stages=4, scale_on_output=False, swap_ab=True))
+        if m == 1:
+            for bn, bk, split, w in (
+                (32, 512, 4, 4),
+                (64, 256, 8, 4),
+                (16, 1024, 4, 4),
+                (64, 512, 4, 4),
+                (128, 256, 8, 8),
+            ):
+                cfgs.append(
+                    WNA16Config(bm=1, bn=bn, bk=bk, split_k=split, num_warps=w, scale_on_output=False, gemv=True)
+                )
         return cfgs
-    cfgs = []
     for bm, bn, bk, w, s in (
         (128, 128, 64, 8, 4),
         (128, 128, 128, 8, 3),
-        (128, 256, 64, 8, 3),
         (64, 128, 128, 4, 4),
-        (128, 64, 128, 4, 4),
+        (128, 256, 64, 8, 3),
         (256, 128, 64, 8, 3),
     ):
-        for so in (False, True):
-            cfgs.append(WNA16Config(bm=bm, bn=bn, bk=bk, split_k=1, num_warps=w, num_stages=s, scale_on_output=so))
+        for swap in (False, True):
+            cfgs.append(
+                WNA16Config(bm=bm, bn=bn, bk=bk, num_warps=w, num_stages=s, scale_on_output=False, swap_ab=swap)
+            )
     return cfgs
 
 
@@ -505,7 +521,7 @@ def main(argv=None) -> int:
 
     sweeps: list[dict] = []
     if args.sweep:
-        for shape, m in (("70b_o", 1), ("70b_o", 16), ("8b_gate_up", 1), ("70b_o", 128), ("70b_o", 1024)):
+        for shape, m in (("70b_o", 1), ("70b_o", 16), ("70b_o", 128), ("70b_o", 1024), ("8b_gate_up", 1)):
             if time.time() - t0 > args.budget_s:
                 break
             sweeps += sweep(SHAPES_BY_NAME[shape], m, sweep_configs(m), iters=10)

@@ -38,7 +38,11 @@ class WNA16Config:
         num_stages: Triton software-pipelining depth of the K loop.
         scale_on_output: True: dot the integer-valued codes (exact in bf16/f16) and scale the f32
             product per group (most accurate; cheap when bm is small). False: scale the weights in
-            f32 and round them to the activation dtype before the dot (fewer f32 ops at large bm).
+            f32 and round them to the activation dtype before the dot (fewer f32 ops at large bm);
+            the whole K step is then loaded at once.
+        swap_ab: accumulate ``out^T = W @ x^T``: the dequantized weight tile is the left (A)
+            operand, which Hopper wgmma may take from registers (B must come from shared memory).
+        gemv: bm == 1 only: no tensor cores; broadcast-multiply in f32 and row sums (M = 1).
     """
 
     bm: int = 16
@@ -48,12 +52,17 @@ class WNA16Config:
     num_warps: int = 4
     num_stages: int = 3
     scale_on_output: bool = True
+    swap_ab: bool = False
+    gemv: bool = False
 
     def __post_init__(self):
         for f in ("bm", "bn", "bk"):
             v = getattr(self, f)
-            if v < 16 or v & (v - 1):
-                raise ValueError(f"WNA16Config.{f}={v} must be a power of two >= 16 (Triton lowering)")
+            lo = 1 if (f == "bm" and self.gemv) else 16
+            if v < lo or v & (v - 1):
+                raise ValueError(f"WNA16Config.{f}={v} must be a power of two >= {lo} (Triton lowering)")
+        if self.gemv and self.bm != 1:
+            raise ValueError("WNA16Config.gemv needs bm == 1")
         if self.split_k < 1:
             raise ValueError(f"WNA16Config.split_k={self.split_k} must be >= 1")
 

@@ -81,10 +81,11 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         z_ref = None
     bm, bn, bk = cfg.bm, cfg.bn, cfg.bk
     k = lay.k
-    sw = min(lay.group, bk)  # sub-block width: one scale column per sub-block
-    n_sub = bk // sw
+    sw = min(lay.group, bk)  # scale sub-block: one scale column per sw columns of a step
     per_byte = 8 // lay.bits  # codes per byte: 2 (4-bit) or 1 (8-bit)
-    cdt = x_ref.dtype  # compute dtype of the dot operands (bf16 / f16)
+    cdt = x_ref.dtype  # dot operand dtype (bf16 / f16)
+    swap = cfg.swap_ab  # accumulate out^T = W x^T: the dequantized W is the register (A) operand
+    gemv = cfg.gemv  # bm == 1: broadcast-multiply and row sums in f32, no tl.dot
 
     pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     m0 = pid_m * bm
@@ -95,65 +96,99 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
     col_ok = cols < lay.n
     k_begin = pid_s * k_chunk
 
-    def group_params(g):
-        """Scale [1, bn] f32 and offset (bias + zero) [bn, 1] int32 of scale column ``g`` (traced)."""
-        g_ok = col_ok & (g < lay.n_groups)
-        s = pltriton.load(s_ref.at[pl.ds(n0, bn), pl.ds(g, 1)], mask=g_ok, other=0).astype(jnp.float32)
-        off = jnp.full((bn, 1), lay.bias, jnp.int32)
+    def load_scales(g0, ng):
+        """Scales [bn, ng] f32 and offsets (bias + zero) [bn, ng] int32 of scale columns g0..g0+ng."""
+        g_idx = g0 + jax.lax.broadcasted_iota(jnp.int32, (1, ng), 1)
+        g_ok = col_ok & (g_idx < lay.n_groups)
+        s = pltriton.load(s_ref.at[pl.ds(n0, bn), pl.ds(g0, ng)], mask=g_ok, other=0).astype(jnp.float32)
+        off = jnp.full((bn, ng), lay.bias, jnp.int32)
         if z_ref is not None:
-            off = off + pltriton.load(z_ref.at[pl.ds(n0, bn), pl.ds(g, 1)], mask=g_ok, other=0).astype(jnp.int32)
-        return s.reshape(1, bn), off
+            off = off + pltriton.load(z_ref.at[pl.ds(n0, bn), pl.ds(g0, ng)], mask=g_ok, other=0).astype(jnp.int32)
+        return s, off
 
-    def sub_block(kk, acc, s_row, off):
-        """Adds x[:, kk:kk+sw] @ w[:, kk:kk+sw].T to ``acc`` (scaled by s_row unless per-channel)."""
-        nb = sw // per_byte  # code bytes of this sub-block per weight row
+    def expand(a, width):
+        """[bn, ng] per-group values -> [bn, ng * width] (each repeated ``width`` times along K)."""
+        ng = a.shape[1]
+        if ng == 1:
+            return a  # broadcasts against [bn, width]
+        return jnp.broadcast_to(a[:, :, None], (bn, ng, width)).reshape(bn, ng * width)
+
+    def load_codes(kk, width):
+        """Integer codes [bn, width] of K columns kk..kk+width (canonical order restored)."""
+        nb = width // per_byte
         kb = kk // per_byte
         byte_idx = kb + jax.lax.broadcasted_iota(jnp.int32, (1, nb), 1)
         q = pltriton.load(
             q_ref.at[pl.ds(n0, bn), pl.ds(kb, nb)], mask=col_ok & (byte_idx < k // per_byte), other=0
         ).astype(jnp.int32)
-        scale_w = not (cfg.scale_on_output or lay.per_channel)
+        if lay.bits == 8:
+            return [q]
+        # Canonical nibble order: column 2i is the low nibble of byte i.
+        return [q & 0xF, jax.lax.shift_right_logical(q, 4) & 0xF]
 
-        def values(c):  # integer codes -> dot operand (exact ints, or scaled weights when scale_w)
-            v = c - off  # exact integers in [-255, 255]
-            if scale_w:
-                return (v.astype(jnp.float32) * s_row.reshape(bn, 1)).astype(cdt)
-            return v.astype(cdt)
+    def interleave(lo, hi, width):
+        """tl.interleave: [bn, width/2] x 2 -> [bn, width] with lo at even columns (tt.join + reshape)."""
+        return jnp.stack([lo, hi], axis=-1).reshape(bn, width)
 
-        if lay.bits == 4:
-            # Canonical nibble order: column 2i is the low nibble of byte i. Interleave back with a
-            # last-axis stack (tt.join) + reshape, Triton's tl.interleave.
-            lo = values(q & 0xF)
-            hi = values(jax.lax.shift_right_logical(q, 4) & 0xF)
-            w = jnp.stack([lo, hi], axis=-1).reshape(bn, sw)
+    def load_x(kk, width):
+        x_idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, width), 1)
+        return pltriton.load(x_ref.at[pl.ds(m0, bm), pl.ds(kk, width)], mask=row_ok & (x_idx < k), other=0)
+
+    def mma(xs, w):
+        """x [bm, w] . W [bn, w] -> f32 [bm, bn], or [bn, bm] with swap_ab; [bn, 1] row sums for gemv."""
+        if gemv:
+            return jnp.sum(w * xs.astype(jnp.float32), axis=1, keepdims=True)
+        if swap:
+            return _dot_nt(w, xs)
+        return _dot_nt(xs, w)
+
+    def scale_out(part, s):  # part: mma result, s: [bn, 1] f32
+        return part * s if (swap or gemv) else part * s.reshape(1, bn)
+
+    def step_grouped(k0, acc):
+        """One scale column per sub-block of ``sw`` columns; codes dotted as exact integers."""
+        for j in range(bk // sw):  # static unroll over the groups of one step
+            kk = k0 + j * sw
+            s, off = load_scales(kk // lay.group, 1)
+            vals = [(c - off).astype(cdt) for c in load_codes(kk, sw)]  # exact: |v| <= 255
+            w = vals[0] if len(vals) == 1 else interleave(vals[0], vals[1], sw)
+            acc = acc + scale_out(mma(load_x(kk, sw), w), s)
+        return acc
+
+    def step_whole(k0, acc):
+        """The whole step in one load; weights scaled in f32 (expanded per-group scales)."""
+        if lay.per_channel:
+            s, off = s_pc, off_pc  # scale applied once at the end
         else:
-            w = values(q)
-        x_idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, sw), 1)
-        xs = pltriton.load(x_ref.at[pl.ds(m0, bm), pl.ds(kk, sw)], mask=row_ok & (x_idx < k), other=0)
-        part = _dot_nt(xs, w)
-        if lay.per_channel or scale_w:
-            return acc + part
-        return acc + part * s_row
+            s, off = load_scales(k0 // lay.group, bk // sw)
+            s = expand(s, sw)
+            off = expand(off, sw)
+        codes = load_codes(k0, bk)
+        v = codes[0] if len(codes) == 1 else interleave(codes[0], codes[1], bk)
+        v = v - off
+        wf = v.astype(jnp.float32)
+        if not lay.per_channel:
+            wf = wf * s
+        w = wf if gemv else wf.astype(cdt)
+        return acc + mma(load_x(k0, bk), w)
 
     if lay.per_channel:
-        s_row, off = group_params(0)
-    else:
-        s_row = off = None
+        s_pc, off_pc = load_scales(0, 1)  # [bn, 1]
 
     def step(i, acc):
         k0 = k_begin + i * bk
-        for j in range(n_sub):  # static unroll over the groups of one step
-            kk = k0 + j * sw
-            if lay.per_channel:
-                acc = sub_block(kk, acc, s_row, off)
-            else:
-                s_g, off_g = group_params(kk // lay.group)
-                acc = sub_block(kk, acc, s_g, off_g)
-        return acc
+        if cfg.scale_on_output and not lay.per_channel and not gemv:
+            return step_grouped(k0, acc)
+        return step_whole(k0, acc)
 
-    acc = jax.lax.fori_loop(0, k_chunk // bk, step, jnp.zeros((bm, bn), jnp.float32))
+    acc_shape = (bn, 1) if gemv else ((bn, bm) if swap else (bm, bn))
+    acc = jax.lax.fori_loop(0, k_chunk // bk, step, jnp.zeros(acc_shape, jnp.float32))
     if lay.per_channel:
-        acc = acc * s_row
+        acc = scale_out(acc, s_pc)
+    if gemv:
+        acc = acc.reshape(1, bn)
+    elif swap:
+        acc = acc.T
     out_mask = row_ok & col_ok.reshape(1, bn)
     if out_partial:
         pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], acc, mask=out_mask)

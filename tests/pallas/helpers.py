@@ -51,5 +51,6 @@ def assert_close(y, x, w: QArray, *, what=""):
     bad = np.abs(y - ref) > tol
     assert not bad.any(), (
         f"{what}: {int(bad.sum())} of {bad.size} outside tolerance; worst |err| {np.abs(y - ref).max():.3e}, "
-        f"at {np.argwhere(bad)[:3].tolist()}"
+        f"at {np.argwhere(bad)[:3].tolist()}: y={y[bad][:3].tolist()} ref={ref[bad][:3].tolist()} "
+        f"tol={tol[bad][:3].tolist()}"
     )
