@@ -1,0 +1,147 @@
+"""`jquant.core.activation`: the ActQuant descriptor and its numpy fake-quantization spec.
+
+Oracle: compressed-tensors 0.20's activation QDQ (``compute_dynamic_scales_and_zp`` +
+``fake_quantize``, what its ``forward_quantize`` runs on a Linear's input) on float32 inputs,
+bit for bit. int8 *dynamic* per-token follows vLLM's ``scaled_int8_quant`` (``amax / 127``), which
+compressed-tensors' QDQ does not (``amax / 127.5``); that case is checked against the vLLM formula.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jquant.core.activation import ActQuant, fake_quantize, fp4_act, fp8_act, int8_act, quantize_activations
+from jquant.core.errors import FormatError
+from jquant.core.qtypes import fp8_e4m3
+from tests.formats_ct.conftest import bits_equal
+
+
+def _x(shape=(3, 5, 256), seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32) * rng.uniform(0.01, 4, size=(*shape[:-1], 1)).astype(np.float32)
+    x[0, 0, :] = 0  # an all-zero token
+    return x
+
+
+def _ct_qdq(x: np.ndarray, preset: str, *, scale=None, zero=None, global_scale=None):
+    import torch
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
+    from compressed_tensors.quantization.utils.helpers import compute_dynamic_scales_and_zp
+
+    args = preset_name_to_scheme(preset, ["Linear"]).input_activations
+    xt = torch.from_numpy(x)
+    g = None if global_scale is None else torch.from_numpy(global_scale)
+    if args.dynamic in (True, "local"):
+        s, z = compute_dynamic_scales_and_zp(value=xt, args=args, module=torch.nn.Module(), global_scale=g)
+    else:
+        s, z = torch.from_numpy(scale), None if zero is None else torch.from_numpy(zero)
+    return ct_fake_quantize(x=xt, scale=s, zero_point=z, args=args, global_scale=g).numpy()
+
+
+@pytest.mark.parametrize(
+    "preset, act",
+    [
+        ("FP8_DYNAMIC", fp8_act(dynamic=True, granularity="token")),
+        ("FP8_BLOCK", fp8_act(dynamic=True, granularity="group", group_size=128)),
+        ("MXFP4", fp4_act(group_size=32, scale_dtype="float8_e8m0fnu")),
+        ("MXFP8", ActQuant(fp8_e4m3, True, "group", 32, scale_dtype="float8_e8m0fnu").validate()),
+    ],
+)
+def test_dynamic_matches_compressed_tensors(preset, act):
+    x = _x()
+    assert bits_equal(fake_quantize(x, act), _ct_qdq(x, preset))
+
+
+def test_nvfp4_dynamic_local_with_global_scale():
+    """NVFP4 activations: e4m3 group-16 scales under a static global divisor (CT dynamic='local')."""
+    x = _x()
+    g = np.array([448.0 * 6.0 / 9.5], np.float32)  # producer: 448 * 6 / calibrated amax
+    act = fp4_act(group_size=16, scale_dtype="float8_e4m3fn", global_scale=g)
+    got = fake_quantize(x, act)
+    assert bits_equal(got, _ct_qdq(x, "NVFP4", global_scale=g))
+    assert set(np.unique(np.abs(quantize_activations(x, act)[0]))) <= {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0}
+
+
+def test_static_fp8_per_tensor_matches_compressed_tensors():
+    x = _x()
+    s = np.array([0.0123], np.float32)
+    assert bits_equal(
+        fake_quantize(x, fp8_act(dynamic=False, granularity="tensor", scale=s)), _ct_qdq(x, "FP8", scale=s)
+    )
+
+
+def test_static_int8_symmetric_and_asymmetric_match_compressed_tensors():
+    """Static int8 (W8A8 with calibrated input_scale / input_zero_point): round-half-even, clamp [-128, 127]."""
+    import torch
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
+
+    x = _x()
+    s = np.array([0.02], np.float32)
+    for sym, z in ((True, None), (False, np.array([-7], np.int32))):
+        act = int8_act(dynamic=False, granularity="tensor", scale=s, zero=z, symmetric=sym)
+        args = QuantizationArgs(num_bits=8, type="int", symmetric=sym, strategy="tensor", dynamic=False)
+        zt = None if z is None else torch.from_numpy(z.astype(np.int8))
+        want = ct_fake_quantize(torch.from_numpy(x), torch.from_numpy(s), zt, args).numpy()
+        assert bits_equal(fake_quantize(x, act), want), sym
+
+
+def test_int8_dynamic_per_token_is_vllm_amax_over_127():
+    x = _x()
+    got_q, got_s, _ = quantize_activations(x, int8_act(dynamic=True))
+    amax = np.abs(x).max(-1, keepdims=True)
+    s = np.where(amax == 0, 1, amax / np.float32(127)).astype(np.float32)
+    assert np.array_equal(got_s.reshape(s.shape), s)
+    assert np.array_equal(got_q, np.clip(np.rint(x / s), -128, 127))
+    assert np.abs(got_q).max() == 127  # the token's amax maps exactly to qmax
+    # dynamic asymmetric per token (vLLM azp): codes span [-128, 127], zero point integral
+    q, s, z = quantize_activations(x, int8_act(dynamic=True, symmetric=False))
+    assert q.min() >= -128 and q.max() <= 127 and np.array_equal(z, np.rint(z))
+    err = np.abs(fake_quantize(x, int8_act(dynamic=True, symmetric=False)) - x)
+    assert (err <= s.reshape(*x.shape[:-1], 1) * 0.5 + 1e-6).all()
+
+
+def test_fbgemm_amax_upper_bound_clamps():
+    x = _x()[1:]  # no all-zero token (its scale is 1 by convention)
+    act = ActQuant(fp8_e4m3, True, "token", amax_ub=1.0).validate()
+    _, s, _ = quantize_activations(x, act)
+    assert s.max() <= np.float32(1.0 / 448) and np.abs(fake_quantize(x, act)).max() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        (dict(qtype=fp8_e4m3, dynamic=False, granularity="token", scale=np.ones(1, np.float32)), "per tensor"),
+        (dict(qtype=fp8_e4m3, dynamic=False, granularity="tensor"), "needs a scale"),
+        (dict(qtype=fp8_e4m3, dynamic=False, granularity="tensor", scale=np.array([np.nan], np.float32)), "positive"),
+        (dict(qtype=fp8_e4m3, dynamic=True, granularity="group"), "group_size"),
+        (dict(qtype=fp8_e4m3, dynamic=True, granularity="token", symmetric=False), "asymmetric"),
+        (
+            dict(qtype=fp8_e4m3, dynamic=True, granularity="group", group_size=16, scale_dtype="float8_e4m3fn"),
+            "global_scale",
+        ),
+    ],
+)
+def test_validate_refuses_inconsistent_descriptors(kwargs, problem):
+    with pytest.raises(FormatError, match=problem) as e:
+        ActQuant(**kwargs).validate("model.layers.0.mlp.up_proj.input_quant")
+    assert e.value.tensor == "model.layers.0.mlp.up_proj.input_quant"
+
+
+def test_jax_pytree_and_jit():
+    """ActQuant is a pytree: arrays are leaves (device-transferable), recipe fields are static."""
+    import jax
+    import jax.numpy as jnp
+
+    from jquant.core.activation import register_pytree
+
+    register_pytree()
+    act = fp4_act(group_size=16, scale_dtype="float8_e4m3fn", global_scale=np.array([3.0], np.float32))
+    leaves, treedef = jax.tree_util.tree_flatten(act)
+    assert len(leaves) == 1 and leaves[0][0] == 3.0
+    dev = jax.tree_util.tree_map(jnp.asarray, act)
+    assert isinstance(dev, ActQuant) and dev.group_size == 16 and isinstance(dev.global_scale, jax.Array)
+    out = jax.jit(lambda a, y: y * a.global_scale[0])(dev, jnp.ones(2))
+    assert float(out[0]) == 3.0
