@@ -181,6 +181,10 @@ def build_tokenizer(path: str | os.PathLike | GGUFFile):
         for t, ty in zip(tokens, types, strict=True)
         if ty == _CONTROL and control_ok(t)
     ]
+    # The special tokens named by id (unk / bos / eos / pad) are matched whole too, as transformers'
+    # wrapper registers them; llama.cpp types <unk> UNKNOWN (2), not CONTROL.
+    named = {s[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")} - {None, *(t.content for t in special)}
+    special += [AddedToken(t, normalized=False, special=True) for t in tokens if t in named]
     tok.add_special_tokens(special)
     user = [
         AddedToken(t, normalized=False, special=False)
