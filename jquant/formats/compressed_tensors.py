@@ -303,7 +303,11 @@ class CompressedTensors(Format, name="compressed-tensors"):
         out: dict[str, Any] = {}
         consumed = set(kv) | set(_WEIGHT_PARAMS) | set(_INPUT_PARAMS) | {"weight", "weight_packed"}
         if scheme.weights is not None and "weight" not in group and "weight_packed" not in group:
-            raise group.error("weight", f"config group {scheme.name} quantizes this module but it has no weight tensor")
+            raise FormatError(
+                f"config group {scheme.name} quantizes this module but it has no weight tensor",
+                file=group.file(next(iter(group))),
+                tensor=group.full_name("weight"),
+            )
         if scheme.weights is not None:
             out[group.full_name("weight")] = self._weight(group, scheme)
         elif "weight" in group:

@@ -179,6 +179,11 @@ def checked(group: TensorGroup, scale_suffix: str, q: QArray) -> QArray:
         raise group.error(scale_suffix, e.problem, type(e)) from None
 
 
+def missing(group: TensorGroup, suffix: str, problem: str, *, beside: str = "weight") -> FormatError:
+    """A `FormatError` for an absent partner tensor, naming the file that holds ``beside``."""
+    return FormatError(problem, file=group.file(beside), tensor=group.full_name(suffix))
+
+
 def static_input_scale(group: TensorGroup, suffix: str = "input_scale") -> np.ndarray:
     """A static per-tensor activation scale (multiplier) as float32 (1,)."""
     return scalar(group, suffix)
@@ -273,7 +278,7 @@ class FP8(Format, name="fp8"):
         scale = "weight_scale_inv" if self.cfg.block else "weight_scale"
         if scale not in group:
             if "weight" in group and group.dtype("weight") in FP8_DTYPES:
-                raise group.error(scale, "fp8 weight without its scale")
+                raise missing(group, scale, "fp8 weight without its scale")
             return self.passthrough(group)
         if module_excluded(group.prefix, self.cfg.exclude):
             raise group.error(scale, "module is in ignored_layers / modules_to_not_convert but carries fp8 scales")
@@ -315,7 +320,7 @@ class FBGEMMFP8(Format, name="fbgemm_fp8"):
     def convert_module(self, group: TensorGroup):
         if "weight_scale" not in group:
             if "weight" in group and group.dtype("weight") in FP8_DTYPES:
-                raise group.error("weight_scale", "fp8 weight without its scale")
+                raise missing(group, "weight_scale", "fp8 weight without its scale")
             return self.passthrough(group)
         q = fp8_qarray(group, strategy="channel")
         out: dict[str, Any] = self.passthrough(group, skip={"weight", "weight_scale", "input_scale_ub"})

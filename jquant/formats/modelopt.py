@@ -38,7 +38,7 @@ from jquant.core.activation import ActQuant, fp4_act, fp8_act
 from jquant.core.errors import ConfigError, UnsupportedFormatError
 from jquant.core.qtypes import fp8_e4m3
 from jquant.formats.base import Format, TensorGroup, quant_config
-from jquant.formats.fp8 import INPUT_QUANT, KVCache, attention_prefix, fp8_qarray, scalar, static_input_scale
+from jquant.formats.fp8 import INPUT_QUANT, KVCache, attention_prefix, fp8_qarray, missing, scalar, static_input_scale
 from jquant.formats.mxfp4 import E8M0, MX_GROUP, NV_GROUP, fp4_qarray
 
 __all__ = ["ModelOpt", "ModelOptConfig", "ALGOS"]
@@ -110,7 +110,7 @@ class ModelOpt(Format, name="modelopt"):
                 self.kv.add(group, s, attention_prefix(group.prefix), kind)
         if "weight_scale" not in group:
             if "weight" in group and group.dtype("weight") == np.dtype(fp8_e4m3.storage_dtype):
-                raise group.error("weight_scale", "fp8 weight without its scale")
+                raise missing(group, "weight_scale", "fp8 weight without its scale")
             return self.passthrough(group, skip=set(kv))
         algo = self.algo_for(group.prefix)
         if algo is None:

@@ -39,7 +39,7 @@ from jquant.core.activation import ActQuant, fp4_act, fp8_act
 from jquant.core.errors import ConfigError, UnsupportedFormatError
 from jquant.core.qtypes import fp8_e4m3
 from jquant.formats.base import Format, TensorGroup, quant_config
-from jquant.formats.fp8 import INPUT_QUANT, KVCache, attention_prefix, fp8_qarray, static_input_scale
+from jquant.formats.fp8 import INPUT_QUANT, KVCache, attention_prefix, fp8_qarray, missing, static_input_scale
 from jquant.formats.mxfp4 import MX_GROUP, fp4_qarray
 
 __all__ = ["Quark", "QuarkTensorConfig"]
@@ -117,7 +117,9 @@ class Quark(Format, name="quark"):
         glob = layer(qc["global_quant_config"], "global_quant_config")
         layers = {str(k): layer(v, f"layer_quant_config.{k}") for k, v in (qc.get("layer_quant_config") or {}).items()}
         if qc.get("layer_type_quant_config"):
-            raise UnsupportedFormatError("Quark layer_type_quant_config is not supported (module classes are not on disk)")
+            raise UnsupportedFormatError(
+                "Quark layer_type_quant_config is not supported (module classes are not on disk)"
+            )
         exclude = tuple(str(p) for p in (qc.get("exclude") or ()))
         kv_group = tuple((qc.get("export") or {}).get("kv_cache_group") or ())
         return cls(glob, layers, exclude, kv_group)
@@ -138,23 +140,29 @@ class Quark(Format, name="quark"):
             kind = {"k_proj": "k_scale", "v_proj": "v_scale", "q_proj": "q_scale"}.get(group.prefix.rpartition(".")[2])
             in_kv = any(fnmatch.fnmatchcase(group.prefix, p) for p in self.kv_group)
             if kind is None or not (in_kv or not self.kv_group):
-                raise group.error("output_scale", "output quantization outside the KV cache is not supported", UnsupportedFormatError)
+                raise group.error(
+                    "output_scale", "output quantization outside the KV cache is not supported", UnsupportedFormatError
+                )
             self.kv.add(group, "output_scale", attention_prefix(group.prefix), kind)
             skip.add("output_scale")
         if "weight_scale" not in group:
             if "weight" in group and group.dtype("weight") == np.dtype(fp8_e4m3.storage_dtype):
-                raise group.error("weight_scale", "fp8 weight without its scale")
+                raise missing(group, "weight_scale", "fp8 weight without its scale")
             return self.passthrough(group, skip=skip)
         cfg = self.config_for(group.prefix)
         if cfg is None or cfg.weight is None:
-            raise group.error("weight_scale", "module is excluded / unquantized in the config but carries scales", ConfigError)
+            raise group.error(
+                "weight_scale", "module is excluded / unquantized in the config but carries scales", ConfigError
+            )
         wc, ic = cfg.weight, cfg.input
         if wc.dtype == "fp8_e4m3" and wc.qscheme in ("per_tensor", "per_channel"):
             w = fp8_qarray(group, strategy="tensor" if wc.qscheme == "per_tensor" else "channel")
         elif wc.is_mxfp4 and wc.scale_e8m0:
             w = fp4_qarray(group, packed="weight", scale="weight_scale", group_size=MX_GROUP, scale_kind="e8m0")
         else:
-            raise group.error("weight", f"Quark weight dtype {wc.dtype!r} / {wc.qscheme} is not supported", UnsupportedFormatError)
+            raise group.error(
+                "weight", f"Quark weight dtype {wc.dtype!r} / {wc.qscheme} is not supported", UnsupportedFormatError
+            )
         out: dict[str, Any] = self.passthrough(group, skip=skip | set(_CONSUMED))
         out[group.full_name("weight")] = w
         act = self._activation(group, ic)
@@ -174,7 +182,9 @@ class Quark(Format, name="quark"):
             return fp8_act(dynamic=True, granularity="token")
         if ic.is_mxfp4:
             return fp4_act(group_size=MX_GROUP, scale_dtype="float8_e8m0fnu")
-        raise group.error("weight", f"Quark input_tensors {ic.dtype!r} / {ic.qscheme} is not supported", UnsupportedFormatError)
+        raise group.error(
+            "weight", f"Quark input_tensors {ic.dtype!r} / {ic.qscheme} is not supported", UnsupportedFormatError
+        )
 
     def describe(self):
         d: dict[str, Any] = {"format": self.name}
