@@ -195,3 +195,19 @@ def test_unrecognised_rope_freqs_warn(tmp_path):
         ckpt = convert(tmp_path / "odd.gguf")
     assert ckpt.config["rope_scaling"] is None
     assert np.allclose(ckpt.metadata["rope_freqs"], np.linspace(1, 3, 16))
+
+
+def test_folder_with_one_gguf_and_from_config(tmp_path):
+    import shutil
+
+    from jquant.core.errors import UnsupportedFormatError
+    from jquant.formats import get_format
+
+    path, _ = tiny_gguf("qwen3")
+    shutil.copy(path, tmp_path / path.name)
+    ckpt = convert(tmp_path)  # a folder with exactly one .gguf and no config.json
+    assert ckpt.format == "gguf" and ckpt.config["model_type"] == "qwen3" and ckpt.config["head_dim"] == 128
+    fmt = get_format("gguf").from_config(ckpt.config, [])
+    assert fmt.spec.arch == "qwen3" and not fmt.spec.permuted_qk
+    with pytest.raises(UnsupportedFormatError, match="model_type 'gpt2' has no GGUF mapping"):
+        get_format("gguf").from_config({"model_type": "gpt2"}, [])
