@@ -294,3 +294,26 @@ def test_mutated_header_bytes(tmp_path, seed):
         convert(p)
     except FormatError as e:
         assert f"mut{seed}.gguf" in str(e)
+
+
+def test_custom_alignment(tmp_path):
+    """general.alignment = 64 moves the data section and every tensor offset; values still match gguf-py."""
+    w = gguf.GGUFWriter(str(tmp_path / "a64.gguf"), arch="llama")
+    w.add_custom_alignment(64)
+    a = np.arange(40, dtype=np.float32)
+    w.add_tensor("output_norm.weight", a)
+    w.add_tensor("blk.0.attn_norm.weight", a[:24].astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = GGUFFile(tmp_path / "a64.gguf")
+    r = gguf.GGUFReader(tmp_path / "a64.gguf")
+    assert f.alignment == 64 and f.data_offset % 64 == 0 and f.data_offset == r.data_offset
+    assert all(t.offset % 64 == 0 for t in f.tensors.values())
+    assert np.array_equal(f["output_norm.weight"], a) and f["blk.0.attn_norm.weight"].dtype == np.float16
+    bad = bytearray((tmp_path / "a64.gguf").read_bytes())
+    i = bytes(bad).index(b"general.alignment") + len(b"general.alignment") + 4
+    bad[i : i + 4] = struct.pack("<I", 48)
+    with pytest.raises(CorruptFileError, match="general.alignment 48 is not a positive power of two"):
+        GGUFFile(write(tmp_path, bytes(bad), "a48.gguf"))

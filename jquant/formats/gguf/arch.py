@@ -115,7 +115,7 @@ def _rope_scaling(metadata: Mapping[str, Any], arch: str, file: Any) -> dict[str
     """``{arch}.rope.scaling.*`` -> HF rope_scaling (linear / yarn), or None.
 
     Llama-3.1-style scaling is not in the metadata: llama.cpp bakes it into a ``rope_freqs.weight``
-    tensor of per-frequency divisors; `jquant.convert.gguf` keeps that tensor (see there).
+    tensor of per-frequency divisors, which `llama3_rope_scaling` turns back into HF's dict.
     """
     kind = metadata.get(f"{arch}.rope.scaling.type")
     if kind in (None, "none"):
