@@ -18,7 +18,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import jax.numpy as jnp
-    import numpy as np
 
     import jquant
     from jquant.cli.generate import default_src
@@ -34,7 +33,7 @@ def run(args) -> int:
     all_ok = True
     for prompt in args.prompt or DEFAULT_PROMPTS:
         ids = prompt_ids(tok, prompt, chat=not args.no_chat)
-        report = compare_logits(np.asarray(model(jnp.asarray(ids))), transformers_logits(oracle, ids))
+        report = compare_logits(gen.logits(ids), transformers_logits(oracle, ids))
         ours = gen(ids, max_new_tokens=args.max_new_tokens)[0]
         theirs = transformers_greedy(oracle, ids, args.max_new_tokens)[0]
         same = ours.tolist() == theirs.tolist()

@@ -78,6 +78,18 @@ class Generator:
         self.graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("sampling",), donate_argnames=("cache",))
         self._step = jax.jit(self._step_fn, static_argnames=("sampling",), donate_argnames=("cache",))
+        self._forward = jax.jit(lambda state, ids: nnx.merge(self.graphdef, state)(ids))
+
+    def logits(self, ids: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+        """float32 logits [B, T, vocab] of a full forward, compiled once per `PROMPT_BUCKET` of T.
+
+        The ids are right-padded to the bucket: causal attention keeps the real positions exact.
+        """
+        ids = np.asarray(ids, dtype=np.int32)
+        b, t = ids.shape
+        padded = np.zeros((b, _round_up(t, PROMPT_BUCKET)), np.int32)
+        padded[:, :t] = ids
+        return np.asarray(self._forward(self.state, jnp.asarray(padded)))[:, :t]
 
     def _prefill_fn(self, state, ids, n_prompt, cache, key, sampling):
         model = nnx.merge(self.graphdef, state)

@@ -32,9 +32,7 @@ class ParityReport:
     top1_agreement: float
 
     def __str__(self) -> str:
-        return (
-            f"max|diff| {self.max_abs_diff:.3e}, max|diff|/std {self.rel:.3e}, top-1 agreement {self.top1_agreement:.1%}"
-        )
+        return f"max|diff| {self.max_abs_diff:.3e}, max|diff|/std {self.rel:.3e}, top-1 agreement {self.top1_agreement:.1%}"
 
 
 def compare_logits(ours: np.ndarray, oracle: np.ndarray) -> ParityReport:
