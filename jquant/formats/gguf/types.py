@@ -35,7 +35,6 @@ from collections.abc import Callable
 import ml_dtypes
 import numpy as np
 
-from jquant.core.packing import pack_codes
 from jquant.core.qarray import QArray
 from jquant.core.qtypes import QType, fp4_e2m1, int8, int_type, iq4nl, uint4, uint4b8
 
@@ -123,10 +122,6 @@ def _f16(blocks: np.ndarray, off: int) -> np.ndarray:
     return np.ascontiguousarray(blocks[..., off : off + 2]).view("<f2")[..., 0]
 
 
-def _u32(blocks: np.ndarray, off: int) -> np.ndarray:
-    return np.ascontiguousarray(blocks[..., off : off + 4]).view("<u4")[..., 0]
-
-
 def _split_half_nibbles(qs: np.ndarray) -> np.ndarray:
     """GGUF 32-element nibble order: byte j holds element j (low) and j + 16 (high). [..., 16] -> [..., 32]."""
     return np.concatenate([qs & 15, qs >> 4], axis=-1)
@@ -149,6 +144,17 @@ def _k_scale_min(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, mn
 
 
+def _pack(codes: np.ndarray, container_bits: int) -> np.ndarray:
+    """Canonical packing (`jquant.core.packing.pack_codes`, lowest bits first) of codes already known
+    to fit their container (every converter masks them), without pack_codes' range checks."""
+    c = codes.astype(np.uint8, copy=False)
+    if container_bits == 4:
+        return c[..., 0::2] | (c[..., 1::2] << 4)
+    if container_bits == 2:
+        return c[..., 0::4] | (c[..., 1::4] << 2) | (c[..., 2::4] << 4) | (c[..., 3::4] << 6)
+    raise AssertionError(container_bits)
+
+
 def _rows(codes: np.ndarray) -> np.ndarray:
     """[N, nb, block] codes -> [N, K]."""
     return codes.reshape(codes.shape[0], -1)
@@ -160,7 +166,7 @@ def _qarray(codes: np.ndarray, qtype: QType, scale: np.ndarray, group: int, zero
     if qtype.container_bits == 8:  # one code per byte: int8 (Q8_0) or uint8 (5/6-bit codes)
         data = np.ascontiguousarray(codes).astype(qtype.storage_dtype, copy=False)
     else:
-        data = pack_codes(codes, qtype.container_bits)
+        data = _pack(codes, qtype.container_bits)
     return QArray(
         data=data,
         scale=np.ascontiguousarray(scale.reshape(n, -1)),
@@ -195,8 +201,8 @@ def _q4_1(b):  # d, m f16, qs[16]: x = nib * d + m  ==  v * s - (-m)   (negation
 
 def _q5_codes(b, qh_off):
     low = _split_half_nibbles(b[..., qh_off + 4 : qh_off + 20])
-    high = (_u32(b, qh_off)[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # bit i of qh -> element i
-    return low | (high.astype(np.uint8) << 4)
+    high = np.unpackbits(b[..., qh_off : qh_off + 4], axis=-1, bitorder="little")  # bit i of u32 LE qh -> element i
+    return low | (high << 4)
 
 
 def _q5_0(b):  # d, qh u32, qs[16]: x = (q - 16) * d
