@@ -18,7 +18,7 @@ import jquant
 from jquant.cli import main as cli_main
 from jquant.convert.safetensors_io import SafetensorsFile, write_safetensors
 from jquant.core.errors import ConfigError, FormatError, UnsupportedFormatError
-from tests.fixtures.producers_gptq_awq import ProducerUnavailable, awq_checkpoint, gptq_checkpoint
+from tests.fixtures.producers_gptq_awq import ProducerUnavailable, autoround_checkpoint, awq_checkpoint, gptq_checkpoint
 
 L = "model.layers.0.self_attn.q_proj"  # K = N = 256
 D = "model.layers.0.mlp.down_proj"  # K = 512, N = 256
@@ -245,3 +245,42 @@ def test_bias_passes_through(gptq_sym, tmp_path):
     np.testing.assert_array_equal(jquant.convert(ok).weights[f"{L}.bias"], bias)
     bad = _broken(gptq_sym, tmp_path / "bad", tensors=lambda t: t.update({f"{L}.bias": bias[:100]}))
     _expect(bad, FormatError, f"{L}.bias", "shape [100] but expected [256]")
+
+
+@pytest.fixture(scope="module")
+def autoround_sym():
+    return _make(autoround_checkpoint, "auto_round", 4, 128, True)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        dict(block_name_to_quantize="model.layers.1"),
+        dict(extra_config={"model.layers.0.mlp.down_proj": {"bits": 16, "data_type": "float"}}),
+    ],
+)
+def test_autoround_config_leaves_quantized_layer_dense(autoround_sym, tmp_path, edit):
+    bad = _broken(autoround_sym, tmp_path / "ck", config=lambda qc: qc.update(edit))
+    _expect(bad, ConfigError, f"{D}.qweight", "the config leaves it dense")
+    _cli_leaves_nothing(bad, tmp_path)
+
+
+def test_autoround_unsupported_packing(autoround_sym, tmp_path):
+    bad = _broken(autoround_sym, tmp_path / "ck", config=lambda qc: qc.update(packing_format="auto_round:fp8"))
+    _expect(bad, UnsupportedFormatError, "quantization_config.packing_format", "not supported", file="config.json")
+
+
+def test_awq_legacy_side_file(awq, tmp_path):
+    """AutoAWQ's legacy ``quant_config.json`` (w_bit / q_group_size / "GEMM") reads the same as config.json's."""
+    legacy = tmp_path / "legacy"
+    shutil.copytree(awq, legacy)
+    cfg = json.loads((legacy / "config.json").read_text())
+    del cfg["quantization_config"]
+    (legacy / "config.json").write_text(json.dumps(cfg))
+    side = {"zero_point": True, "q_group_size": 128, "w_bit": 4, "version": "GEMM"}
+    (legacy / "quant_config.json").write_text(json.dumps(side))
+    a, b = jquant.convert(awq), jquant.convert(legacy)
+    assert b.format == "awq" and set(a.quantized()) == set(b.quantized())
+    for name, w in a.quantized().items():
+        for field, arr in w.arrays().items():
+            np.testing.assert_array_equal(b.weights[name].arrays()[field], arr)
