@@ -211,3 +211,29 @@ def test_folder_with_one_gguf_and_from_config(tmp_path):
     assert fmt.spec.arch == "qwen3" and not fmt.spec.permuted_qk
     with pytest.raises(UnsupportedFormatError, match="model_type 'gpt2' has no GGUF mapping"):
         get_format("gguf").from_config({"model_type": "gpt2"}, [])
+
+
+def test_converts_without_gguf_py_jax_torch_or_transformers():
+    """jquant reads GGUF with numpy alone; gguf-py is needed only for non-canonical types (clear error)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, _ = tiny_gguf("qwen2")
+    code = (
+        "import sys, warnings\n"
+        "for m in ('gguf', 'jax', 'torch', 'transformers'): sys.modules[m] = None\n"
+        "import numpy as np, jquant\n"
+        f"c = jquant.convert({str(path)!r})\n"
+        "assert len(c.quantized()) == 15, c\n"
+        "from jquant.formats.gguf import convert_tensor, ggml_type\n"
+        "from jquant.core.errors import UnsupportedFormatError\n"
+        "warnings.simplefilter('ignore')\n"
+        "try:\n"
+        "    convert_tensor(np.zeros((1, 66), np.uint8), ggml_type('IQ2_XXS'), (1, 256), name='t', file='f')\n"
+        "except UnsupportedFormatError as e:\n"
+        "    assert 'needs gguf-py' in str(e), e\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
