@@ -7,9 +7,11 @@ class name such as ``"Linear"``; ``ignore`` uses the same matcher and wins,
 ``compressed_tensors/utils/match.py``). A group's ``format`` overrides the global one.
 
 Only tensor names are on disk, not module classes, so a class target (``"Linear"``) is taken to
-match every module that carries quantization tensors (``weight_scale`` / ``weight_packed``);
-modules it cannot see (embeddings, norms) pass through unchanged. Exact and regex targets are
-matched on the names as written.
+match every module that carries quantization tensors (``weight_scale`` / ``weight_packed`` /
+``input_scale``...); modules it cannot see (embeddings, norms) pass through unchanged. Exact and
+regex targets are matched on the names as written. Limitation: an activation-only scheme with
+*dynamic* activations and a class target leaves no tensor to recognise its modules by; use
+exact or regex targets for those (none of llm-compressor's presets is such a scheme).
 
 Per compression format (``compressors/*/base.py``; canonical result in brackets):
 
@@ -257,7 +259,8 @@ class CompressedTensors(Format, name="compressed-tensors"):
         for n in tensor_names:
             p, _, s = n.rpartition(".")
             modules.setdefault(p, set()).add(s)
-        quantized = {p for p, ss in modules.items() if ss & {"weight_scale", "weight_packed"}}
+        marks = {"weight_scale", "weight_packed", *_INPUT_PARAMS}
+        quantized = {p for p, ss in modules.items() if ss & marks}
         for s in self.schemes:
             if not any(self._target_rank(t, p, p in quantized) for t in s.targets for p in modules):
                 raise ConfigError(f"config_groups.{s.name} targets {list(s.targets)} match no module in the checkpoint")
@@ -290,7 +293,7 @@ class CompressedTensors(Format, name="compressed-tensors"):
         for s in kv:
             self.kv.add(group, s, group.prefix, s)
         quant_tensors = {s for s in group if s in ("weight_packed",) + _WEIGHT_PARAMS + _INPUT_PARAMS}
-        scheme = self.scheme_for(group.prefix, bool(quant_tensors & {"weight_scale", "weight_packed"}))
+        scheme = self.scheme_for(group.prefix, bool(quant_tensors))
         if scheme is None:
             if quant_tensors:
                 s = sorted(quant_tensors)[0]

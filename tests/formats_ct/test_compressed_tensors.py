@@ -7,6 +7,8 @@ plus the literal ``Compressor.decompress`` output in its own dtype.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -28,19 +30,25 @@ LINEARS = (
 )
 N_LAYERS = 2
 
-# scheme -> (qtype, block for a [N, 256] weight as a function of N, zero?, expected input_quant repr or None)
+# scheme -> (qtype, block for a weight [N, K], zero?, expected input_quant repr or None); MIXED: per module kind
+_MIXED_ATTN = ("uint4b8", lambda n, k: (1, 64), False, None)
+_MIXED_MLP = ("fp8_e4m3", lambda n, k: (1, k), False, "ActQuant(fp8_e4m3, dynamic per-token)")
 EXPECT = {
     "W4A16": ("uint4b8", lambda n, k: (1, 128), False, None),
     "W4A16_ASYM": ("uint4", lambda n, k: (1, 128), True, None),
     "W8A16": ("uint8b128", lambda n, k: (1, 128), False, None),
     "GPTQ": ("uint4b8", lambda n, k: (1, 128), False, None),
     "W8A8": ("int8", lambda n, k: (1, k), False, "ActQuant(int8, dynamic per-token)"),
+    "W4A8": ("uint4b8", lambda n, k: (1, 128), False, "ActQuant(int8, dynamic per-token)"),
+    "W8A8_STATIC_ASYM": ("int8", lambda n, k: (1, k), False, "ActQuant(int8, static per-tensor, asym)"),
     "FP8": ("fp8_e4m3", lambda n, k: (n, k), False, "ActQuant(fp8_e4m3, static per-tensor)"),
     "FP8_DYNAMIC": ("fp8_e4m3", lambda n, k: (1, k), False, "ActQuant(fp8_e4m3, dynamic per-token)"),
     "FP8_BLOCK": ("fp8_e4m3", lambda n, k: (128, 128), False, "ActQuant(fp8_e4m3, dynamic per-group128)"),
+    "FP8_WEIGHT_ONLY": ("fp8_e4m3", lambda n, k: (1, k), False, None),
     "NVFP4": ("fp4_e2m1", lambda n, k: (1, 16), False, "ActQuant(fp4_e2m1, dynamic per-group16, scale=float8_e4m3fn)"),
     "MXFP4": ("fp4_e2m1", lambda n, k: (1, 32), False, "ActQuant(fp4_e2m1, dynamic per-group32, scale=float8_e8m0fnu)"),
     "MXFP8": ("fp8_e4m3", lambda n, k: (1, 32), False, "ActQuant(fp8_e4m3, dynamic per-group32, scale=float8_e8m0fnu)"),
+    "MIXED": lambda prefix: _MIXED_MLP if ".mlp." in prefix else _MIXED_ATTN,
 }
 assert set(EXPECT) == set(LLMC_SCHEMES)
 
@@ -52,12 +60,20 @@ def _module_tensors(folder, prefix):
         return {k[len(prefix) + 1 :]: f.get_tensor(k) for k in f.keys() if k.rpartition(".")[0] == prefix}
 
 
-def _scheme(folder):
+def _schemes(folder):
+    """prefix -> (compressed-tensors QuantizationScheme, compression format), matching targets as CT does for these configs."""
     from compressed_tensors.quantization import QuantizationConfig
 
     qc = read_config(folder)["quantization_config"]
     cfg = QuantizationConfig.model_validate({k: v for k, v in qc.items() if k != "quant_method"})
-    return cfg.config_groups["group_0"], qc["config_groups"]["group_0"].get("format") or qc["format"]
+
+    def lookup(prefix):
+        for name, scheme in cfg.config_groups.items():
+            if any(t == "Linear" or (t.startswith("re:") and re.match(t[3:], prefix)) for t in scheme.targets):
+                return scheme, qc["config_groups"][name].get("format") or qc["format"]
+        raise AssertionError(f"no group for {prefix}")
+
+    return lookup
 
 
 @pytest.mark.parametrize("scheme", LLMC_SCHEMES)
@@ -69,11 +85,13 @@ def test_llmcompressor_bit_exact_vs_compressed_tensors(llmc, scheme):
     folder = llmc / scheme
     ck = convert(folder)
     assert ck.format == "compressed-tensors"
-    qs, fmt = _scheme(folder)
-    qtype, block, has_zero, act_repr = EXPECT[scheme]
+    lookup = _schemes(folder)
     for layer in range(N_LAYERS):
         for lin in LINEARS:
             prefix = f"model.layers.{layer}.{lin}"
+            qs, fmt = lookup(prefix)
+            exp = EXPECT[scheme]
+            qtype, block, has_zero, act_repr = exp(prefix) if callable(exp) else exp
             w = ck.weights[f"{prefix}.weight"]
             assert isinstance(w, QArray), prefix
             n, k = w.shape
