@@ -61,6 +61,7 @@ def layout_of(w: QArray) -> WNA16Layout:
         bias=int(w.qtype.bias),
         group=min(w.block[1], k),
         has_zero=w.zero is not None,
+        signed=bool(w.qtype.signed),
     )
 
 

@@ -48,6 +48,7 @@ class WNA16Layout:
         bias: subtracted from every code (8 for uint4b8, 128 for uint8b128, 0 otherwise).
         group: K columns per scale; ``k`` for per-channel.
         has_zero: a uint8 zero-point array of the scale's shape is passed.
+        signed: 8-bit two's-complement codes (int8, value = code).
     """
 
     n: int
@@ -56,6 +57,7 @@ class WNA16Layout:
     bias: int
     group: int
     has_zero: bool
+    signed: bool = False
 
     @property
     def per_channel(self) -> bool:
@@ -64,6 +66,11 @@ class WNA16Layout:
     @property
     def n_groups(self) -> int:
         return -(-self.k // self.group)
+
+
+# 2^23 as f32 bits / value: (0x4B000000 | c) reinterpreted as f32 is exactly 2^23 + c for c < 2^23.
+_F32_MAGIC_BITS = 0x4B000000
+_F32_MAGIC = 1 << 23
 
 
 def _dot_nt(a, b):
@@ -101,7 +108,7 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         g_idx = g0 + jax.lax.broadcasted_iota(jnp.int32, (1, ng), 1)
         g_ok = col_ok & (g_idx < lay.n_groups)
         s = pltriton.load(s_ref.at[pl.ds(n0, bn), pl.ds(g0, ng)], mask=g_ok, other=0).astype(jnp.float32)
-        off = jnp.full((bn, ng), lay.bias, jnp.int32)
+        off = jnp.full((bn, ng), lay.bias + (128 if lay.signed else 0), jnp.int32)
         if z_ref is not None:
             off = off + pltriton.load(z_ref.at[pl.ds(n0, bn), pl.ds(g0, ng)], mask=g_ok, other=0).astype(jnp.int32)
         return s, off
@@ -114,7 +121,11 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         return jnp.broadcast_to(a[:, :, None], (bn, ng, width)).reshape(bn, ng * width)
 
     def load_codes(kk, width):
-        """Integer codes [bn, width] of K columns kk..kk+width (canonical order restored)."""
+        """Unsigned codes [bn, width] (int32 in [0, 2^bits)) of K columns kk..kk+width, as 1 or 2 tiles.
+
+        4-bit: [low nibbles, high nibbles] = [even columns, odd columns] (canonical order).
+        int8: shifted by +128 into [0, 256) (`load_scales` adds 128 to the offset to match).
+        """
         nb = width // per_byte
         kb = kk // per_byte
         byte_idx = kb + jax.lax.broadcasted_iota(jnp.int32, (1, nb), 1)
@@ -122,9 +133,26 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
             q_ref.at[pl.ds(n0, bn), pl.ds(kb, nb)], mask=col_ok & (byte_idx < k // per_byte), other=0
         ).astype(jnp.int32)
         if lay.bits == 8:
-            return [q]
-        # Canonical nibble order: column 2i is the low nibble of byte i.
+            return [q + 128 if lay.signed else q]
         return [q & 0xF, jax.lax.shift_right_logical(q, 4) & 0xF]
+
+    def to_f32(c, off):
+        """Exact f32 ``c - off`` without an int->float convert (I2F runs at 1/4 rate on Hopper):
+        the bits 0x4B000000 | c are the float 2^23 + c, so one OR and one FSUB suffice."""
+        magic = jax.lax.bitcast_convert_type(c | _F32_MAGIC_BITS, jnp.float32)
+        return magic - (off + _F32_MAGIC).astype(jnp.float32)
+
+    def to_cdt(c, off):
+        """Exact ``c - off`` in the 16-bit dot dtype: 0x6400 | c is the f16 1024 + c (codes < 1024),
+        0x4300 | c the bf16 128 + c (4-bit codes only: bf16 has 8 significant bits)."""
+        if cdt == jnp.float16:
+            bits, base = 0x6400, 1024
+        elif lay.bits == 4:
+            bits, base = 0x4300, 128
+        else:
+            return to_f32(c, off).astype(cdt)
+        magic = jax.lax.bitcast_convert_type((c | bits).astype(jnp.uint16), cdt)
+        return magic - (off + base).astype(cdt)
 
     def interleave(lo, hi, width):
         """tl.interleave: [bn, width/2] x 2 -> [bn, width] with lo at even columns (tt.join + reshape)."""
@@ -150,7 +178,7 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         for j in range(bk // sw):  # static unroll over the groups of one step
             kk = k0 + j * sw
             s, off = load_scales(kk // lay.group, 1)
-            vals = [(c - off).astype(cdt) for c in load_codes(kk, sw)]  # exact: |v| <= 255
+            vals = [to_cdt(c, off) for c in load_codes(kk, sw)]  # exact integers: |v| <= 383
             w = vals[0] if len(vals) == 1 else interleave(vals[0], vals[1], sw)
             acc = acc + scale_out(mma(load_x(kk, sw), w), s)
         return acc
@@ -164,9 +192,8 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
             s = expand(s, sw)
             off = expand(off, sw)
         codes = load_codes(k0, bk)
-        v = codes[0] if len(codes) == 1 else interleave(codes[0], codes[1], bk)
-        v = v - off
-        wf = v.astype(jnp.float32)
+        c = codes[0] if len(codes) == 1 else interleave(codes[0], codes[1], bk)
+        wf = to_f32(c, off)
         if not lay.per_channel:
             wf = wf * s
         w = wf if gemv else wf.astype(cdt)

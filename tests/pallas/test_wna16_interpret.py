@@ -40,6 +40,42 @@ CASES = [
     ("w8-int8-perchannel", (9, 50, 160), dict(bits=8, group=-1, signed=True), P, jnp.bfloat16),
     ("w8g16-bf16-scales", (1, 16, 64), dict(bits=8, group=16, scale_dtype=jnp.bfloat16), D, jnp.bfloat16),
     ("w4g128-f32-scales", (2, 32, 128), dict(bits=4, group=128, scale_dtype=np.float32), D, jnp.bfloat16),
+    # swap-AB (out^T = W x^T), whole-step loads with expanded scales, and the M=1 GEMV
+    (
+        "w4g32-swap-grouped",
+        (5, 40, 320),
+        dict(bits=4, group=32),
+        WNA16Config(bm=16, bn=32, bk=128, split_k=2, swap_ab=True),
+        jnp.bfloat16,
+    ),
+    (
+        "w4g32-zero-swap-whole",
+        (5, 40, 320),
+        dict(bits=4, group=32, zero=True),
+        WNA16Config(bm=16, bn=32, bk=128, split_k=2, scale_on_output=False, swap_ab=True),
+        jnp.float16,
+    ),
+    (
+        "w8-perchannel-swap-whole",
+        (19, 40, 320),
+        dict(bits=8, group=-1, signed=True),
+        WNA16Config(bm=16, bn=32, bk=64, scale_on_output=False, swap_ab=True),
+        jnp.bfloat16,
+    ),
+    (
+        "w4g64-gemv",
+        (1, 40, 320),
+        dict(bits=4, group=64),
+        WNA16Config(bm=1, bn=32, bk=128, split_k=2, scale_on_output=False, gemv=True),
+        jnp.bfloat16,
+    ),
+    (
+        "w8g128-zero-gemv",
+        (1, 24, 384),
+        dict(bits=8, group=128, zero=True),
+        WNA16Config(bm=1, bn=16, bk=256, split_k=1, scale_on_output=False, gemv=True),
+        jnp.float16,
+    ),
 ]
 
 
