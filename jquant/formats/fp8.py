@@ -7,6 +7,8 @@ Formats (formats.md section 5):
   Despite its name ``weight_scale_inv`` is a *multiplier*: ``W = fp8 * weight_scale_inv[n//bn, k//bk]``
   (DeepSeek-V3 ``inference/kernel.py weight_dequant_kernel``; transformers
   ``integrations/finegrained_fp8.py``). Activations: dynamic fp8 per group of ``bk`` channels.
+  With ``scale_fmt: "ue8m0"`` the scales are powers of two, stored as f32 or as float8_e8m0fnu
+  (kept in that dtype).
 * ``quant_method: "fp8"`` without a block size -- per-tensor FP8 (AutoFP8 / vLLM serialized):
   ``weight_scale`` f32 scalar (multiplier), ``input_scale`` f32 scalar when
   ``activation_scheme == "static"``, else dynamic per-tensor activations.
@@ -54,6 +56,7 @@ FP8_DTYPES: dict[np.dtype, QType] = {
     np.dtype(ml_dtypes.float8_e5m2): fp8_e5m2,
 }
 FLOAT_SCALE_DTYPES = (np.float32, np.float16, ml_dtypes.bfloat16)
+E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
@@ -283,7 +286,10 @@ class FP8(Format, name="fp8"):
         if module_excluded(group.prefix, self.cfg.exclude):
             raise group.error(scale, "module is in ignored_layers / modules_to_not_convert but carries fp8 scales")
         if self.cfg.block:
-            q = fp8_qarray(group, scale=scale, strategy="block", block=self.cfg.block)
+            # scale_fmt "ue8m0" checkpoints hold powers of two, as f32 or directly as float8_e8m0fnu
+            q = fp8_qarray(
+                group, scale=scale, strategy="block", block=self.cfg.block, scale_dtypes=(*FLOAT_SCALE_DTYPES, E8M0)
+            )
             act = fp8_act(dynamic=True, granularity="group", group_size=self.cfg.block[1])
         else:
             q = fp8_qarray(group, scale=scale, strategy="tensor")

@@ -31,11 +31,10 @@ from jquant.core.errors import ConfigError, FormatError
 from jquant.core.qarray import QArray
 from jquant.core.qtypes import fp4_e2m1
 from jquant.formats.base import Format, TensorGroup, quant_config
-from jquant.formats.fp8 import checked, scale_geometry
+from jquant.formats.fp8 import E8M0, checked, scale_geometry
 
 __all__ = ["GptOssMXFP4", "fp4_qarray", "e8m0_view", "nvfp4_scales", "E8M0"]
 
-E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
 E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
 MX_GROUP = 32
 NV_GROUP = 16

@@ -22,6 +22,7 @@ How each fixture is made (no network, no GPU):
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -341,3 +342,54 @@ def test_act_quant_is_not_a_weight_array(tmp_path):
     assert isinstance(ck.weights[f"{Q}.input_quant"], ActQuant)
     assert repr(ck.weights[f"{Q}.input_quant"]) == "ActQuant(fp8_e4m3, dynamic per-tensor)"
     assert all(isinstance(ck.weights[n], np.ndarray) for n in ("model.norm.weight", "lm_head.weight"))
+
+
+def test_hf_block_fp8_ue8m0_scales(tmp_path):
+    """scale_fmt "ue8m0": power-of-two scales stored as float8_e8m0fnu stay in that dtype, dequant unchanged."""
+    import torch
+
+    w = _w(256, 256, 5)
+    e = torch.randint(-12, -6, (2, 2)).float()
+    s = torch.pow(2.0, e)
+    sx = s.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    f8 = _fp8(w, sx)
+    s_e8 = (e.numpy().astype(np.int32) + 127).astype(np.uint8).view(ml_dtypes.float8_e8m0fnu)
+    qc = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128], "scale_fmt": "ue8m0"}
+    ck = convert(
+        write_checkpoint(tmp_path / "ck", tiny_config(qc), {f"{Q}.weight": _np(f8), f"{Q}.weight_scale_inv": s_e8})
+    )
+    q = ck.weights[f"{Q}.weight"]
+    assert q.scale.dtype == np.dtype(ml_dtypes.float8_e8m0fnu)
+    assert bits_equal(dequantize(q), (f8.float() * sx).numpy())
+
+
+def test_modelopt_mixed_precision_and_excludes(tmp_path):
+    """MIXED_PRECISION: per-layer algorithms (per-channel FP8 with per-token inputs, 128x128 block FP8 weight-only)."""
+    import torch
+
+    down = "model.layers.0.mlp.down_proj"
+    t, want = _plain(), {}
+    w = _w(256, 256, 60)
+    s = w.abs().amax(1) / 448
+    t |= {f"{Q}.weight": _np(_fp8(w, s[:, None])), f"{Q}.weight_scale": s.numpy()}
+    want[Q] = (_fp8(w, s[:, None]).float() * s[:, None]).numpy()
+    w = _w(256, 512, 61)
+    sb = torch.rand(2, 4) * 1e-4 + 1e-5
+    sx = sb.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    t |= {f"{down}.weight": _np(_fp8(w, sx)), f"{down}.weight_scale": sb.numpy()}
+    want[down] = (_fp8(w, sx).float() * sx).numpy()
+    t[f"{K_}.weight"] = np.ones((128, 256), np.float16)  # excluded by wildcard: stays dense
+    qc = {
+        "quant_method": "modelopt",
+        "quant_algo": "MIXED_PRECISION",
+        "quantized_layers": {Q: {"quant_algo": "FP8_PER_CHANNEL_PER_TOKEN"}, down: {"quant_algo": "FP8_PB_WO"}},
+        "exclude_modules": ["*k_proj", "lm_head"],
+    }
+    ck = convert(write_checkpoint(tmp_path / "mp", tiny_config(qc), t))
+    assert ck.weights[f"{Q}.weight"].block == (1, 256) and bits_equal(dequantize(ck.weights[f"{Q}.weight"]), want[Q])
+    assert repr(ck.weights[f"{Q}.input_quant"]) == "ActQuant(fp8_e4m3, dynamic per-token)"
+    assert ck.weights[f"{down}.weight"].block == (128, 128) and bits_equal(
+        dequantize(ck.weights[f"{down}.weight"]), want[down]
+    )
+    assert f"{down}.input_quant" not in ck.weights  # weight-only
+    assert isinstance(ck.weights[f"{K_}.weight"], np.ndarray)
