@@ -31,7 +31,7 @@ from typing import Any
 from jquant.convert.gguf_reader import GGUFFile
 from jquant.core.errors import UnsupportedFormatError
 
-__all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_settings", "SPLIT_REGEX"]
+__all__ = ["build_tokenizer", "load_tokenizer", "save_tokenizer", "tokenizer_settings", "SPLIT_REGEX"]
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp llama_token_type
 
@@ -221,3 +221,15 @@ def load_tokenizer(path: str | os.PathLike):
         **kwargs,
     )
     return tok
+
+
+def save_tokenizer(path: str | os.PathLike, folder: str | os.PathLike) -> list[Path]:
+    """Writes the GGUF file's tokenizer as HF files (tokenizer.json, tokenizer_config.json, ...) into ``folder``.
+
+    For canonical folders converted from a GGUF: afterwards ``AutoTokenizer.from_pretrained(folder)``
+    needs neither the GGUF file nor jquant.
+
+    Returns:
+        the files written.
+    """
+    return [Path(p) for p in load_tokenizer(path).save_pretrained(str(folder))]

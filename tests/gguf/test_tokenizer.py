@@ -64,3 +64,17 @@ def test_unsupported_tokenizer_model(tmp_path):
     w.close()
     with pytest.raises(UnsupportedFormatError, match=r"tokenizer\.ggml\.model 't5' is not supported"):
         build_tokenizer(tmp_path / "t5.gguf")
+
+
+def test_save_tokenizer_roundtrip(tmp_path):
+    from transformers import AutoTokenizer
+
+    from jquant.convert.gguf_tokenizer import save_tokenizer
+
+    path, _ = tiny_gguf("qwen3")
+    files = save_tokenizer(path, tmp_path)
+    assert (tmp_path / "tokenizer.json") in files
+    back, mine = AutoTokenizer.from_pretrained(tmp_path), load_tokenizer(path)
+    for text in TEXTS:
+        assert back(text).input_ids == mine(text).input_ids, text
+    assert back.chat_template == mine.chat_template and back.eos_token == "<|im_end|>"
