@@ -22,7 +22,7 @@ import numpy as np
 
 from jquant.convert.checkpoint import Checkpoint
 from jquant.convert.gguf_reader import GGUFFile
-from jquant.core.errors import CorruptFileError
+from jquant.core.errors import CorruptFileError, UnsupportedFormatError
 from jquant.core.qarray import LAYOUT_VERSION, QArray
 from jquant.formats.base import TensorGroup
 from jquant.formats.gguf import GGUF, NON_WEIGHTS, RawTensor, hf_name
@@ -79,15 +79,17 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
 
     Raises:
         CorruptFileError: the file does not parse (truncated, bad magic, out-of-range data...).
-        UnsupportedFormatError: unknown architecture, GGML type or tensor name.
+        UnsupportedFormatError: unknown architecture, GGML type or tensor name; a split file.
         ConfigError: required metadata missing.
     """
     path = Path(path)
     f = GGUFFile(path)
-    if int(f.metadata.get("split.count", 1)) > 1:
-        raise CorruptFileError(
-            f"this is one of {f.metadata['split.count']} split files; merge them first (llama-gguf-split --merge)",
+    splits = f.metadata.get("split.count", 1)
+    if splits != 1:  # llama.cpp's gguf-split shards (split.count / split.no); one file holds a part of the tensors
+        raise UnsupportedFormatError(
+            f"this is one of {splits!r} split files; merge them first (llama-gguf-split --merge)",
             file=path,
+            tensor="split.count",
         )
     rope_freqs = f["rope_freqs.weight"] if "rope_freqs.weight" in f else None
     if rope_freqs is not None and f.ggml_type("rope_freqs.weight").name != "F32":

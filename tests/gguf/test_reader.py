@@ -317,3 +317,9 @@ def test_custom_alignment(tmp_path):
     bad[i : i + 4] = struct.pack("<I", 48)
     with pytest.raises(CorruptFileError, match="general.alignment 48 is not a positive power of two"):
         GGUFFile(write(tmp_path, bytes(bad), "a48.gguf"))
+
+
+def test_split_file_refused(tmp_path):
+    p = write(tmp_path, gguf_bytes(kv={**LLAMA_KV, "split.count": 3}), "m-00001-of-00003.gguf")
+    with pytest.raises(UnsupportedFormatError, match=r"00003\.gguf.*split\.count.*one of 3 split files"):
+        convert(p)
