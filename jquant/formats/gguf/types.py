@@ -5,10 +5,11 @@ Every GGML quantized type stores a row of K elements as ``K / block`` consecutiv
 weight of HF shape [N, K] is a uint8 array [N, K / block * nbytes]. Each converter below takes the
 blocks as uint8 [N, nb, nbytes] and returns the canonical `QArray` of the same values, losslessly:
 
-* codes are moved from GGUF's in-block order to canonical column order and packed with
-  `jquant.core.packing.pack_codes`. GGUF's 32-element types use a **split-half** nibble order
-  (byte j holds elements j and j + 16: `gguf-py quants.py Q4_0.dequantize_blocks`), unlike the
-  adjacent-pair order of the canonical layout.
+* codes are moved from GGUF's in-block order to canonical column order and packed in the layout of
+  `jquant.core.packing.pack_codes` (`_pack`). GGUF's 32-element types use a **split-half** nibble
+  order (byte j holds elements j and j + 16: `gguf-py quants.py Q4_0.dequantize_blocks`), unlike
+  the adjacent-pair order of the canonical layout; Q4_K/Q5_K, IQ4_XS and NVFP4 split halves of
+  their 64-, 32- and 16-element chunks the same way.
 * 5-bit and 6-bit codes (Q5_0, Q5_1, Q5_K, Q6_K) live in uint8 containers (one code per byte): the
   canonical layout has no 5/6-bit containers and a byte is what kernels read; 3-bit (Q3_K) codes
   live in 4-bit containers.
@@ -18,6 +19,9 @@ blocks as uint8 [N, nb, nbytes] and returns the canonical `QArray` of the same v
   the bit-exact tests against `gguf.quants.dequantize` on random blocks prove it.
 * signed code ranges become unsigned codes with a bias (`jquant.core.qtypes.int_type`):
   Q4_0 -> uint4b8, Q5_0 -> uint5b16, Q3_K -> uint3b4, Q6_K -> uint6b32, TQ2_0 -> uint2b1.
+* scales keep their stored dtype where one scale is one stored field: fp16 (Q4_0..Q8_0, IQ4_NL,
+  TQ2_0), E8M0 (MXFP4), fp8 e4m3 (NVFP4, or exact float32 for bytes that are not valid e4m3fn).
+  E2M1's code 8 decodes to -0.0 canonically and to +0.0 in gguf-py: equal numbers.
 
 Types whose values cannot be written canonically (IQ1/IQ2/IQ3 grids, TQ1_0's base-3 packing) are
 dequantized exactly at convert time by gguf-py (imported lazily: jquant.formats must import without
