@@ -311,6 +311,10 @@ def test_gpt_oss_mxfp4_experts_split_per_expert(tmp_path):
         tf = convert_moe_packed_tensors(torch.from_numpy(blocks), torch.from_numpy(sc), dtype=torch.float32)
         assert tf.shape == (e, k, n)  # transformers keeps the experts' [E, in, out] orientation
         refs[proj] = (tf.transpose(1, 2).numpy(), np.stack(ref))
+    # a plain 2-D linear in the same layout (blocks [N, K/32, 16]) keeps its own name
+    o_packed, o_scales, o_ref = _mx(_w(256, 256, 59))
+    tensors["model.layers.0.self_attn.o_proj.weight_blocks"] = o_packed.reshape(256, 8, 16)
+    tensors["model.layers.0.self_attn.o_proj.weight_scales"] = o_scales
     qc = {
         "quant_method": "mxfp4",
         "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "lm_head"],
@@ -323,6 +327,7 @@ def test_gpt_oss_mxfp4_experts_split_per_expert(tmp_path):
             assert q.block == (1, 32) and q.shape == tf[j].shape
             assert bits_equal(dequantize(q), tf[j]) and bits_equal(dequantize(q), ct[j]), (proj, j)
             assert np.array_equal(ck.weights[f"{p}.{j}.{proj}.bias"], tensors[f"{p}.{proj}_bias"][j])
+    assert bits_equal(dequantize(ck.weights["model.layers.0.self_attn.o_proj.weight"]), o_ref)
     assert not any(n.endswith(("_blocks", "_scales")) for n in ck.weights)
     assert isinstance(ck.weights["model.layers.0.mlp.router.weight"], np.ndarray)
 
