@@ -217,4 +217,7 @@ class AutoRound(Format, name="auto-round"):
         return convert_gptq_group(group, scheme)
 
     def describe(self) -> dict[str, Any]:
-        return {"format": self.name, "autoround": dataclasses.asdict(self.cfg)}
+        d = dataclasses.asdict(self.cfg)
+        d["block_name_to_quantize"] = list(self.cfg.block_name_to_quantize)
+        d["extra_config"] = {name: dict(layer) for name, layer in self.cfg.extra_config}
+        return {"format": self.name, "autoround": d}

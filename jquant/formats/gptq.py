@@ -205,4 +205,6 @@ class GPTQ(Format, name="gptq"):
         return convert_gptq_group(group, scheme)
 
     def describe(self) -> dict[str, Any]:
-        return {"format": self.name, "gptq": dataclasses.asdict(self.cfg)}
+        d = dataclasses.asdict(self.cfg)
+        d["dynamic"] = {("-:" if r.exclude else "+:") + r.pattern: dict(r.overrides) for r in self.cfg.dynamic}
+        return {"format": self.name, "gptq": d}
