@@ -1,60 +1,101 @@
-"""Dynamic activation quantization for W8A8 matmuls (the ``act`` of ``act(x) @ W.T``).
+"""Activation quantization for W8A8 / FP8 / FP4 layers (the ``act`` of ``act(x) @ W.T``).
 
-Schemes (symmetric, scales computed from the activations at run time, float32):
+The recipe comes from the checkpoint: `jquant.core.activation.ActQuant` (``<module>.input_quant``
+in ``Checkpoint.weights``), whose numpy ``fake_quantize`` is the spec. Callers may also name the
+two common dynamic recipes by string: ``"int8"`` (per token) and ``"fp8"`` (e4m3 per token, or per
+128-column group against K-blocked weight scales, DeepSeek-V3 style).
 
-* ``"int8"``: per token: ``s = max|x| / 127``, ``q = round_half_even(x / s)`` clamped to [-127, 127]
-  (vLLM ``scaled_int8_quant`` / compressed-tensors dynamic per-token int8).
-* ``"fp8"``: fp8 e4m3 per token, or per (token, K-group) when the weight scales are blocked along K
-  (DeepSeek-V3 style 1x128 activation groups against 128x128 weight blocks):
-  ``s = max|x| / 448``, ``q = fp8_e4m3(x / s)`` (round to nearest even, saturating).
+Every recipe is resolved once per layer into a short *descriptor* that travels in the kernel spec:
 
-Done with plain torch ops on any device: exact (torch's fp32 -> fp8 / int8 conversions are IEEE
-round-to-nearest-even), device-agnostic, fused by ``torch.compile``. (The Triton interpreter's
-in-kernel fp32 -> fp8 cast is wrong, see notes/environment.md section 3, so no test could trust an
-in-kernel version on CPU.) ``fake_quant`` returns ``q * s``: the activations every backend, the
-dequantize + matmul reference included, multiplies when a W8A8 call is asked for.
+* ``"int8:0"`` / ``"fp8:0"``: dynamic symmetric per token; ``"fp8:G"``: per (token, G columns).
+  These are what the Triton W8A8 kernels compute natively (`quantize` below, torch ops:
+  ``s = max|x| / qmax``, codes ``round_half_even(x / s)`` clamped for int8, the RNE fp8 cast
+  (saturating) for e4m3; an all-zero unit gets codes 0). Same rule as the spec.
+* ``"ref:<json>"``: any other recipe (static scales, asymmetric int8, NVFP4 / MX fp4): applied by
+  the spec itself (numpy round trip on the host); only the dequantize + matmul backend takes it.
+
+Quantizing with torch ops rather than inside a Triton kernel keeps it exact and device-agnostic
+(the interpreter's in-kernel fp32 -> fp8 cast is wrong: notes/environment.md section 3).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+
+import numpy as np
 import torch
 
-__all__ = ["SCHEMES", "act_group", "quantize", "fake_quant"]
+from jquant.core.activation import ActQuant, fake_quantize
+
+__all__ = ["SCHEMES", "resolve", "native", "quantize", "fake_quant"]
 
 SCHEMES = ("int8", "fp8")
-FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
-INT8_MAX = 127.0
-_TINY = 1e-12  # an all-zero row gets scale 1e-12 / qmax instead of 0 (no 0/0)
+_QMAX = {"int8": 127.0, "fp8": 448.0}
+_TINY = 1e-30  # amax floor: an all-zero unit keeps codes 0 without 0 / 0
 
 
-def act_group(scheme: str, k: int, weight_block_k: int) -> int:
-    """Activation columns per scale: K, except fp8 against K-blocked weight scales (their bk)."""
-    if scheme == "fp8" and weight_block_k < k:
-        return weight_block_k
-    return k
+def resolve(act: str | ActQuant | None, k: int, weight_block_k: int) -> str | None:
+    """A recipe -> its descriptor for a weight with K columns and K-block ``weight_block_k``."""
+    if act is None:
+        return None
+    if isinstance(act, str):
+        if act == "int8":
+            return "int8:0"
+        if act == "fp8":
+            return f"fp8:{weight_block_k if weight_block_k < k else 0}"
+        if act.startswith(("int8:", "fp8:", "ref:")):
+            return act
+        raise ValueError(f"unknown activation quantization {act!r}; known: {SCHEMES} or a jquant ActQuant")
+    kind = {"int8": "int8", "fp8_e4m3": "fp8"}.get(act.qtype.name)
+    plain = act.dynamic and act.symmetric and act.scale_dtype is None and act.amax_ub is None
+    if kind is not None and plain and act.granularity == "token":
+        return f"{kind}:0"
+    if kind is not None and plain and act.granularity == "group":
+        return f"{kind}:{act.group_size}"
+    arrays = {f: [np.asarray(a).dtype.str, np.asarray(a).tolist()] for f, a in act.arrays().items()}
+    return "ref:" + json.dumps({"static": act.static_json(), "arrays": arrays}, sort_keys=True)
 
 
-def quantize(x: torch.Tensor, scheme: str, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] float -> (codes [M, K] int8 / float8_e4m3fn, scales [M, ceil(K / group)] float32)."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown activation quantization {scheme!r}; known: {SCHEMES}")
+def native(desc: str | None) -> tuple[str, int] | None:
+    """``(kind, group)`` of a kernel-native descriptor (group 0 = per token), else None."""
+    if desc is None or desc.startswith("ref:"):
+        return None
+    kind, _, g = desc.partition(":")
+    return kind, int(g)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode(desc: str) -> ActQuant:
+    d = json.loads(desc[4:])
+    arrays = {f: np.asarray(v, dtype=np.dtype(dt)) for f, (dt, v) in d["arrays"].items()}
+    return ActQuant.from_json(d["static"], arrays).validate()
+
+
+def quantize(x: torch.Tensor, kind: str, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float -> (codes [M, K] int8 / float8_e4m3fn, float32 scales [M, ceil(K / g)]); g = K if 0."""
     m, k = x.shape
-    g = -(-k // group)
+    g = group or k
+    n_units = -(-k // g)
     xf = x.float()
-    if g * group != k:  # pad the last group with zeros (they do not change the max)
-        xf = torch.nn.functional.pad(xf, (0, g * group - k))
-    xg = xf.reshape(m, g, group)
-    qmax = INT8_MAX if scheme == "int8" else FP8_MAX
-    s = xg.abs().amax(-1, keepdim=True).clamp_min(_TINY) / qmax
-    v = xg / s
-    if scheme == "int8":
-        q = torch.round(v).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    if n_units * g != k:  # zero-pad the last unit (zeros do not change its max)
+        xf = torch.nn.functional.pad(xf, (0, n_units * g - k))
+    xu = xf.reshape(m, n_units, g)
+    s = xu.abs().amax(-1, keepdim=True).clamp_min(_TINY) / _QMAX[kind]
+    v = xu / s
+    if kind == "int8":
+        q = torch.round(v).clamp_(-127.0, 127.0).to(torch.int8)
     else:
-        q = v.clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q.reshape(m, g * group)[:, :k].contiguous(), s.reshape(m, g)
+        q = v.clamp_(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return q.reshape(m, n_units * g)[:, :k].contiguous(), s.reshape(m, n_units)
 
 
-def fake_quant(x: torch.Tensor, scheme: str, group: int) -> torch.Tensor:
-    """``dequantize(quantize(x))`` in float32: what a W8A8 kernel multiplies."""
-    q, s = quantize(x, scheme, group)
-    return q.float() * s.repeat_interleave(group, dim=1)[:, : x.shape[1]]
+def fake_quant(x: torch.Tensor, desc: str) -> torch.Tensor:
+    """``dequantize(quantize(x))`` in float32 [M, K]: what a layer with this recipe multiplies."""
+    nat = native(desc)
+    if nat is None:
+        out = fake_quantize(x.detach().float().cpu().numpy(), _decode(desc))
+        return torch.from_numpy(out).to(x.device)
+    kind, group = nat
+    q, s = quantize(x, kind, group)
+    return q.float() * s.repeat_interleave(group or x.shape[1], dim=1)[:, : x.shape[1]]

@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 
 from jquant.core.qarray import QArray
+from torch_bridge import act_quant as aq
 from torch_bridge.tensor import describe
 
 __all__ = ["TorchBackend", "KernelSpec", "register_backend", "BACKENDS", "select", "explain"]
@@ -42,7 +43,7 @@ class KernelSpec:
         qtype: ``QType.to_json()`` of the weight, as a JSON string.
         shape: logical (N, K).
         block: scale block (bn, bk).
-        act_quant: None (weight-only) or an `torch_bridge.act_quant` scheme name.
+        act_quant: None (weight-only) or the activation recipe's descriptor (`torch_bridge.act_quant`).
         extra: backend-specific static values (JSON-able), e.g. the CPU int4 group size.
     """
 
@@ -93,6 +94,7 @@ class TorchBackend(abc.ABC):
         """Whether ``qmatmul`` of activations of ``dtype`` on ``device`` with ``w`` runs here; else why not.
 
         Reads only static fields, shapes and dtypes of ``w`` (its leaves may be on any device).
+        ``act_quant`` is None or a resolved descriptor (`torch_bridge.act_quant.resolve`).
         """
 
     @abc.abstractmethod
@@ -137,6 +139,7 @@ def select(
             declines: the caller asked for it, so a silent fallback would hide that.
     """
     device = torch.device(device)
+    act_quant = aq.resolve(act_quant, w.k, w.block[1])
     skipped: list[str] = []
     forced = [implementation] if implementation else _env_names("JQUANT_KERNELS")
     if forced:

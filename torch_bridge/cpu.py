@@ -66,7 +66,7 @@ def prepare_activations(x: torch.Tensor, perm: torch.Tensor | None, spec: Kernel
     if perm is not None:
         x = x.index_select(-1, perm)
     if spec.act_quant is not None:
-        x = aq.fake_quant(x, spec.act_quant, aq.act_group(spec.act_quant, spec.shape[1], spec.block[1]))
+        x = aq.fake_quant(x, spec.act_quant)
     return x
 
 

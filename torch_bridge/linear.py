@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from jquant.core.qarray import QArray
+from torch_bridge import act_quant as aq
 from torch_bridge.backend import select
 from torch_bridge.ops import qmatmul_prepared
 from torch_bridge.tensor import to_torch
@@ -27,8 +28,9 @@ class QuantLinear(nn.Module):
     Args:
         weight: canonical `QArray` [out_features, in_features] (numpy, torch or DLPack leaves).
         bias: optional [out_features] tensor.
-        act_quant: None (weight-only, the checkpoint's exact function) or "int8" / "fp8" for
-            W8A8 with dynamic per-token activation quantization.
+        act_quant: the layer's input-activation recipe: None (weight-only), the checkpoint's
+            `jquant.core.activation.ActQuant` (W8A8 / FP8 / FP4 layers), or "int8" / "fp8"
+            (dynamic per-token W8A8 on a weight-only checkpoint).
         implementation: force a backend by name (raises if it cannot run).
         device: where to put the buffers (default: where the leaves are).
 
@@ -43,7 +45,7 @@ class QuantLinear(nn.Module):
         weight: QArray,
         bias: torch.Tensor | None = None,
         *,
-        act_quant: str | None = None,
+        act_quant=None,
         implementation: str | None = None,
         device: torch.device | str | None = None,
     ):
@@ -77,8 +79,9 @@ class QuantLinear(nn.Module):
         key = (device, dtype)
         if key not in self._prepared:
             w = self.qweight()
-            backend, _ = select(w, device, dtype, act_quant=self.act_quant, implementation=self.implementation)
-            spec, tensors = backend.prepare(w, device, dtype, self.act_quant)
+            act = aq.resolve(self.act_quant, w.k, w.block[1])
+            backend, _ = select(w, device, dtype, act_quant=act, implementation=self.implementation)
+            spec, tensors = backend.prepare(w, device, dtype, act)
             self._prepared[key] = (spec.dumps(), tensors, backend.name)
         return self._prepared[key][2]
 

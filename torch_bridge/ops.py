@@ -13,6 +13,7 @@ import functools
 import torch
 
 from jquant.core.qarray import QArray
+from torch_bridge import act_quant as aq
 from torch_bridge.backend import BACKENDS, KernelSpec, select
 
 __all__ = ["qmatmul", "qmatmul_prepared", "prepare"]
@@ -40,11 +41,12 @@ def prepare(
     device: torch.device | str,
     dtype: torch.dtype,
     *,
-    act_quant: str | None = None,
+    act_quant=None,
     implementation: str | None = None,
 ) -> tuple[str, list[torch.Tensor]]:
     """Selects a backend for ``w`` and derives its tensors: ``(spec string, tensors)``."""
     device = torch.device(device)
+    act_quant = aq.resolve(act_quant, w.k, w.block[1])
     backend, _ = select(w, device, dtype, act_quant=act_quant, implementation=implementation)
     spec, tensors = backend.prepare(w, device, dtype, act_quant)
     return spec.dumps(), tensors
@@ -56,18 +58,19 @@ def qmatmul_prepared(x: torch.Tensor, tensors: list[torch.Tensor], spec: str) ->
 
 
 def qmatmul(
-    x: torch.Tensor, w: QArray | torch.Tensor, *, act_quant: str | None = None, implementation: str | None = None
+    x: torch.Tensor, w: QArray | torch.Tensor, *, act_quant=None, implementation: str | None = None
 ) -> torch.Tensor:
     """``x @ dequantize(w).T`` (f32 accumulation, result in ``x.dtype``) through the best backend.
 
-    Equivalent to ``x[..., perm] @ dequantize_permuted(w).T``; with ``act_quant`` ("int8" / "fp8")
-    the activations are dynamically quantized first (`torch_bridge.act_quant`). One-off calls
+    Equivalent to ``x[..., perm] @ dequantize_permuted(w).T``; with ``act_quant`` (a checkpoint's
+    `jquant.core.activation.ActQuant`, or "int8" / "fp8") the activations are quantized first
+    (`torch_bridge.act_quant`). One-off calls
     prepare the weight every time; `QuantLinear` caches the prepared tensors.
 
     Args:
         x: [..., K] float16 / bfloat16 / float32 activations.
         w: canonical `QArray` with torch leaves (`to_torch`), or a dense [N, K] tensor.
-        act_quant: None (weight-only) or an activation quantization scheme.
+        act_quant: None (weight-only), an `ActQuant`, or "int8" / "fp8".
         implementation: force a backend by name (raises if it cannot run this call).
     """
     if not isinstance(w, QArray):

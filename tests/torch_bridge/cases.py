@@ -72,6 +72,13 @@ def make_weight(c: Case) -> QArray:
     return w.validate(c.name)
 
 
+def act_group(c: Case) -> int:
+    """Columns per activation scale of a W8A8 case (the resolved recipe's group, K for per token)."""
+    from torch_bridge import act_quant as aq
+
+    return aq.native(aq.resolve(c.act_quant, c.k, c.block[1]))[1] or c.k
+
+
 def make_x(c: Case) -> np.ndarray:
     """Activations [m, k] in float32 holding values exactly representable in ``c.x_dtype``."""
     rng = np.random.default_rng(c.seed + 1)

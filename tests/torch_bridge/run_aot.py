@@ -19,8 +19,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import torch  # noqa: E402
 
-from tests.torch_bridge.cases import KERNEL_CASES  # noqa: E402
-from torch_bridge import act_quant as aq  # noqa: E402
+from tests.torch_bridge.cases import KERNEL_CASES, act_group  # noqa: E402
 from torch_bridge.triton.aot import TARGETS, W8a8Case, Wxa16Case, compile_case  # noqa: E402
 from torch_bridge.triton.configs import w8a8_config, wxa16_config  # noqa: E402
 from torch_bridge.triton.wxa16 import ZeroKind  # noqa: E402
@@ -33,8 +32,9 @@ def aot_case(i, c):
         zero = {None: ZeroKind.NONE, "int": ZeroKind.INT, "float": ZeroKind.FLOAT}[c.zero]
         cfg = wxa16_config(m, 4096, 4096, c.block[1] if c.block[1] < c.k else 4096, x_dtype.itemsize)
         return Wxa16Case(c.qtype, c.block, c.k, zero, x_dtype, cfg)
-    group = aq.act_group(c.act_quant, c.k, c.block[1])
-    cfg = w8a8_config(m, 4096, 4096, min(group, c.block[1]) if min(group, c.block[1]) < c.k else 4096)
+    group = act_group(c)
+    kb = min(group, c.block[1])
+    cfg = w8a8_config(m, 4096, 4096, kb if kb < c.k else 4096)
     return W8a8Case(c.act_quant == "int8", group, c.block, c.k, x_dtype, cfg)
 
 

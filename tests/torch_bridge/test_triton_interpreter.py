@@ -47,7 +47,7 @@ def test_kernel_matches_spec(interpreted, case):
         w = make_weight(case)
         xp = x[:, w.perm] if w.perm is not None else x
         xt = torch.from_numpy(xp).to(getattr(torch, case.x_dtype))
-        xq = aq.fake_quant(xt, case.act_quant, aq.act_group(case.act_quant, case.k, case.block[1])).numpy()
+        xq = aq.fake_quant(xt, aq.resolve(case.act_quant, case.k, case.block[1])).numpy()
         # the kernel sees x[:, perm] against data-order columns; undo the column order for the reference
         x_used = np.empty_like(xq)
         x_used[:, w.perm if w.perm is not None else slice(None)] = xq

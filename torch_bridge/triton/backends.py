@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
@@ -105,8 +107,9 @@ class TritonW8A8(TorchBackend):
         ok, why = _device_ok(device)
         if not ok:
             return False, why
-        if act_quant != self.scheme:
-            return False, f"W8A8 {self.scheme} kernel: activation quantization {act_quant!r} requested"
+        nat = aq.native(act_quant)
+        if nat is None or nat[0] != self.scheme:
+            return False, f"W8A8 {self.scheme} kernel: activation recipe {str(act_quant)[:80]!r}"
         if dtype not in _ACT_DTYPES:
             return False, f"activations {dtype} are not fp16 / bf16 / fp32"
         q = w.qtype
@@ -120,10 +123,12 @@ class TritonW8A8(TorchBackend):
             return False, f"qtype {q.name} is not int8 / uint8b128"
         if w.zero is not None:
             return False, "zero points are not supported by W8A8"
-        group = aq.act_group(self.scheme, w.k, w.block[1])
-        kb = min(group, w.block[1])
+        kb = k_block(nat[1], w.block[1], w.k)
         if kb < w.k and kb % 32:
-            return False, f"K block {kb} of the scales is not a multiple of 32"
+            return (
+                False,
+                f"K blocks of the scales (activations {nat[1] or w.k}, weights {w.block[1]}) share no multiple of 32",
+            )
         return True, ""
 
     def prepare(self, w, device, dtype, act_quant):
@@ -133,14 +138,20 @@ class TritonW8A8(TorchBackend):
         pn, pt = _perm_tensors(w, device)
         names = ["w", "w_scale"] + pn
         tensors = [data.contiguous(), block_scale(w).to(device).contiguous()] + pt
-        return _spec(self.name, w, names, act_quant=self.scheme), tensors
+        return _spec(self.name, w, names, act_quant=act_quant), tensors
 
     def run(self, x, tensors, spec):
         t = dict(zip(spec.names, tensors))
         xp = x.index_select(-1, t["perm"]) if "perm" in t else x
-        group = aq.act_group(self.scheme, spec.shape[1], spec.block[1])
-        a, a_scale = aq.quantize(xp, self.scheme, group)
-        return w8a8_matmul(a, a_scale, group, t["w"], t["w_scale"], spec.block, x.dtype)
+        kind, group = aq.native(spec.act_quant)
+        a, a_scale = aq.quantize(xp, kind, group)
+        return w8a8_matmul(a, a_scale, group or spec.shape[1], t["w"], t["w_scale"], spec.block, x.dtype)
+
+
+def k_block(act_group: int, weight_bk: int, k: int) -> int:
+    """The K granularity both scales are constant over: K, or the gcd of the blocked ones."""
+    blocks = [b for b in (act_group, weight_bk) if 0 < b < k]
+    return math.gcd(*blocks) if blocks else k
 
 
 register_backend(TritonWxA16())

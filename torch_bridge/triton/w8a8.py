@@ -19,6 +19,8 @@ the interpreter.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -109,9 +111,14 @@ def w8a8_kernel(
     )
 
 
+def _k_block(a_bk: int, w_bk: int, k: int) -> int:
+    blocks = [b for b in (a_bk, w_bk) if b < k]
+    return math.gcd(*blocks) if blocks else k
+
+
 def w8a8_constexprs(a_bk: int, w_block: tuple[int, int], k: int, is_int8: bool, config: TileConfig) -> dict:
     k_blocked = a_bk < k or w_block[1] < k
-    if k_blocked and (min(a_bk, w_block[1]) % config.block_k):
+    if k_blocked and (_k_block(a_bk, w_block[1], k) % config.block_k):
         raise ValueError(f"block_k={config.block_k} must divide the K blocks of the scales ({a_bk}, {w_block[1]})")
     return dict(
         A_BK=int(a_bk),
@@ -152,7 +159,7 @@ def w8a8_matmul(
     m, k = a.shape
     n = w.shape[0]
     if config is None:
-        config = INTERPRET_CONFIG if is_interpreter() else w8a8_config(m, n, k, min(a_bk, w_block[1]))
+        config = INTERPRET_CONFIG if is_interpreter() else w8a8_config(m, n, k, _k_block(a_bk, w_block[1], k))
     y = torch.empty((m, n), device=a.device, dtype=out_dtype)
     is_int8 = a.dtype == torch.int8
     if not is_int8:
