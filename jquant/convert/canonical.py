@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,11 +95,7 @@ def save(
             meta["activations"] = json.dumps(acts)
         write_safetensors(tmp / "model.safetensors", tensors, meta)
         (tmp / "config.json").write_text(json.dumps(ckpt.config, indent=2, default=str))
-        src = ckpt.metadata.get("source")
-        if src and Path(src).is_dir():
-            for f in _TOKENIZER_FILES:
-                if (Path(src) / f).exists():
-                    shutil.copy2(Path(src) / f, tmp / f)
+        _save_tokenizer(ckpt, tmp)
         marker = {"layout_version": LAYOUT_VERSION, "format": ckpt.format, "metadata": ckpt.metadata}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=_json_default))
         if progress is not None:
@@ -113,6 +110,25 @@ def save(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _save_tokenizer(ckpt: Checkpoint, folder: Path) -> None:
+    """Copies tokenizer files from an HF source folder, or writes them from GGUF tokenizer metadata."""
+    src = ckpt.metadata.get("source")
+    if src and Path(src).is_dir():
+        for f in _TOKENIZER_FILES:
+            if (Path(src) / f).exists():
+                shutil.copy2(Path(src) / f, folder / f)
+    gguf_src = ckpt.metadata.get("tokenizer_source")
+    if gguf_src and Path(gguf_src).is_file():
+        try:
+            from jquant.convert.gguf_tokenizer import save_tokenizer
+
+            save_tokenizer(gguf_src, folder)
+        except ImportError as e:  # tokenizers/transformers missing: weights are still complete
+            warnings.warn(
+                f"tokenizer not written to {folder.name} ({e}); generation will need the GGUF file", stacklevel=3
+            )
 
 
 def _json_default(o):
