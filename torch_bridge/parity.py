@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jquant.core.activation import ActQuant, fake_quantize
 from jquant.core.dequant import dequantize
 from jquant.core.qarray import QArray
 
@@ -60,16 +61,31 @@ def _torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
 
 
 def dense_model(ckpt: Any, quantized: dict[str, np.ndarray] | None = None, dtype: torch.dtype = torch.float32):
-    """transformers model from ``ckpt.config`` with dense weights: ``quantized[name]`` or the spec."""
+    """transformers model from ``ckpt.config`` with dense weights: ``quantized[name]`` or the spec.
+
+    Layers with an activation recipe (``<module>.input_quant``) get a forward pre-hook applying the
+    numpy spec ``jquant.core.activation.fake_quantize`` to their inputs, as the checkpoint says.
+    """
     from torch_bridge.patch import from_checkpoint
 
-    weights = {}
+    weights, recipes = {}, {}
     for name, w in ckpt.weights.items():
+        if isinstance(w, ActQuant):
+            recipes[name.rpartition(".")[0]] = w
+            continue
         if isinstance(w, QArray):
             w = quantized[name] if quantized is not None and name in quantized else dequantize(w)
         weights[name] = w
-    dense_ckpt = dataclasses.replace(ckpt, weights=weights)
-    return from_checkpoint(dense_ckpt, dtype=dtype)
+    model = from_checkpoint(dataclasses.replace(ckpt, weights=weights), dtype=dtype, strict=False)
+    for mod_name, act in recipes.items():
+
+        def hook(_module, args, act=act):
+            x = args[0]
+            xq = fake_quantize(x.detach().float().cpu().numpy(), act)
+            return (torch.from_numpy(xq).to(device=x.device, dtype=x.dtype),)
+
+        model.get_submodule(mod_name).register_forward_pre_hook(hook)
+    return model
 
 
 def spec_leg(ckpt: Any) -> LogitsFn:
@@ -81,7 +97,7 @@ def torch_bridge_leg(ckpt: Any, *, device: str = "cpu", dtype: torch.dtype = tor
     """transformers patched with `QuantLinear` over the canonical weights (`torch_bridge.patch_model`)."""
     from torch_bridge.patch import from_checkpoint
 
-    return _torch_logits_fn(from_checkpoint(ckpt, dtype=dtype, device=device, **kw))
+    return _torch_logits_fn(from_checkpoint(ckpt, dtype=dtype, device=device, strict=False, **kw))
 
 
 def oracle_leg(oracle: dict[str, np.ndarray]) -> Leg:

@@ -2,7 +2,9 @@
 
 `patch_model` walks ``Checkpoint.weights`` by HF name: every quantized linear weight replaces its
 ``nn.Linear`` by a `QuantLinear` (the bias moves over), every plain array is copied into the
-matching parameter or buffer. A quantized embedding table (GGUF quantizes ``token_embd``) is
+matching parameter or buffer, and an activation recipe (``<module>.input_quant``, a
+`jquant.core.activation.ActQuant` of W8A8 / FP8 / FP4 checkpoints) goes to its layer, which then
+quantizes its inputs as the checkpoint specifies. A quantized embedding table (GGUF quantizes ``token_embd``) is
 dequantized into its ``nn.Embedding`` (a row gather needs no matmul kernel; the table is the one
 weight stored dense). Names the model does not have are an error, never silently dropped.
 """
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from jquant.core.activation import ActQuant
 from jquant.core.errors import ConfigError
 from jquant.core.qarray import QArray
 from torch_bridge.dequant import dequantize
@@ -25,7 +28,10 @@ __all__ = ["patch_model", "from_checkpoint", "PatchReport"]
 
 
 class PatchReport(dict):
-    """What `patch_model` did: ``quantized``, ``dense``, ``embedding_dequantized``, ``missing`` name lists."""
+    """What `patch_model` did: name lists ``quantized``, ``dense``, ``embedding_dequantized``,
+    ``input_quant`` (recipes applied) and ``unknown`` (checkpoint names the model has no place for)."""
+
+CHECKPOINT = "checkpoint"
 
 
 def _weights(ckpt: Any) -> dict[str, Any]:
@@ -41,7 +47,7 @@ def patch_model(
     model: nn.Module,
     ckpt: Any,
     *,
-    act_quant: str | None = None,
+    act_quant: str | None = CHECKPOINT,
     implementation: str | None = None,
     device: torch.device | str | None = None,
     strict: bool = True,
@@ -52,7 +58,9 @@ def patch_model(
         model: a transformers (or any torch) model whose parameter names are the checkpoint's HF
             names, e.g. ``LlamaForCausalLM``.
         ckpt: a `jquant.Checkpoint` (or a mapping HF name -> QArray | array).
-        act_quant: None (weight-only) or "int8" / "fp8" W8A8 for every quantized linear.
+        act_quant: ``"checkpoint"`` (default): each layer quantizes its inputs as its
+            ``input_quant`` entry says (weight-only where there is none); None: weight-only
+            everywhere (recipes ignored); "int8" / "fp8": that dynamic W8A8 recipe everywhere.
         implementation: force one backend by name.
         device: where the quantized buffers go (default: the replaced module's device).
         strict: raise on checkpoint tensors the model has no place for.
@@ -64,11 +72,14 @@ def patch_model(
         ConfigError: a checkpoint name with no module / parameter, a quantized weight on a module
             that is not ``nn.Linear`` / ``nn.Embedding``, or a shape mismatch, naming the tensor.
     """
-    report = PatchReport(quantized=[], dense=[], embedding_dequantized=[], unknown=[])
+    report = PatchReport(quantized=[], dense=[], embedding_dequantized=[], input_quant=[], unknown=[])
     weights = _weights(ckpt)
+    recipes = {n.rpartition(".")[0]: a for n, a in weights.items() if isinstance(a, ActQuant)}
     dense = []
     # Pass 1: quantized weights replace their modules (a replaced Linear keeps its bias parameter).
     for name, w in weights.items():
+        if isinstance(w, ActQuant):
+            continue
         if not isinstance(w, QArray):
             dense.append(name)
             continue
@@ -88,7 +99,10 @@ def patch_model(
             dev = device if device is not None else module.weight.device
             if torch.device(dev).type == "meta":
                 dev = "cpu"
-            q = QuantLinear(w, module.bias, act_quant=act_quant, implementation=implementation, device=dev)
+            act = recipes.get(mod_name) if act_quant == CHECKPOINT else act_quant
+            q = QuantLinear(w, module.bias, act_quant=act, implementation=implementation, device=dev)
+            if act is not None and act_quant == CHECKPOINT:
+                report["input_quant"].append(f"{mod_name}.input_quant")
             parent_name, _, child = mod_name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, q)
             report["quantized"].append(name)
@@ -100,6 +114,9 @@ def patch_model(
                 f"quantized weight for a {type(module).__name__}; only nn.Linear / nn.Embedding can take one",
                 tensor=name,
             )
+    for mod_name in recipes:
+        if f"{mod_name}.input_quant" not in report["input_quant"] and act_quant == CHECKPOINT:
+            report["unknown"].append(f"{mod_name}.input_quant")  # a recipe without a quantized linear
     # Pass 2: plain arrays into the (patched) model's parameters and buffers.
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers(remove_duplicate=False))
@@ -128,8 +145,9 @@ def from_checkpoint(
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-    act_quant: str | None = None,
+    act_quant: str | None = CHECKPOINT,
     implementation: str | None = None,
+    strict: bool = True,
 ) -> nn.Module:
     """A transformers causal LM built from ``ckpt.config`` and patched with ``ckpt``'s weights.
 
@@ -137,7 +155,7 @@ def from_checkpoint(
         ckpt: a `jquant.Checkpoint`.
         dtype: dtype of the dense parameters (norms, embeddings) and of the activations.
         device: where the model runs.
-        act_quant, implementation: see `patch_model`.
+        act_quant, implementation, strict: see `patch_model`.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -147,5 +165,7 @@ def from_checkpoint(
         config.tie_word_embeddings = False  # the checkpoint has its own (maybe quantized) head
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    patch_model(model, ckpt, act_quant=act_quant, implementation=implementation, device=device)
+    model.jquant_patch_report = patch_model(
+        model, ckpt, act_quant=act_quant, implementation=implementation, device=device, strict=strict
+    )
     return model.eval()

@@ -18,14 +18,15 @@ INT8 = "torch_cpu_int8pack"
 DEQ = "torch_dequant_matmul"
 
 CPU_CASES = [
-    Case("int4_sym_g128", qt.uint4b8, 64, 256, (1, 128), 7, F32, impl=INT4),
+    Case("int4_sym_g128", qt.uint4b8, 64, 256, (1, 128), 4, F32, impl=INT4),
+    Case("int4_sym_g128_m7_takes_dequant", qt.uint4b8, 64, 256, (1, 128), 7, F32, impl=INT4),
     Case("int4_awq_intzero_g32", qt.uint4, 48, 128, (1, 32), 1, F32, zero="int", impl=INT4),
     Case(
         "int4_floatzero_g64_bf16", qt.uint4, 32, 256, (1, 64), 129, BF16, zero="float", scale_dtype="float16", impl=INT4
     ),  # fmt: skip
     Case("int4_per_channel_replicated", qt.uint4b8, 32, 512, (1, 512), 3, F32, impl=INT4),
     Case("int4_2d_block", qt.uint4, 48, 256, (16, 64), 5, F32, zero="int", impl=INT4),
-    Case("int4_actorder", qt.uint4b8, 16, 128, (1, 32), 7, F32, perm=True, impl=INT4),
+    Case("int4_actorder", qt.uint4b8, 16, 128, (1, 32), 2, F32, perm=True, impl=INT4),
     Case("int8_per_channel", qt.int8, 33, 96, (1, 96), 7, F32, impl=INT8),
     Case("w8_uint8b128_per_tensor_bf16", qt.uint8b128, 17, 64, (17, 64), 129, BF16, impl=INT8),
     Case("deq_nf4_g64", qt.nf4, 33, 128, (1, 64), 7, F32, scale2=True, impl=DEQ),
@@ -57,7 +58,7 @@ def test_cpu_backend_matches_spec(case):
 
 def test_int4pack_zero_fold_needs_float32():
     """The folded zero (8 - z) * s in bf16 (tinygemm's usual dtype) is measurably not the checkpoint's function."""
-    case = CPU_CASES[1]
+    case = next(c for c in CPU_CASES if c.name == "int4_awq_intzero_g32")
     w = tb.to_torch(make_weight(case))
     x = torch.from_numpy(make_x(case))
     ref = torch.from_numpy(reference(case, make_x(case)))
