@@ -12,7 +12,7 @@ import sys
 
 from jquant.core.errors import FormatError
 
-COMMANDS = ("convert", "inspect", "generate", "parity")
+COMMANDS = ("convert", "inspect", "generate", "parity", "parity_torch")
 
 
 def build_parser() -> argparse.ArgumentParser:
