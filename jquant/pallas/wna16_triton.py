@@ -102,6 +102,7 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
     row_ok = rows < m
     col_ok = cols < lay.n
     k_begin = pid_s * k_chunk
+    kb_begin = pid_s * (k_chunk // per_byte)
 
     def load_scales(g0, ng):
         """Scales [bn, ng] f32 and offsets (bias + zero) [bn, ng] int32 of scale columns g0..g0+ng."""
@@ -120,14 +121,14 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
             return a  # broadcasts against [bn, width]
         return jnp.broadcast_to(a[:, :, None], (bn, ng, width)).reshape(bn, ng * width)
 
-    def load_codes(kk, width):
+    def load_codes(kb, width):
         """Unsigned codes [bn, width] (int32 in [0, 2^bits)) of K columns kk..kk+width, as 1 or 2 tiles.
 
         4-bit: [low nibbles, high nibbles] = [even columns, odd columns] (canonical order).
         int8: shifted by +128 into [0, 256) (`load_scales` adds 128 to the offset to match).
         """
         nb = width // per_byte
-        kb = kk // per_byte
+        kb = pl.multiple_of(kb, nb)
         byte_idx = kb + jax.lax.broadcasted_iota(jnp.int32, (1, nb), 1)
         q = pltriton.load(
             q_ref.at[pl.ds(n0, bn), pl.ds(kb, nb)], mask=col_ok & (byte_idx < k // per_byte), other=0
@@ -159,6 +160,7 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         return jnp.stack([lo, hi], axis=-1).reshape(bn, width)
 
     def load_x(kk, width):
+        kk = pl.multiple_of(kk, width)
         x_idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, width), 1)
         return pltriton.load(x_ref.at[pl.ds(m0, bm), pl.ds(kk, width)], mask=row_ok & (x_idx < k), other=0)
 
@@ -173,25 +175,25 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
     def scale_out(part, s):  # part: mma result, s: [bn, 1] f32
         return part * s if (swap or gemv) else part * s.reshape(1, bn)
 
-    def step_grouped(k0, acc):
+    def step_grouped(k0, kb0, acc):
         """One scale column per sub-block of ``sw`` columns; codes dotted as exact integers."""
         for j in range(bk // sw):  # static unroll over the groups of one step
             kk = k0 + j * sw
-            s, off = load_scales(kk // lay.group, 1)
-            vals = [to_cdt(c, off) for c in load_codes(kk, sw)]  # exact integers: |v| <= 383
+            s, off = load_scales(jax.lax.div(kk, lay.group), 1)
+            vals = [to_cdt(c, off) for c in load_codes(kb0 + j * (sw // per_byte), sw)]  # exact integers: |v| <= 383
             w = vals[0] if len(vals) == 1 else interleave(vals[0], vals[1], sw)
             acc = acc + scale_out(mma(load_x(kk, sw), w), s)
         return acc
 
-    def step_whole(k0, acc):
+    def step_whole(k0, kb0, acc):
         """The whole step in one load; weights scaled in f32 (expanded per-group scales)."""
         if lay.per_channel:
             s, off = s_pc, off_pc  # scale applied once at the end
         else:
-            s, off = load_scales(k0 // lay.group, bk // sw)
+            s, off = load_scales(jax.lax.div(k0, lay.group), bk // sw)
             s = expand(s, sw)
             off = expand(off, sw)
-        codes = load_codes(k0, bk)
+        codes = load_codes(kb0, bk)
         c = codes[0] if len(codes) == 1 else interleave(codes[0], codes[1], bk)
         wf = to_f32(c, off)
         if not lay.per_channel:
@@ -203,10 +205,13 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         s_pc, off_pc = load_scales(0, 1)  # [bn, 1]
 
     def step(i, acc):
-        k0 = k_begin + i * bk
+        # Offsets built from products of static powers of two (no floor division, whose sign
+        # fix-up hides divisibility from Triton's axis analysis and de-vectorizes the loads).
+        k0 = pl.multiple_of(k_begin + i * bk, bk)  # first K column of this step
+        kb0 = pl.multiple_of(kb_begin + i * (bk // per_byte), bk // per_byte)  # its first code byte
         if cfg.scale_on_output and not lay.per_channel and not gemv:
-            return step_grouped(k0, acc)
-        return step_whole(k0, acc)
+            return step_grouped(k0, kb0, acc)
+        return step_whole(k0, kb0, acc)
 
     acc_shape = (bn, 1) if gemv else ((bn, bm) if swap else (bm, bn))
     acc = jax.lax.fori_loop(0, k_chunk // bk, step, jnp.zeros(acc_shape, jnp.float32))
