@@ -15,7 +15,9 @@ import jquant
 from jquant.convert.safetensors_io import SafetensorsFile
 from jquant.core.dequant import dequantize
 from tests.fixtures.producers_gptq_awq import (
+    AUTOROUND_MIXED_EXAMPLE,
     AUTOROUND_VARIANTS,
+    GPTQ_DYNAMIC_EXAMPLE,
     GPTQ_VARIANTS,
     ProducerUnavailable,
     autoround_checkpoint,
@@ -43,10 +45,10 @@ def _raw(folder) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_against_oracle(folder, ckpt) -> None:
+def _check_against_oracle(folder, ckpt, n_quantized: int = N_QUANTIZED) -> None:
     ref = producer_dequantized(folder)
     q = ckpt.quantized()
-    assert len(q) == N_QUANTIZED
+    assert len(q) == n_quantized
     assert set(ref["f32"]) == set(q), "every quantized layer has a producer reference"
     for name, w in q.items():
         ours = dequantize(w)
@@ -114,6 +116,34 @@ def test_autoround_export_bit_exact(variant):
     w = ckpt.weights["model.layers.0.self_attn.q_proj.weight"]
     assert w.qtype.bits == bits and w.block == (1, group_size)
     assert (w.zero is None) == sym
+
+
+def test_gptqmodel_dynamic_overrides():
+    """GPTQModel ``dynamic``: a ``-:`` exclusion stays dense, a ``+:`` override changes bits and group size."""
+    folder = _make(gptq_checkpoint, *GPTQ_DYNAMIC_EXAMPLE)
+    ckpt = jquant.convert(folder)
+    _check_against_oracle(folder, ckpt, n_quantized=N_QUANTIZED - 1)
+    dense = ckpt.weights["model.layers.1.mlp.down_proj.weight"]
+    assert isinstance(dense, np.ndarray) and dense.shape == (256, 512)
+    for layer in (0, 1):
+        q = ckpt.weights[f"model.layers.{layer}.self_attn.q_proj.weight"]
+        assert (q.qtype.name, q.block) == ("uint8b128", (1, 64))
+        k = ckpt.weights[f"model.layers.{layer}.self_attn.k_proj.weight"]
+        assert (k.qtype.name, k.block) == ("uint4b8", (1, 128))
+
+
+def test_autoround_extra_config_mixed_bits():
+    """auto-round ``layer_config`` -> ``extra_config``: one layer at 8 bits / group 64 inside a 4-bit export."""
+    layer = "model.layers.0.mlp.down_proj"
+    assert AUTOROUND_MIXED_EXAMPLE[-1] == {layer: {"bits": 8, "group_size": 64}}
+    folder = _make(autoround_checkpoint, *AUTOROUND_MIXED_EXAMPLE)
+    ckpt = jquant.convert(folder)
+    assert ckpt.format == "auto-round"
+    assert ckpt.metadata["autoround"]["extra_config"][layer] == {"bits": 8, "group_size": 64}
+    _check_against_oracle(folder, ckpt)
+    w = ckpt.weights[f"{layer}.weight"]
+    assert (w.qtype.name, w.block) == ("uint8b128", (1, 64))
+    assert ckpt.weights["model.layers.1.mlp.down_proj.weight"].qtype.name == "uint4b8"
 
 
 def test_canonical_round_trip(tmp_path):
