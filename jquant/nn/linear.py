@@ -8,17 +8,17 @@ repacked here, and dense weights use the same orientation so that both run throu
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jquant.core.activation import ActQuant
 from jquant.core.errors import ConfigError
 from jquant.core.qarray import QArray
 from jquant.ops import qmatmul
+from jquant.ops.act_quant import fake_quantize
 
-__all__ = ["QParam", "QuantLinear", "weight_shape"]
+__all__ = ["QParam", "ActQuantParam", "QuantLinear", "weight_shape"]
 
 
 class QParam(nnx.Param):
@@ -28,6 +28,10 @@ class QParam(nnx.Param):
     A separate Variable type lets optimizers and ``nnx.state(model, QParam)`` tell quantized
     weights from trainable float ones (the pattern of ``nnx.LoRAParam``).
     """
+
+
+class ActQuantParam(nnx.Variable):
+    """A layer's input-activation quantization recipe (`ActQuant` pytree: static scales are its leaves)."""
 
 
 def weight_shape(w: QArray | jax.Array) -> tuple[int, int]:
@@ -53,8 +57,8 @@ class QuantLinear(nnx.Module):
         implementation: force a `qmatmul` backend by name (None: the dispatcher picks).
         weight: a `QArray` of shape (out, in) with JAX arrays, or a dense [out, in] array.
         bias: optional [out] array (implies ``use_bias``).
-        input_quant: optional function applied to the activations before the matmul (fake
-            quantization of W8A8-style checkpoints: ``x -> dequantize(quantize(x))``).
+        input_quant: optional `ActQuant` of W8A8 / FP8 / FP4 checkpoints: the activations are
+            quantized and dequantized at run time before the matmul (`jquant.ops.act_quant`).
     """
 
     def __init__(
@@ -68,13 +72,13 @@ class QuantLinear(nnx.Module):
         implementation: str | None = None,
         weight: QArray | jax.Array | None = None,
         bias: jax.Array | None = None,
-        input_quant: Callable[[jax.Array], jax.Array] | None = None,
+        input_quant: ActQuant | None = None,
     ):
         self.in_features = in_features
         self.out_features = out_features
         self.dtype = dtype
         self.implementation = implementation
-        self.input_quant = input_quant
+        self.input_quant = nnx.data(None) if input_quant is None else ActQuantParam(input_quant)
         if weight is None:
             if rngs is None:
                 raise ConfigError("QuantLinear needs either `weight` or `rngs` to initialize one")
@@ -101,7 +105,7 @@ class QuantLinear(nnx.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         if self.input_quant is not None:
-            x = self.input_quant(x)
+            x = fake_quantize(x, self.input_quant.get_value())
         y = qmatmul(x, self.weight.get_value(), implementation=self.implementation)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)

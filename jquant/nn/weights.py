@@ -8,12 +8,14 @@ they did not use (a mapping bug would otherwise silently drop a weight).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jquant.core.activation import ActQuant
+from jquant.core.activation import register_pytree as register_act_pytree
 from jquant.core.errors import FormatError
 from jquant.core.qarray import QArray, register_pytree
 from jquant.nn.embed import QuantEmbed
@@ -23,11 +25,12 @@ from jquant.nn.norm import RMSNorm
 __all__ = ["Weights", "to_device"]
 
 register_pytree()
+register_act_pytree()
 
 
-def to_device(w: QArray | np.ndarray, dtype, device=None) -> QArray | jax.Array:
-    """A `QArray` as a pytree of device arrays (dtypes kept), or a float array cast to ``dtype``."""
-    if isinstance(w, QArray):
+def to_device(w: QArray | ActQuant | np.ndarray, dtype, device=None) -> QArray | ActQuant | jax.Array:
+    """A `QArray` / `ActQuant` as a pytree of device arrays (dtypes kept), or a float array cast to ``dtype``."""
+    if isinstance(w, (QArray, ActQuant)):
         return jax.device_put(w, device)
     a = np.asarray(w)
     if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16":
@@ -42,8 +45,9 @@ class Weights:
         weights: HF name -> `QArray` | np.ndarray (``Checkpoint.weights``).
         dtype: compute dtype of the model; float tensors are cast to it.
         source: where the weights came from, for error messages.
-        input_quant: optional ``(module_prefix) -> callable | None`` giving the activation
-            fake-quantizer of a linear layer (W8A8 checkpoints), None for weight-only ones.
+
+    A linear layer's input-activation recipe (`ActQuant`, W8A8-style checkpoints) is read from
+    ``<prefix>.input_quant`` when the checkpoint has one.
     """
 
     def __init__(
@@ -52,13 +56,11 @@ class Weights:
         dtype,
         *,
         source: object = None,
-        input_quant: Callable[[str], Callable | None] | None = None,
     ):
         self._weights = weights
         self.dtype = dtype
         self.source = source
         self.used: set[str] = set()
-        self._input_quant = input_quant or (lambda prefix: None)
 
     def __contains__(self, name: str) -> bool:
         return name in self._weights
@@ -87,7 +89,7 @@ class Weights:
             implementation=implementation,
             weight=self.get(f"{prefix}.weight", (out_features, in_features)),
             bias=self.get(bias_name, (out_features,)) if bias_name in self else None,
-            input_quant=self._input_quant(prefix),
+            input_quant=self.get(f"{prefix}.input_quant") if f"{prefix}.input_quant" in self else None,
         )
 
     def embed(self, name: str, num_embeddings: int, features: int, *, implementation=None) -> QuantEmbed:

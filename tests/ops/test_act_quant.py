@@ -1,0 +1,39 @@
+"""jnp fake-quantization of activations == the numpy spec (`jquant.core.activation.fake_quantize`), bit-exact."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jquant.core.activation import ActQuant, fake_quantize, fp4_act, fp8_act, int8_act
+from jquant.core.qtypes import int8
+from jquant.ops.act_quant import fake_quantize as jnp_fake_quantize
+
+RECIPES = {
+    "int8-dyn-token": int8_act(dynamic=True),
+    "int8-dyn-token-asym": int8_act(dynamic=True, symmetric=False),
+    "int8-static": int8_act(dynamic=False, granularity="tensor", scale=np.array([0.02], np.float32)),
+    "int8-static-asym": ActQuant(
+        int8, False, "tensor", None, False, np.array([0.03], np.float32), np.array([5], np.int32)
+    ).validate(),
+    "fp8-dyn-token": fp8_act(dynamic=True),
+    "fp8-dyn-group": fp8_act(dynamic=True, granularity="group", group_size=32),
+    "fp8-static": fp8_act(dynamic=False, granularity="tensor", scale=np.array([0.01], np.float32)),
+    "fp8-dyn-ub": fp8_act(dynamic=True, amax_ub=1.5),
+    "nvfp4": fp4_act(group_size=16, scale_dtype="float8_e4m3fn", global_scale=np.array([300.0], np.float32)),
+    "mxfp4": fp4_act(group_size=32, scale_dtype="float8_e8m0fnu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_jnp_fake_quantize_bit_exact(name):
+    act = RECIPES[name]
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((5, 3, 128)) * rng.uniform(0.1, 3, (5, 3, 1))).astype(np.float32)
+    x[0, 0] = 0.0  # an all-zero unit takes scale 1
+    ref = fake_quantize(x, act)
+    got = np.asarray(jax.jit(jnp_fake_quantize)(jnp.asarray(x), jax.device_put(act)))
+    np.testing.assert_array_equal(got, ref)
+    assert not np.array_equal(ref, x)  # it did quantize
