@@ -31,6 +31,7 @@ class PatchReport(dict):
     """What `patch_model` did: name lists ``quantized``, ``dense``, ``embedding_dequantized``,
     ``input_quant`` (recipes applied) and ``unknown`` (checkpoint names the model has no place for)."""
 
+
 CHECKPOINT = "checkpoint"
 
 
