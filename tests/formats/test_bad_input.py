@@ -284,3 +284,38 @@ def test_awq_legacy_side_file(awq, tmp_path):
     for name, w in a.quantized().items():
         for field, arr in w.arrays().items():
             np.testing.assert_array_equal(b.weights[name].arrays()[field], arr)
+
+
+def test_stray_dense_weight_next_to_qweight(gptq_sym, tmp_path):
+    def edit(t):
+        t[f"{L}.weight"] = np.zeros((256, 256), np.float16)
+
+    bad = _broken(gptq_sym, tmp_path / "ck", tensors=edit)
+    _expect(bad, FormatError, f"{L}.weight", "unexpected tensor next to a GPTQ qweight")
+
+
+def test_quantized_lm_head_needs_lm_head_true(gptq_sym, tmp_path):
+    """A quantized lm_head converts when the config says ``lm_head: true`` and is refused otherwise."""
+
+    def edit(t):  # a 256 x 256 quantized lm_head, borrowed from q_proj (vocab shrinks; only the format matters)
+        del t["lm_head.weight"]
+        for s in ("qweight", "qzeros", "scales", "g_idx"):
+            t[f"lm_head.{s}"] = t[f"{L}.{s}"]
+
+    bad = _broken(gptq_sym, tmp_path / "bad", tensors=edit, config=lambda qc: qc.update(lm_head=False))
+    _expect(bad, ConfigError, "lm_head.qweight", "lm_head is false")
+    ok = _broken(gptq_sym, tmp_path / "ok", tensors=edit, config=lambda qc: qc.update(lm_head=True))
+    ckpt = jquant.convert(ok)
+    np.testing.assert_array_equal(
+        jquant.dequantize(ckpt.weights["lm_head.weight"]), jquant.dequantize(ckpt.weights[f"{L}.weight"])
+    )
+
+
+def test_sym_flag_is_only_a_hint(tmp_path):
+    """``sym: true`` over asymmetric zero points keeps the zeros (lossless), same weights as ``sym: false``."""
+    src = _make(gptq_checkpoint, 4, 128, False, False, "gptq")
+    lying = _broken(src, tmp_path / "ck", config=lambda qc: qc.update(sym=True))
+    a, b = jquant.convert(src), jquant.convert(lying)
+    for name, w in a.quantized().items():
+        assert b.weights[name].zero is not None
+        np.testing.assert_array_equal(jquant.dequantize(b.weights[name]), jquant.dequantize(w))
