@@ -49,7 +49,9 @@ from jquant.core.qtypes import int_type
 from jquant.formats.base import TensorGroup
 
 __all__ = [
+    "CONFIG_FILE",
     "IntScheme",
+    "check_bits_group",
     "GPTQ_BITS",
     "AWQ_ORDER",
     "AWQ_REVERSE_ORDER",
