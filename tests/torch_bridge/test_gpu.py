@@ -28,12 +28,39 @@ GPU_CASES = [Case(f"w4_sym_g128_m{m}", qt.uint4b8, 1000, 1024, (1, 128), m, BF16
     Case("nf4_g64", qt.nf4, 1000, 1024, (1, 64), 1, BF16, scale2=True),
     Case("fp8_block128_weight_only", qt.fp8_e4m3, 1000, 1024, (128, 128), 127, BF16),
     Case("w4_sym_f32_activations", qt.uint4b8, 1000, 1024, (1, 128), 7, F32),
-    Case("w8a8_fp8_per_channel", qt.fp8_e4m3, 1000, 1024, (1, 1024), 129, BF16, impl="torch_triton_w8a8_fp8",
-         act_quant="fp8"),  # fmt: skip
-    Case("w8a8_fp8_block128", qt.fp8_e4m3, 1000, 1024, (128, 128), 1024, BF16, impl="torch_triton_w8a8_fp8",
-         act_quant="fp8"),  # fmt: skip
-    Case("w8a8_int8_per_channel", qt.int8, 1000, 1024, (1, 1024), 1024, BF16, impl="torch_triton_w8a8_int8",
-         act_quant="int8"),  # fmt: skip
+    Case(
+        "w8a8_fp8_per_channel",
+        qt.fp8_e4m3,
+        1000,
+        1024,
+        (1, 1024),
+        129,
+        BF16,
+        impl="torch_triton_w8a8_fp8",
+        act_quant="fp8",
+    ),  # fmt: skip
+    Case(
+        "w8a8_fp8_block128",
+        qt.fp8_e4m3,
+        1000,
+        1024,
+        (128, 128),
+        1024,
+        BF16,
+        impl="torch_triton_w8a8_fp8",
+        act_quant="fp8",
+    ),  # fmt: skip
+    Case(
+        "w8a8_int8_per_channel",
+        qt.int8,
+        1000,
+        1024,
+        (1, 1024),
+        1024,
+        BF16,
+        impl="torch_triton_w8a8_int8",
+        act_quant="int8",
+    ),  # fmt: skip
     Case("w8a8_int8_m1", qt.int8, 1000, 1024, (1, 1024), 1, F16, impl="torch_triton_w8a8_int8", act_quant="int8"),
 ]
 

@@ -110,28 +110,38 @@ def wxa16_kernel(
             mask=mask_m[:, None] & mask_k[None, :],
             other=0.0,
         )
-        wmask = mask_k[:, None] & mask_n[None, :]
-        # [BLOCK_K, BLOCK_N] codes: byte k // P of row n, shifted to code k % P.
-        raw = tl.load(data_ptr + offs_n[None, :] * stride_dn + (offs_k[:, None] // P) * stride_dk, mask=wmask, other=0)
-        if BITS < 8:
-            code = (raw.to(tl.int32) >> ((offs_k[:, None] % P) * BITS)) & ((1 << BITS) - 1)
-        else:
+        # The weight tile is [BLOCK_N, BLOCK_K] (K contiguous in memory, as `data` is stored).
+        wmask = mask_n[:, None] & mask_k[None, :]
+        if BITS == 8:
+            raw = tl.load(data_ptr + offs_n[:, None] * stride_dn + offs_k[None, :] * stride_dk, mask=wmask, other=0)
             code = raw
+        elif BITS == 4:
+            # Whole bytes [BLOCK_N, BLOCK_K / 2] (vectorized loads), then nibbles interleaved back
+            # in place: join(lo, hi)[n, i, j] is code 2i + j, so a row-major reshape is K order.
+            offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            bmask = mask_n[:, None] & (offs_b[None, :] < K // 2)
+            raw = tl.load(data_ptr + offs_n[:, None] * stride_dn + offs_b[None, :] * stride_dk, mask=bmask, other=0)
+            code = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_N, BLOCK_K)
+        else:  # 1- / 2-bit containers: byte k // P of the row, shifted to code k % P
+            raw = tl.load(
+                data_ptr + offs_n[:, None] * stride_dn + (offs_k[None, :] // P) * stride_dk, mask=wmask, other=0
+            )
+            code = (raw.to(tl.int32) >> ((offs_k[None, :] % P) * BITS)) & ((1 << BITS) - 1)
         if VALUE == 0:
             v = (code.to(tl.int32) - BIAS).to(tl.float32)
         elif VALUE == 3:
             v = tl.load(lut_ptr + code.to(tl.int32))
         elif VALUE == 2:
-            v = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+            v = code.to(tl.float8e4nv, bitcast=True).to(tl.float32)
         elif VALUE == 4:
-            v = raw.to(tl.float8e5, bitcast=True).to(tl.float32)
+            v = code.to(tl.float8e5, bitcast=True).to(tl.float32)
         else:
             v = code.to(tl.float32)
         if SCALE_ROW:
-            sp = srow[None, :] + (k0 // SCALE_BK) * stride_sk  # [1, BLOCK_N]
-            smask = mask_n[None, :]
+            sp = srow[:, None] + (k0 // SCALE_BK) * stride_sk  # [BLOCK_N, 1]
+            smask = mask_n[:, None]
         else:
-            sp = srow[None, :] + (offs_k[:, None] // SCALE_BK) * stride_sk  # [BLOCK_K, BLOCK_N]
+            sp = srow[:, None] + (offs_k[None, :] // SCALE_BK) * stride_sk  # [BLOCK_N, BLOCK_K]
             smask = wmask
         s = tl.load(scale_ptr + sp, mask=smask, other=0.0)
         if ZERO == 1:
@@ -143,9 +153,9 @@ def wxa16_kernel(
         else:
             w = v * s
         if DOT_F32:
-            acc = tl.dot(x.to(tl.float32), w, acc, input_precision="ieee")
+            acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
         else:
-            acc = tl.dot(x, w.to(x_ptr.dtype.element_ty), acc)
+            acc = tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
     ymask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
