@@ -320,42 +320,41 @@ def sweep(shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group:
 
 
 def sweep_configs(m: int):
-    """Tile configs tried by ``--sweep`` (all must lower: tests/pallas/test_wna16_lowering.py)."""
+    """Tile configs tried by ``--sweep`` (all must lower: tests/pallas/test_wna16_lowering.py).
+
+    The list keeps the winners of earlier sweeps (bench/results/<card>/qmatmul.md) and their
+    neighbours; each variant is tried with and without ``split_x``.
+    """
     from jquant.pallas.wna16_config import WNA16Config
 
-    cfgs = []
+    base = []
     if m <= 64:
         bm = max(16, 1 << (m - 1).bit_length())
-        for bn, bk, split in ((64, 256, 4), (64, 512, 8), (128, 256, 8), (128, 512, 4), (32, 256, 8)):
-            for swap in (False, True):
-                for so in (True, False):
-                    cfgs.append(WNA16Config(bm=bm, bn=bn, bk=bk, split_k=split, scale_on_output=so, swap_ab=swap))
-        cfgs.append(WNA16Config(bm=bm, bn=128, bk=256, split_k=8, num_warps=8, scale_on_output=False, swap_ab=True))
-        cfgs.append(WNA16Config(bm=bm, bn=64, bk=512, split_k=8, num_stages=4, scale_on_output=False, swap_ab=True))
+        for bn, bk, split, so in (
+            (64, 256, 4, False),
+            (64, 256, 4, True),
+            (128, 256, 8, False),
+            (32, 256, 8, True),
+            (64, 512, 8, False),
+            (128, 512, 4, True),
+        ):
+            base.append(WNA16Config(bm=bm, bn=bn, bk=bk, split_k=split, scale_on_output=so))
+        base.append(WNA16Config(bm=bm, bn=64, bk=256, split_k=4, scale_on_output=True, swap_ab=True))
         if m == 1:
-            for bn, bk, split, w in (
-                (32, 512, 4, 4),
-                (64, 256, 8, 4),
-                (16, 1024, 4, 4),
-                (64, 512, 4, 4),
-                (128, 256, 8, 8),
-            ):
-                cfgs.append(
-                    WNA16Config(bm=1, bn=bn, bk=bk, split_k=split, num_warps=w, scale_on_output=False, gemv=True)
-                )
-        return cfgs
-    for bm, bn, bk, w, s in (
-        (128, 128, 64, 8, 4),
-        (128, 128, 128, 8, 3),
-        (64, 128, 128, 4, 4),
-        (128, 256, 64, 8, 3),
-        (256, 128, 64, 8, 3),
-    ):
-        for swap in (False, True):
-            cfgs.append(
-                WNA16Config(bm=bm, bn=bn, bk=bk, num_warps=w, num_stages=s, scale_on_output=False, swap_ab=swap)
+            for bn, bk, split in ((16, 1024, 4), (32, 512, 4), (16, 512, 8)):
+                base.append(WNA16Config(bm=1, bn=bn, bk=bk, split_k=split, scale_on_output=False, gemv=True))
+    else:
+        for bm, bn, bk, w, st, swap in (
+            (64, 128, 128, 4, 4, False),
+            (128, 128, 64, 8, 4, True),
+            (256, 128, 64, 8, 3, True),
+            (256, 128, 64, 8, 3, False),
+            (128, 128, 128, 8, 3, False),
+        ):
+            base.append(
+                WNA16Config(bm=bm, bn=bn, bk=bk, num_warps=w, num_stages=st, scale_on_output=False, swap_ab=swap)
             )
-    return cfgs
+    return [c for b in base for c in (b, dataclasses.replace(b, split_x=True))]
 
 
 # ---------------------------------------------------------------------------------------------

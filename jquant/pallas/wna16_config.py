@@ -43,6 +43,9 @@ class WNA16Config:
         swap_ab: accumulate ``out^T = W @ x^T``: the dequantized weight tile is the left (A)
             operand, which Hopper wgmma may take from registers (B must come from shared memory).
         gemv: bm == 1 only: no tensor cores; broadcast-multiply in f32 and row sums (M = 1).
+        split_x: 4-bit only: x is de-interleaved outside the kernel into 2 x [M, K/2] (even / odd
+            columns), so each nibble plane is dotted with its own half of x and the kernel needs
+            no in-register interleave (tt.join + reshape, a layout shuffle per element).
     """
 
     bm: int = 16
@@ -54,6 +57,7 @@ class WNA16Config:
     scale_on_output: bool = True
     swap_ab: bool = False
     gemv: bool = False
+    split_x: bool = False
 
     def __post_init__(self):
         for f in ("bm", "bn", "bk"):

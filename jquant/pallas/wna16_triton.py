@@ -81,6 +81,10 @@ def _dot_nt(a, b):
 def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out_partial: bool, poison: bool):
     if poison:  # the NaN-filled buffer aliased to the output: drop its input ref
         refs = refs[:-2] + refs[-1:]
+    x_planes = None
+    if cfg.split_x and lay.bits == 4:  # x arrives as its even and odd columns: two [M, K/2] refs
+        x_planes, refs = refs[:2], refs[2:]
+        refs = (x_planes[0],) + refs
     if lay.has_zero:
         x_ref, q_ref, s_ref, z_ref, o_ref = refs
     else:
@@ -93,6 +97,7 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
     cdt = x_ref.dtype  # dot operand dtype (bf16 / f16)
     swap = cfg.swap_ab  # accumulate out^T = W x^T: the dequantized W is the register (A) operand
     gemv = cfg.gemv  # bm == 1: broadcast-multiply and row sums in f32, no tl.dot
+    split_x = x_planes is not None
 
     pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     m0 = pid_m * bm
@@ -164,6 +169,13 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         x_idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, width), 1)
         return pltriton.load(x_ref.at[pl.ds(m0, bm), pl.ds(kk, width)], mask=row_ok & (x_idx < k), other=0)
 
+    def load_x_plane(plane, kh, width):
+        """split_x: columns kh..kh+width of the even (plane 0) or odd (plane 1) half of x."""
+        kh = pl.multiple_of(kh, width)
+        x_idx = kh + jax.lax.broadcasted_iota(jnp.int32, (1, width), 1)
+        ref = x_planes[plane].at[pl.ds(m0, bm), pl.ds(kh, width)]
+        return pltriton.load(ref, mask=row_ok & (x_idx < k // 2), other=0)
+
     def mma(xs, w):
         """x [bm, w] . W [bn, w] -> f32 [bm, bn], or [bn, bm] with swap_ab; [bn, 1] row sums for gemv."""
         if gemv:
@@ -180,9 +192,14 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
         for j in range(bk // sw):  # static unroll over the groups of one step
             kk = k0 + j * sw
             s, off = load_scales(jax.lax.div(kk, lay.group), 1)
-            vals = [to_cdt(c, off) for c in load_codes(kb0 + j * (sw // per_byte), sw)]  # exact integers: |v| <= 383
-            w = vals[0] if len(vals) == 1 else interleave(vals[0], vals[1], sw)
-            acc = acc + scale_out(mma(load_x(kk, sw), w), s)
+            kb = kb0 + j * (sw // per_byte)
+            vals = [to_cdt(c, off) for c in load_codes(kb, sw)]  # exact integers: |v| <= 383
+            if split_x:  # nibble plane p pairs with x's plane p; byte index == half-plane column
+                part = mma(load_x_plane(0, kb, sw // 2), vals[0]) + mma(load_x_plane(1, kb, sw // 2), vals[1])
+            else:
+                w = vals[0] if len(vals) == 1 else interleave(vals[0], vals[1], sw)
+                part = mma(load_x(kk, sw), w)
+            acc = acc + scale_out(part, s)
         return acc
 
     def step_whole(k0, kb0, acc):
@@ -191,9 +208,17 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
             s, off = s_pc, off_pc  # scale applied once at the end
         else:
             s, off = load_scales(jax.lax.div(k0, lay.group), bk // sw)
-            s = expand(s, sw)
-            off = expand(off, sw)
+            width = sw // 2 if split_x else sw  # columns per scale in the tiles below
+            s = expand(s, width)
+            off = expand(off, width)
         codes = load_codes(kb0, bk)
+        if split_x:
+            for plane, c in enumerate(codes):
+                wf = to_f32(c, off)
+                if not lay.per_channel:
+                    wf = wf * s
+                acc = acc + mma(load_x_plane(plane, kb0, bk // 2), wf if gemv else wf.astype(cdt))
+            return acc
         c = codes[0] if len(codes) == 1 else interleave(codes[0], codes[1], bk)
         wf = to_f32(c, off)
         if not lay.per_channel:
@@ -259,6 +284,13 @@ def wna16_matmul(
         [M, N] in ``x.dtype``.
     """
     m, k = x.shape
+    if cfg.split_x and lay.bits == 4:
+        # De-interleave x once (a small XLA transpose, fused into x's producer inside a model):
+        # plane 0 = even K columns (low nibbles), plane 1 = odd columns (high nibbles).
+        xr = x.reshape(m, k // 2, 2)
+        x_in = (xr[:, :, 0], xr[:, :, 1])
+    else:
+        x_in = (x,)
     if k != lay.k:
         raise ValueError(f"x has K={k}, weight has K={lay.k}")
     if lay.has_zero != (zero is not None):
@@ -276,7 +308,7 @@ def wna16_matmul(
         else jax.ShapeDtypeStruct((m, lay.n), x.dtype)
     )
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
-    args = (x, codes, scale) if zero is None else (x, codes, scale, zero)
+    args = (*x_in, codes, scale) if zero is None else (*x_in, codes, scale, zero)
     aliases = {}
     if poison:
         args += (jnp.full(out_shape.shape, jnp.nan, out_shape.dtype),)
