@@ -7,6 +7,7 @@ weight); kernel backends (`jquant.pallas`, `kernels_cuda`) register themselves a
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import jax
@@ -16,7 +17,7 @@ from jquant.core import jnp_dequant
 from jquant.core.qarray import QArray
 from jquant.ops.backend import BACKENDS, Backend, available_backends, register_backend
 
-__all__ = ["qmatmul", "reference_qmatmul", "explain", "select", "XlaReference"]
+__all__ = ["qmatmul", "reference_qmatmul", "explain", "select", "XlaReference", "load_kernel_packages"]
 
 
 def reference_qmatmul(x: jax.Array, w: QArray) -> jax.Array:
@@ -59,6 +60,26 @@ class XlaReference(Backend):
 register_backend(XlaReference())
 
 
+# Kernel packages that register backends on import, per platform (tokamax's guarded imports): loaded
+# the first time the dispatcher runs on that platform, so `qmatmul` users need not import them.
+KERNEL_PACKAGES: dict[str, tuple[str, ...]] = {"gpu": ("jquant.pallas", "jquant.kernels_cuda")}
+_LOADED: dict[str, dict[str, str]] = {}
+
+
+def load_kernel_packages(platform: str) -> dict[str, str]:
+    """Imports the kernel packages of ``platform`` once; returns {package: "ok" | why it did not load}."""
+    if platform not in _LOADED:
+        status = {}
+        for pkg in KERNEL_PACKAGES.get(platform, ()):
+            try:
+                importlib.import_module(pkg)
+                status[pkg] = "ok"
+            except ImportError as e:  # not built / not installed here: the backends are simply absent
+                status[pkg] = f"not loaded: {e}"
+        _LOADED[platform] = status
+    return _LOADED[platform]
+
+
 def _env_list(var: str) -> list[str]:
     return [s.strip() for s in os.environ.get(var, "").split(",") if s.strip()]
 
@@ -73,6 +94,7 @@ def select(
             declines the call: the caller asked for it, so falling back silently would hide that.
     """
     platform = platform or jax.default_backend()
+    load_kernel_packages(platform)
     skipped: list[str] = []
     forced = [implementation] if implementation else _env_list("JQUANT_KERNELS")
     if forced:

@@ -9,7 +9,7 @@ import pytest
 
 from jquant.ops import explain, qmatmul, qtake, register_backend, select
 from jquant.ops.backend import BACKENDS, Backend
-from tests.ops.qmatmul_suite import CASES, QCase, check_backend, make_qarray
+from tests.ops.qmatmul_suite import CASES, SMALL_CASES, QCase, check_backend, make_qarray
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -17,9 +17,19 @@ def test_reference_matches_float64_oracle(case):
     check_backend("xla_reference", case)
 
 
-def test_dispatcher_default_is_reference_on_cpu():
-    case = CASES[0]
+@pytest.mark.parametrize("case", SMALL_CASES + [c for c in CASES if c.m in (1, 129) and c.qtype == "uint4b8"], ids=str)
+def test_dispatcher_choice_matches_oracle(case):
+    """Whatever backend the dispatcher picks here (reference on CPU, Pallas kernels on a GPU) is right."""
     check_backend(None, case)
+
+
+def test_kernel_packages_load_on_their_platform():
+    from jquant.ops.qmatmul import load_kernel_packages
+
+    status = load_kernel_packages("gpu")
+    assert set(status) == {"jquant.pallas", "jquant.kernels_cuda"}
+    assert all(v == "ok" or v.startswith("not loaded: ") for v in status.values())
+    assert load_kernel_packages("cpu") == {}
 
 
 def test_dense_weight_is_plain_matmul():
