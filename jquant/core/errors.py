@@ -27,6 +27,12 @@ class FormatError(ValueError):
         )
         super().__init__(f"{where}: {problem}" if where else problem)
 
+    def with_file(self, file: object) -> FormatError:
+        """The same error naming ``file`` when it named none (callers that know the file add it)."""
+        if self.file is not None or file is None:
+            return self
+        return type(self)(self.problem, file=file, tensor=self.tensor)
+
 
 class CorruptFileError(FormatError):
     """Bytes on disk that do not parse: truncated files, bad headers, offsets out of range."""

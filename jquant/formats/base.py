@@ -190,4 +190,7 @@ def detect_format(config: Mapping[str, Any], tensor_names: Collection[str], *, f
         raise UnsupportedFormatError(f"quant_method {method!r} is not supported; supported: {known}", file=file)
     if len(owners) > 1:
         raise AssertionError(f"quant_method {method!r} claimed by {[c.name for c in owners]}")
-    return owners[0].from_config(config, tensor_names)
+    try:
+        return owners[0].from_config(config, tensor_names)
+    except FormatError as e:
+        raise e.with_file(file) from None

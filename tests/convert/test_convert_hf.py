@@ -90,8 +90,14 @@ def test_unknown_quant_method_and_contradicting_side_file(dense_dir, tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "sparse-magic"}
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(UnsupportedFormatError, match="'sparse-magic' is not supported"):
+    with pytest.raises(UnsupportedFormatError, match="'sparse-magic' is not supported") as e:
         jquant.convert(d)
+    assert e.value.file.endswith("config.json")
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 5, "group_size": 128}
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FormatError) as e:  # raised by the format's own config parser: file added by detection
+        jquant.convert(d)
+    assert e.value.file.endswith("config.json")
     cfg["quantization_config"] = {"quant_method": "awq", "bits": 4}
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 128}))
