@@ -216,6 +216,9 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
         res["jquant_config"] = repr(backend.config_for(m, w0)) if hasattr(backend, "config_for") else ""
         f = lambda x, w: ops_qmatmul(x, w)  # noqa: E731
         timed("jquant", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
+    if "pallas_prefill" in methods and m > 64:  # the fused kernel, also where the dispatcher prefers two-stage
+        f = lambda x, w: ops_qmatmul(x, w, implementation="pallas_triton_wna16_prefill")  # noqa: E731
+        timed("pallas_prefill", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
     if "xla_bf16" in methods:
         f = lambda x, wd: jnp.dot(x, wd.T, preferred_element_type=jnp.float32).astype(x.dtype)  # noqa: E731
         timed("xla_bf16", lambda: jax.jit(f)(x, dense[0]), lambda: jax_time_us(f, x, dense, iterations=iters))
@@ -377,7 +380,7 @@ def copy_bandwidth_tbs() -> float:
 # report
 # ---------------------------------------------------------------------------------------------
 
-COLS = ("torch_bf16", "xla_bf16", "xla_deq", "xla_ref", "gemlite", "tinygemm", "jquant")
+COLS = ("torch_bf16", "xla_bf16", "xla_deq", "xla_ref", "gemlite", "tinygemm", "pallas_prefill", "jquant")
 
 
 def _fmt(v) -> str:
@@ -495,7 +498,7 @@ def main(argv=None) -> int:
     p.add_argument("--log-dir", default=os.environ.get("OUT"), help="also copy results here ($OUT on the device)")
     p.add_argument("--shapes", default="", help="comma list of bench.shapes names (default: all)")
     p.add_argument("--ms", default="", help="comma list of M (default bench.shapes.M_TABLE)")
-    p.add_argument("--methods", default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,jquant")
+    p.add_argument("--methods", default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,pallas_prefill,jquant")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--sweep", action="store_true", help="also sweep Pallas tile configs on 70b_o / 8b_gate_up")
     p.add_argument("--no-extras", action="store_true", help="skip the M sweep / group / 8-bit cases")

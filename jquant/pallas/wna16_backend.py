@@ -137,3 +137,42 @@ class WNA16Backend(Backend):
     def __call__(self, x, w, **kw):
         m = math.prod(x.shape[:-1])
         return wna16_qmatmul(x, w, self.config_for(m, w), interpret=self.interpret, name=f"jquant_wna16_{self.mode}")
+
+
+# M from which XLA's dequantize -> bf16 cuBLAS dot beats the fused Pallas-Triton prefill kernel
+# (H200, 8192x8192 g128: M=128 87 vs 92 us, M=1024 231 vs 307 us; bench/results/nvidia_h200).
+TWO_STAGE_MIN_M = 128
+
+
+class DequantDotBackend(Backend):
+    """Two-stage prefill: dequantize the codes to the activation dtype in XLA, then a dense dot.
+
+    Compute-bound shapes (M >= `TWO_STAGE_MIN_M`) run faster through cuBLAS on a dequantized copy
+    (one extra pass over N*K*2 bytes) than through the fused Pallas-Triton kernel, whose Triton
+    mixed-input MMA pipeline reaches about half of cuBLAS here. Rounds the f32-dequantized weights
+    once to bf16/f16 (the spec's tolerance allows it); accumulation is f32.
+    """
+
+    name = "xla_dequant_dot"
+    platforms = ("gpu",)
+    priority = 15
+
+    def supports(self, x, w, **kw) -> tuple[bool, str]:
+        why = why_not(w)
+        if why:
+            return False, why
+        if np.dtype(x.dtype).name not in _ACT_DTYPES:
+            return False, f"activation dtype {np.dtype(x.dtype).name} (bf16/f16 only)"
+        m = math.prod(x.shape[:-1])
+        if m < TWO_STAGE_MIN_M:
+            return False, f"M={m} < {TWO_STAGE_MIN_M}: the fused kernels are faster"
+        return True, ""
+
+    def __call__(self, x, w, **kw):
+        from jquant.core import jnp_dequant
+
+        wd = jnp_dequant.dequantize_permuted(w).astype(x.dtype)  # [N, K], columns in data order
+        if w.perm is not None:
+            x = jnp.take(x, w.perm, axis=-1)
+        y = jnp.einsum("...k,nk->...n", x, wd, preferred_element_type=jnp.float32)
+        return y.astype(x.dtype)

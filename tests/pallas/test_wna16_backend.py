@@ -25,14 +25,37 @@ def test_registered_for_gpu_only_with_priorities():
     assert "pallas_triton_wna16_decode" not in [b.name for b in available_backends("cpu")]
 
 
-@pytest.mark.parametrize("m, expect", [(1, "decode"), (64, "decode"), (65, "prefill"), (4096, "prefill")])
+@pytest.mark.parametrize(
+    "m, expect",
+    [
+        (1, "pallas_triton_wna16_decode"),
+        (64, "pallas_triton_wna16_decode"),
+        (65, "pallas_triton_wna16_prefill"),
+        (127, "pallas_triton_wna16_prefill"),
+        (128, "xla_dequant_dot"),
+        (4096, "xla_dequant_dot"),
+    ],
+)
 def test_dispatch_by_m(m, expect):
     w = make_weight(RNG, 64, 256, bits=4, group=128)
     x = jax.ShapeDtypeStruct((m, 256), jnp.bfloat16)
     b, skipped = select(x, w, platform="gpu")
-    assert b.name == f"pallas_triton_wna16_{expect}", skipped
-    if expect == "prefill":
+    assert b.name == expect, skipped
+    if m > 64:
         assert any("decode" in s and "M=" in s for s in skipped)
+
+
+def test_dequant_dot_backend_matches_spec_on_cpu():
+    """The two-stage backend is plain XLA: run it on CPU against the spec (act-order included)."""
+    from jquant.pallas import DequantDotBackend
+    from tests.pallas.helpers import assert_close
+
+    w = make_weight(RNG, 48, 256, bits=4, group=64, zero=True, perm=True)
+    x = jnp.asarray(RNG.standard_normal((130, 256)), jnp.bfloat16)
+    b = DequantDotBackend()
+    assert b.supports(x, w)[0] and not b.supports(x[:5], w)[0]
+    y = b(x, jax.tree_util.tree_map(jnp.asarray, w))
+    assert_close(np.asarray(y.astype(jnp.float32)), np.asarray(x.astype(jnp.float32)), w)
 
 
 def _decline(w, x=None, mode="decode"):

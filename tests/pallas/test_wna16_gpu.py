@@ -6,6 +6,8 @@ Random data; outputs written into NaN-poisoned buffers; tolerance scaled with sq
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,8 +51,10 @@ def test_gpu_matches_spec(m, wid, wkw, dt):
     assert b.supports(xd, wd)[0]
     y = wna16_qmatmul(xd, wd, b.config_for(m, w), poison=True)
     assert_close(np.asarray(y.astype(jnp.float32)), np.asarray(xd.astype(jnp.float32)), w, what=f"{wid} m={m}")
-    y2 = jax.jit(qmatmul)(xd, wd)  # the public entry picks the same backend
+    y2 = jax.jit(functools.partial(qmatmul, implementation=b.name))(xd, wd)  # same kernel via the public entry
     np.testing.assert_array_equal(np.asarray(y2.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)))
+    y3 = jax.jit(qmatmul)(xd, wd)  # whatever the dispatcher picks (two-stage for M >= 128)
+    assert_close(np.asarray(y3.astype(jnp.float32)), np.asarray(xd.astype(jnp.float32)), w, what=f"auto m={m}")
 
 
 @pytest.mark.parametrize("k", [4096 - 128, 4096, 4096 + 32])
