@@ -481,7 +481,7 @@ def short_table(results: list[dict]) -> str:
 def plan(args) -> list[Case]:
     shapes = [SHAPES_BY_NAME[s] for s in args.shapes.split(",")] if args.shapes else list(SHAPES)
     ms = [int(v) for v in args.ms.split(",")] if args.ms else list(M_TABLE)
-    cases = [Case(s, m) for s in shapes for m in ms]
+    cases = [Case(s, m) for m in ms for s in shapes]  # M-major: a budget cut drops large M last
     if not args.no_extras:
         sq = SHAPES_BY_NAME["70b_o"]
         cases += [Case(sq, m) for m in M_VALUES if m not in ms]  # full M sweep on 8192x8192
