@@ -75,6 +75,57 @@ def _log(*a):
     print(*a, flush=True)
 
 
+def env_info() -> dict:
+    import platform
+    import subprocess
+
+    import jax
+    import torch
+    import triton
+
+    try:
+        card = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        card = f"unknown ({e})"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        commit = "unknown"
+    return {
+        "card": card or "unknown",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "commit": os.environ.get("JQUANT_COMMIT") or commit or "unknown",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+
+
+def make_qarray(key, n: int, k: int, bits: int, group: int, zero: bool):
+    """A random canonical QArray on the JAX device: uint4b8 / uint4 + zero / uint8b128 / uint8 + zero."""
+    import jax
+    import jax.numpy as jnp
+
+    from jquant.core.qarray import QArray, block_for
+    from jquant.core.qtypes import int_type
+
+    kd, ks, kz = jax.random.split(key, 3)
+    block = block_for(n, k, group_size=group)
+    ng = -(-k // block[1])
+    data = jax.random.randint(kd, (n, k * bits // 8), 0, 256, dtype=jnp.int32).astype(jnp.uint8)
+    scale = jax.random.uniform(ks, (n, ng), jnp.float32, 0.002, 0.02).astype(jnp.float16)
+    if zero:
+        z = jax.random.randint(kz, (n, ng), 0, 1 << bits, dtype=jnp.int32).astype(jnp.uint8)
+        return QArray(data=data, scale=scale, zero=z, qtype=int_type(bits), shape=(n, k), block=block)
+    return QArray(data=data, scale=scale, qtype=int_type(bits, bias=1 << (bits - 1)), shape=(n, k), block=block)
+
+
 def rel_err(y, ref) -> float:
     y = np.asarray(y, np.float64)
     ref = np.asarray(ref, np.float64)
@@ -108,7 +159,6 @@ def run_weight_only(case: WCase, dev, iters: int, dry: bool, pallas: bool) -> di
     import torch
 
     import torch_bridge as tb
-    from bench.qmatmul import make_qarray
     from torch_bridge.ops import prepare, qmatmul_prepared
 
     n, k, m = case.shape.n, case.shape.k, case.m
@@ -308,7 +358,7 @@ def plan(quick: bool, dry: bool) -> tuple[list[WCase], list[ACase]]:
         WCase(o, 1, bits=8, group=-1),
         WCase(o, 16, bits=8, group=-1),
     ]
-    a = [ACase(SHAPES_BY_NAME[s], m, sc) for s in ("8b_o", "70b_o") for m in (16, 1024, 4096) for sc in ("fp8", "int8")]
+    a = [ACase(SHAPES_BY_NAME[s], m, sc) for s in ("8b_o", "70b_o") for m in (32, 1024, 4096) for sc in ("fp8", "int8")]
     return w, a
 
 
@@ -374,8 +424,6 @@ def main(argv=None) -> int:
 
     env = {"card": "cpu (dry run)", "commit": os.environ.get("JQUANT_COMMIT", "unknown")}
     if not args.dry:
-        from bench.qmatmul import env_info
-
         env = env_info()
     else:
         import jax
