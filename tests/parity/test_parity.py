@@ -1,10 +1,10 @@
 """Cross-framework parity on real checkpoints: producer / transformers, JAX path, Torch bridge.
 
-For every format that converts (GPTQ, AWQ, AutoRound, GGUF, compressed-tensors incl. W8A8 / FP8 /
-NVFP4 / mixed): the same random tokens through
+For every format that converts (GPTQ, AWQ, AutoRound, GGUF, HF fine-grained FP8, compressed-tensors
+incl. W8A8 / FP8 / NVFP4 / mixed): the same random tokens through
 
 * ``producer``: transformers over the producer's own dequantized weights (GPTQModel, AutoAWQ,
-  auto-round, gguf-py), when the fixtures provide them; else ``spec`` (``jquant.dequantize``, inputs
+  auto-round, gguf-py, transformers' FP8 dequantizer), when the fixtures provide them; else ``spec`` (``jquant.dequantize``, inputs
   fake-quantized by the checkpoint's activation recipes with the numpy spec) is the reference;
 * ``transformers``: transformers loading the file itself (GGUF; compressed-tensors W4A16);
 * ``jax``: ``jquant.models.from_checkpoint`` (the JAX path);
@@ -72,6 +72,57 @@ def gguf(setup):
     return tiny_gguf(setup)
 
 
+def hf_fp8_block():
+    """The tiny Llama quantized by transformers' own fine-grained FP8 quantizer (``Fp8Quantize``, what
+    ``save_pretrained`` of a ``FineGrainedFP8Config`` model runs); oracle: transformers'
+    ``_dequantize_fp8_weight``."""
+    import json
+
+    import ml_dtypes
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file, save_file
+    from transformers import FineGrainedFP8Config
+    from transformers.integrations.finegrained_fp8 import Fp8Quantize, _dequantize_fp8_weight
+
+    from tests.fixtures.cache import cached_dir
+    from tests.fixtures.producers_gptq_awq import tiny_llama_source
+
+    src = tiny_llama_source()
+
+    class _Quantizer:
+        quantization_config = FineGrainedFP8Config(weight_block_size=[128, 128])
+
+    def build(out: Path) -> None:
+        op = Fp8Quantize(_Quantizer())
+        tensors, oracle = {}, {}
+        for name, a in load_file(src / "model.safetensors").items():
+            if name.endswith("_proj.weight"):
+                res = op.convert({name: torch.from_numpy(a.astype(np.float32))})
+                w, sc = res[name], res[name.replace(".weight", ".weight_scale_inv")]
+                tensors[name] = w.view(torch.uint8).numpy().view(ml_dtypes.float8_e4m3fn)
+                tensors[name.replace(".weight", ".weight_scale_inv")] = sc.numpy()
+                oracle[name] = _dequantize_fp8_weight(w, sc, [128, 128], torch.float32).numpy()
+            else:
+                tensors[name] = a
+        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["quantization_config"] = {
+            "quant_method": "fp8",
+            "fmt": "e4m3",
+            "activation_scheme": "dynamic",
+            "weight_block_size": [128, 128],
+        }
+        (out / "config.json").write_text(json.dumps(cfg))
+        np.savez(out / "oracle.npz", **oracle)
+
+    import transformers
+
+    folder = cached_dir(f"hf-fp8-block128-tiny-llama-transformers{transformers.__version__}", build)
+    with np.load(folder / "oracle.npz") as z:
+        return folder, {k: z[k] for k in z.files}
+
+
 def ct(scheme):
     from tests.fixtures.producers_ct import llmcompressor_dir
 
@@ -87,6 +138,7 @@ CASES = {
     "autoround_4bit_asym_g128": (lambda: autoround("auto_round", 4, 128, False), (), False),
     "gguf_llama_mix": (lambda: gguf("llama"), ("transformers",), False),
     "gguf_qwen2_mix": (lambda: gguf("qwen2"), ("transformers",), False),
+    "hf_fp8_block128_dynamic": (hf_fp8_block, (), True),
     "ct_w4a16_asym": (lambda: ct("W4A16_ASYM"), (), False),
     "ct_w8a8_int8_dynamic": (lambda: ct("W8A8"), (), True),
     "ct_w8a8_static_asym": (lambda: ct("W8A8_STATIC_ASYM"), (), True),
