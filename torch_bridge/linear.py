@@ -74,8 +74,8 @@ class QuantLinear(nn.Module):
     def prepare(self, device: torch.device | str, dtype: torch.dtype) -> str:
         """Selects and prepares the backend for activations of ``dtype`` on ``device``; returns its name."""
         device = torch.device(device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+        if device.type not in ("cpu", "meta") and device.index is None:  # "cuda" -> "cuda:0", "xpu" -> "xpu:0"
+            device = torch.device(device.type, torch.get_device_module(device.type).current_device())
         key = (device, dtype)
         if key not in self._prepared:
             w = self.qweight()
