@@ -178,3 +178,12 @@ def test_parity(case):
         if not ok:
             bad.append(c)
     assert not bad, text
+
+
+def test_cli_parity_torch(capsys):
+    from jquant.cli import main
+
+    path, _ = gguf("qwen3")
+    assert main(["parity-torch", str(path), "--transformers", "--new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| torch_bridge |" in out and "| jax |" in out and "| transformers |" in out
