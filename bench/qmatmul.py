@@ -461,6 +461,7 @@ def plot(out: str, env: dict, results: list[dict]) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "qmatmul.png"), dpi=110)
+    plt.close(fig)
 
 
 def short_table(results: list[dict]) -> str:
