@@ -64,3 +64,16 @@ def test_greedy_generation_matches_transformers(arch):
     assert got.shape == (1, 12)
     assert np.concatenate(streamed).tolist() == got[0].tolist()
     assert got[0].tolist() == ref.tolist(), name
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3"])
+def test_bfloat16_model_is_close_to_float32_transformers(name):
+    """The accelerator default dtype (bf16 activations and float weights) runs and stays close."""
+    from jquant.models.parity import compare_logits
+
+    folder = hf_dir(name)
+    model = from_checkpoint(jquant.convert(folder), dtype=jnp.bfloat16)
+    assert model.layers[0].mlp.up_proj.weight.get_value().dtype == jnp.bfloat16
+    out = Generator(model).logits(IDS)
+    report = compare_logits(out, hf_logits(folder, IDS)[1])
+    assert report.rel < 0.1 and report.top1_agreement >= 0.9, report

@@ -54,7 +54,7 @@ def _oracle_from_dequantized(folder, dequantized: dict[str, np.ndarray]):
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
         state.update({k: v.float() for k, v in load_file(f).items() if v.is_floating_point()})
-    state.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dequantized.items()})
+    state.update({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in dequantized.items()})
     expected = set(model.state_dict())
     missing = expected - set(state)
     assert not missing, f"oracle lacks {sorted(missing)[:5]}"
