@@ -99,15 +99,23 @@ class WNA16Backend(Backend):
         mode: ``"decode"`` (M <= `DECODE_MAX_M`, split-K tiles) or ``"prefill"`` (any M).
         interpret: run the Pallas interpreter (CPU tests); registered instances use the GPU.
         config: fixed tile config instead of the heuristic (benchmarks, tests).
+        name: registry name; default ``pallas_triton_wna16_<mode>`` (tests register interpret twins).
     """
 
     platforms = ("gpu",)
 
-    def __init__(self, mode: str = "decode", *, interpret: bool = False, config: WNA16Config | None = None):
+    def __init__(
+        self,
+        mode: str = "decode",
+        *,
+        interpret: bool = False,
+        config: WNA16Config | None = None,
+        name: str | None = None,
+    ):
         if mode not in ("decode", "prefill"):
             raise ValueError(f"mode must be 'decode' or 'prefill', got {mode!r}")
         self.mode = mode
-        self.name = f"pallas_triton_wna16_{mode}"
+        self.name = name or f"pallas_triton_wna16_{mode}"
         self.priority = 20 if mode == "decode" else 10
         self.interpret = interpret
         self.config = config

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jquant.pallas  # noqa: F401
-from jquant.pallas import WNA16Backend, WNA16Config, wna16_qmatmul
+from jquant.pallas import WNA16Backend, WNA16Config, prefill_config, wna16_qmatmul
 from tests.pallas.helpers import assert_close, make_weight
 
 D = WNA16Config(bm=16, bn=32, bk=128, split_k=2)  # decode-like: split-K
@@ -74,6 +74,21 @@ CASES = [
         (1, 24, 384),
         dict(bits=8, group=128, zero=True),
         WNA16Config(bm=1, bn=16, bk=256, split_k=1, scale_on_output=False, gemv=True),
+        jnp.float16,
+    ),
+    # the heuristic prefill configs: M <= 256 (split_x) and M > 256 (bm=256, swap-AB)
+    (
+        "w4g64-prefill-heuristic-small",
+        (70, 40, 192),
+        dict(bits=4, group=64),
+        prefill_config(70, 40, 192, bits=4),
+        jnp.bfloat16,
+    ),
+    (
+        "w4g64-zero-prefill-heuristic-large",
+        (260, 40, 192),
+        dict(bits=4, group=64, zero=True),
+        prefill_config(300, 40, 192, bits=4),
         jnp.float16,
     ),
 ]
