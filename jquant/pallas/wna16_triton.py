@@ -10,13 +10,23 @@ integer codes), groups ``G`` (power of two >= 32) or one scale per row (per-chan
 reads the canonical bytes as they are; there is no repacking step.
 
 Unpacking: a [bn, bk/2] byte tile gives the low nibbles (even K columns) and high nibbles (odd
-columns) as two [bn, bk/2] tiles; a last-axis ``jnp.stack`` + reshape (Triton's ``tl.join``, i.e.
-``tl.interleave``) puts them back in K order, so x is read contiguously. 8-bit codes need nothing.
+columns) as two [bn, bk/2] tiles. Either a last-axis ``jnp.stack`` + reshape (Triton's
+``tl.join``, i.e. ``tl.interleave``) puts them back in K order and x is read contiguously, or
+(``split_x``) x is split into its even and odd columns outside the kernel and each nibble plane is
+dotted with its half. 8-bit codes need nothing. Codes become floats without int->float converts
+(1/4-rate on Hopper): OR-ing a code into the mantissa of a magic constant (0x4300 -> bf16 128 + c,
+0x6400 -> f16 1024 + c, 0x4B000000 -> f32 2^23 + c) and subtracting the constant plus the offset
+gives ``c - bias - zero`` exactly.
 
 Scales: with ``scale_on_output`` the dot runs on the integer values ``code - bias - zero``
-(exactly representable in bf16 and f16: |v| <= 255) and the f32 product is scaled per group, one
-sub-block of ``min(G, bk)`` columns at a time; otherwise the weights are scaled in f32 and rounded
-to the activation dtype before the dot (Marlin/exllama-style). Accumulation is f32 throughout.
+(exactly representable in bf16 and f16: |v| <= 383) and the f32 product is scaled per group, one
+sub-block of ``min(G, bk)`` columns at a time; otherwise the whole K step is loaded at once and the
+weights are scaled in f32 and rounded to the activation dtype before the dot (Marlin-style).
+Accumulation is f32 throughout. ``swap_ab`` accumulates ``out^T = W x^T`` (the weight tile as the
+left operand, the one Hopper wgmma may take from registers); ``gemv`` (M = 1) skips tensor cores.
+The K offsets are built from products of static powers of two with ``pl.multiple_of`` hints:
+a floor division there hides divisibility from Triton and de-vectorizes the code loads (27% of
+the decode time on H200, bench/results/nvidia_h200/targets.md).
 
 Grid: (cdiv(M, bm), cdiv(N, bn), split_k). Edges of M, N and K are masked (loads give 0, stores are
 masked), so no shape needs padding. With split_k > 1 each program writes an f32 partial
