@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jquant.pallas  # noqa: F401
-from jquant.pallas import WNA16Backend, WNA16Config, prefill_config, wna16_qmatmul
+from jquant.pallas import WNA16Backend, WNA16Config, decode_config, prefill_config, wna16_qmatmul
 from tests.pallas.helpers import assert_close, make_weight
 
 D = WNA16Config(bm=16, bn=32, bk=128, split_k=2)  # decode-like: split-K
@@ -74,6 +74,21 @@ CASES = [
         (1, 24, 384),
         dict(bits=8, group=128, zero=True),
         WNA16Config(bm=1, bn=16, bk=256, split_k=1, scale_on_output=False, gemv=True),
+        jnp.float16,
+    ),
+    # the heuristic decode config (split_x, per-group scaling on the output), per-channel and act-order
+    (
+        "w4-perchannel-decode-heuristic",
+        (3, 40, 1032),
+        dict(bits=4, group=-1),
+        decode_config(3, 40, 1032, bits=4),
+        jnp.bfloat16,
+    ),
+    (
+        "w4g32-zero-actorder-decode-heuristic",
+        (9, 40, 2048),
+        dict(bits=4, group=32, zero=True, perm=True),
+        decode_config(9, 40, 2048, bits=4),
         jnp.float16,
     ),
     # the heuristic prefill configs: M <= 256 (split_x) and M > 256 (bm=256, swap-AB)
