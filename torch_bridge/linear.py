@@ -60,10 +60,11 @@ class QuantLinear(nn.Module):
             if a is not None:
                 # Memory-mapped checkpoint tensors are read-only: buffers never write to them.
                 self.register_buffer(f"weight_{f}", a)
-        if bias is None or isinstance(bias, nn.Parameter):
+        bias_device = device if device is not None else w.data.device
+        if bias is None or (isinstance(bias, nn.Parameter) and bias.device == torch.device(bias_device)):
             self.bias = bias  # the replaced nn.Linear's own parameter: shared, not copied
         else:
-            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+            self.bias = nn.Parameter(bias.detach().to(bias_device, copy=True), requires_grad=False)
         self._prepared: dict[tuple[torch.device, torch.dtype], tuple[str, list[torch.Tensor], str]] = {}
 
     def qweight(self) -> QArray:

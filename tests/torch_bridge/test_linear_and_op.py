@@ -113,3 +113,9 @@ def test_patch_model_errors_name_the_tensor():
     rep = tb.patch_model(m, {"0.weight": w, "0.bias": np.ones(32, np.float32)})
     assert rep["quantized"] == ["0.weight"] and rep["dense"] == ["0.bias"]
     assert isinstance(m[0], tb.QuantLinear) and torch.equal(m[0].bias, torch.ones(32))
+
+
+def test_bias_follows_the_weight_device():
+    w = make_weight(_case(zero="int"))
+    lin = tb.QuantLinear(w, torch.randn(64), device="meta")
+    assert lin.bias.device.type == "meta" and lin.weight_data.device.type == "meta"
