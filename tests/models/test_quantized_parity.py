@@ -104,8 +104,11 @@ CT_NOT_COMPARED = {
     "MXFP4": "transformers' compressed-tensors forward fails on CPU (float x bfloat16 matmul)",
     "MXFP8": "transformers' compressed-tensors forward fails on CPU (float x bfloat16 matmul)",
     "W8A8": "dynamic per-token int8 inputs: 5e-2 max|diff|/std vs transformers (spec: vLLM amax/127, CT QDQ 127.5)",
-    "FP8_DYNAMIC": "dynamic per-token fp8 inputs: 6e-2 max|diff|/std vs transformers, under investigation",
-    "FP8_BLOCK": "dynamic per-group fp8 inputs: 2e-6 at 20 tokens but 1.1e-1 at 28 tokens vs transformers, open",
+    # Both agree exactly up to a token-dependent position, then diverge for every later position: a
+    # value-dependent difference between the ActQuant spec and compressed-tensors' QDQ (suspect: its
+    # scale clamp at eps for tiny-amax units vs the spec's amax/448); open, see the helper's report.
+    "FP8_DYNAMIC": "dynamic per-token fp8 inputs: exact for positions 0-3, then ~6e-2 max|diff|/std",
+    "FP8_BLOCK": "dynamic per-group fp8 inputs: exact on random ids, ~1e-1 after certain generated tokens",
 }
 
 
