@@ -127,6 +127,10 @@ KERNEL_CASES = [
     Case("fp8_e4m3_block128_f16", qt.fp8_e4m3, 48, 256, (128, 128), 3, F16, scale_dtype="float32"),
     Case("fp8_e5m2_per_channel", qt.fp8_e5m2, 20, 64, (1, 64), 2, F32),
     Case("w4_sym_g32_split_k2", qt.uint4b8, 32, 256, (1, 32), 3, F32, split_k=2),
+    # M >= PREFILL_DEQUANT_M: dequant_kernel + the vendor GEMM
+    Case("prefill_w4_asym_g32_bf16", qt.uint4, 33, 96, (1, 32), 129, BF16, zero="int"),
+    Case("prefill_nf4_g64_perm_f32", qt.nf4, 40, 128, (1, 64), 128, F32, perm=True),
+    Case("prefill_fp8_block128_f16", qt.fp8_e4m3, 48, 256, (128, 128), 130, F16),
     Case("w8a8_fp8_per_tensor", qt.fp8_e4m3, 24, 64, (24, 64), 7, F32, impl="torch_triton_w8a8_fp8", act_quant="fp8"),
     Case(
         "w8a8_fp8_per_channel_bf16",

@@ -19,9 +19,9 @@ from triton.compiler import ASTSource
 from jquant.core.qtypes import QType
 from torch_bridge.triton.configs import TileConfig
 from torch_bridge.triton.w8a8 import w8a8_constexprs, w8a8_kernel
-from torch_bridge.triton.wxa16 import ZeroKind, kernel_constexprs, wxa16_kernel
+from torch_bridge.triton.wxa16 import ZeroKind, dequant_kernel, kernel_constexprs, weight_constexprs, wxa16_kernel
 
-__all__ = ["TARGETS", "Wxa16Case", "W8a8Case", "compile_case"]
+__all__ = ["TARGETS", "Wxa16Case", "DequantCase", "W8a8Case", "compile_case"]
 
 TARGETS = {"sm_90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
 
@@ -58,6 +58,26 @@ class Wxa16Case:
 
 
 @dataclasses.dataclass(frozen=True)
+class DequantCase:
+    """One `dequant_kernel` specialization (the prefill path): weight description, output dtype, tiles."""
+
+    qtype: QType
+    block: tuple[int, int]
+    k: int
+    zero: ZeroKind
+    out_dtype: torch.dtype
+    config: TileConfig
+
+    def signature_and_constexprs(self) -> tuple[dict, dict]:
+        consts = weight_constexprs(self.qtype, self.block, self.k, self.zero, self.config.block_k)
+        consts.update(BLOCK_N=self.config.block_n, BLOCK_K=self.config.block_k)
+        data = "*i8" if self.qtype.signed else "*u8"
+        zero_ptr = {ZeroKind.NONE: "*fp32", ZeroKind.INT: "*u8", ZeroKind.FLOAT: "*fp32"}[self.zero]
+        ptrs = [data, "*fp32", zero_ptr, "*fp32", _PTR[self.out_dtype]]
+        return _signature(dequant_kernel, ptrs, consts), consts
+
+
+@dataclasses.dataclass(frozen=True)
 class W8a8Case:
     """One W8A8 kernel specialization."""
 
@@ -88,9 +108,9 @@ def _signature(kernel, ptr_types: list[str], consts: dict) -> dict:
     return sig
 
 
-def compile_case(case: Wxa16Case | W8a8Case, target: GPUTarget):
+def compile_case(case: Wxa16Case | DequantCase | W8a8Case, target: GPUTarget):
     """Compiles one case for ``target``; returns the `triton.compiler.CompiledKernel`."""
-    kernel = wxa16_kernel if isinstance(case, Wxa16Case) else w8a8_kernel
+    kernel = {Wxa16Case: wxa16_kernel, DequantCase: dequant_kernel, W8a8Case: w8a8_kernel}[type(case)]
     if not isinstance(kernel, triton.runtime.JITFunction):
         raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1; AOT compilation needs JIT functions")
     sig, consts = case.signature_and_constexprs()

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["TileConfig", "wxa16_config", "w8a8_config", "INTERPRET_CONFIG"]
+__all__ = ["TileConfig", "wxa16_config", "w8a8_config", "dequant_config", "INTERPRET_CONFIG", "PREFILL_DEQUANT_M"]
+
+# From this many rows on, the weight-only path dequantizes W once (one pass over the codes, a
+# transient [N, K] tensor in the activation dtype) and multiplies with the vendor GEMM, as vLLM's
+# AWQ layer does for >= 256 tokens. Measured on H200 (bench/results/nvidia_h200): the fused
+# kernel reaches 0.46-0.69x of bf16 cuBLAS at M = 64 but 0.26-0.38x at M = 128 and ~0.4x above;
+# dequant + GEMM costs one cuBLAS call plus ~N*K*(2 + bits/8) bytes of traffic (~35 us for 8192^2).
+PREFILL_DEQUANT_M = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +96,11 @@ def w8a8_config(m: int, n: int, k: int, scale_block_k: int) -> TileConfig:
     while bk > 32 and scale_block_k < k and scale_block_k % bk:
         bk //= 2
     return TileConfig(bm, bn, bk, 1, warps, stages)
+
+
+def dequant_config(k: int, scale_block_k: int) -> TileConfig:
+    """Tiles of the one-pass dequantization kernel (no K loop: block_m / split_k / stages unused)."""
+    bk = 128
+    while bk > 16 and scale_block_k < k and scale_block_k % bk:
+        bk //= 2
+    return TileConfig(block_m=16, block_n=64, block_k=bk, split_k=1, num_warps=4, num_stages=1)

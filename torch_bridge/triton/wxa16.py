@@ -17,7 +17,10 @@ is the spec's own first step.
 
 The dequantized tile is multiplied in the activation dtype (fp16 / bf16, float32 accumulation) as
 Marlin / vLLM do, or in float32 (``DOT_F32``: float32 activations, and the CPU interpreter, whose
-bf16 ``tl.dot`` is broken). Device-agnostic: no CUDA-specific calls; the device is the tensors'.
+bf16 ``tl.dot`` is broken). From ``PREFILL_DEQUANT_M`` rows on, the weight is instead dequantized
+once by `dequant_kernel` (the same tile code) and multiplied by the vendor GEMM (vLLM's AWQ layer
+does the same for large batches). Device-agnostic: no CUDA-specific calls; the device is the
+tensors'.
 """
 
 from __future__ import annotations
@@ -29,9 +32,15 @@ import triton
 import triton.language as tl
 
 from jquant.core.qtypes import QType
-from torch_bridge.triton.configs import INTERPRET_CONFIG, TileConfig, wxa16_config
+from torch_bridge.triton.configs import (
+    INTERPRET_CONFIG,
+    PREFILL_DEQUANT_M,
+    TileConfig,
+    dequant_config,
+    wxa16_config,
+)
 
-__all__ = ["ValueKind", "ZeroKind", "value_kind", "wxa16_matmul", "wxa16_kernel"]
+__all__ = ["ValueKind", "ZeroKind", "value_kind", "wxa16_matmul", "wxa16_kernel", "dequant_kernel", "dequantize_weight"]
 
 
 class ValueKind(enum.IntEnum):
@@ -58,6 +67,75 @@ def value_kind(q: QType) -> ValueKind:
     if q.storage == "float8_e5m2":
         return ValueKind.FP8_E5M2
     return ValueKind.SIGNED if q.signed else ValueKind.INT
+
+
+@triton.jit
+def _dequant_tile(
+    data_ptr,
+    scale_ptr,
+    zero_ptr,
+    lut_ptr,
+    offs_n,  # [BLOCK_N] output rows
+    mask_n,
+    srow,  # [BLOCK_N] offsets of the rows' scale entries: (n // SCALE_BN) * stride_sn
+    k0,  # first column of the tile
+    K,
+    stride_dn,
+    stride_dk,
+    stride_sk,
+    BITS: tl.constexpr,
+    VALUE: tl.constexpr,
+    BIAS: tl.constexpr,
+    ZERO: tl.constexpr,
+    SCALE_BK: tl.constexpr,
+    SCALE_ROW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """float32 ``W'[offs_n, k0:k0 + BLOCK_K]``: one [BLOCK_N, BLOCK_K] tile of the canonical weight."""
+    P: tl.constexpr = 8 // BITS
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    mask_k = offs_k < K
+    # The tile is [BLOCK_N, BLOCK_K]: K is contiguous in memory, as `data` is stored.
+    wmask = mask_n[:, None] & mask_k[None, :]
+    if BITS == 8:
+        code = tl.load(data_ptr + offs_n[:, None] * stride_dn + offs_k[None, :] * stride_dk, mask=wmask, other=0)
+    elif BITS == 4:
+        # Whole bytes [BLOCK_N, BLOCK_K / 2] (vectorized loads), then nibbles interleaved back in
+        # place: join(lo, hi)[n, i, j] is code 2i + j, so a row-major reshape is K order.
+        offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        bmask = mask_n[:, None] & (offs_b[None, :] < K // 2)
+        raw = tl.load(data_ptr + offs_n[:, None] * stride_dn + offs_b[None, :] * stride_dk, mask=bmask, other=0)
+        code = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_N, BLOCK_K)
+    else:  # 1- / 2-bit containers: byte k // P of the row, shifted to code k % P
+        raw = tl.load(data_ptr + offs_n[:, None] * stride_dn + (offs_k[None, :] // P) * stride_dk, mask=wmask, other=0)
+        code = (raw.to(tl.int32) >> ((offs_k[None, :] % P) * BITS)) & ((1 << BITS) - 1)
+    if VALUE == 0:
+        v = (code.to(tl.int32) - BIAS).to(tl.float32)
+    elif VALUE == 3:
+        v = tl.load(lut_ptr + code.to(tl.int32))
+    elif VALUE == 2:
+        v = code.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    elif VALUE == 4:
+        v = code.to(tl.float8e5, bitcast=True).to(tl.float32)
+    else:
+        v = code.to(tl.float32)
+    if SCALE_ROW:
+        sp = srow[:, None] + (k0 // SCALE_BK) * stride_sk  # [BLOCK_N, 1]
+        smask = mask_n[:, None]
+    else:
+        sp = srow[:, None] + (offs_k[None, :] // SCALE_BK) * stride_sk  # [BLOCK_N, BLOCK_K]
+        smask = wmask
+    s = tl.load(scale_ptr + sp, mask=smask, other=0.0)
+    if ZERO == 1:
+        z = tl.load(zero_ptr + sp, mask=smask, other=0).to(tl.float32)
+        w = (v - z) * s
+    elif ZERO == 2:
+        z = tl.load(zero_ptr + sp, mask=smask, other=0.0)
+        w = v * s - z
+    else:
+        w = v * s
+    return w
 
 
 @triton.jit
@@ -92,7 +170,6 @@ def wxa16_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
-    P: tl.constexpr = 8 // BITS
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -104,54 +181,15 @@ def wxa16_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
         x = tl.load(
             x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :],
+            mask=mask_m[:, None] & (offs_k[None, :] < K),
             other=0.0,
         )
-        # The weight tile is [BLOCK_N, BLOCK_K] (K contiguous in memory, as `data` is stored).
-        wmask = mask_n[:, None] & mask_k[None, :]
-        if BITS == 8:
-            raw = tl.load(data_ptr + offs_n[:, None] * stride_dn + offs_k[None, :] * stride_dk, mask=wmask, other=0)
-            code = raw
-        elif BITS == 4:
-            # Whole bytes [BLOCK_N, BLOCK_K / 2] (vectorized loads), then nibbles interleaved back
-            # in place: join(lo, hi)[n, i, j] is code 2i + j, so a row-major reshape is K order.
-            offs_b = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            bmask = mask_n[:, None] & (offs_b[None, :] < K // 2)
-            raw = tl.load(data_ptr + offs_n[:, None] * stride_dn + offs_b[None, :] * stride_dk, mask=bmask, other=0)
-            code = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_N, BLOCK_K)
-        else:  # 1- / 2-bit containers: byte k // P of the row, shifted to code k % P
-            raw = tl.load(
-                data_ptr + offs_n[:, None] * stride_dn + (offs_k[None, :] // P) * stride_dk, mask=wmask, other=0
-            )
-            code = (raw.to(tl.int32) >> ((offs_k[None, :] % P) * BITS)) & ((1 << BITS) - 1)
-        if VALUE == 0:
-            v = (code.to(tl.int32) - BIAS).to(tl.float32)
-        elif VALUE == 3:
-            v = tl.load(lut_ptr + code.to(tl.int32))
-        elif VALUE == 2:
-            v = code.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        elif VALUE == 4:
-            v = code.to(tl.float8e5, bitcast=True).to(tl.float32)
-        else:
-            v = code.to(tl.float32)
-        if SCALE_ROW:
-            sp = srow[:, None] + (k0 // SCALE_BK) * stride_sk  # [BLOCK_N, 1]
-            smask = mask_n[:, None]
-        else:
-            sp = srow[:, None] + (offs_k[None, :] // SCALE_BK) * stride_sk  # [BLOCK_N, BLOCK_K]
-            smask = wmask
-        s = tl.load(scale_ptr + sp, mask=smask, other=0.0)
-        if ZERO == 1:
-            z = tl.load(zero_ptr + sp, mask=smask, other=0).to(tl.float32)
-            w = (v - z) * s
-        elif ZERO == 2:
-            z = tl.load(zero_ptr + sp, mask=smask, other=0.0)
-            w = v * s - z
-        else:
-            w = v * s
+        w = _dequant_tile(
+            data_ptr, scale_ptr, zero_ptr, lut_ptr, offs_n, mask_n, srow, k0, K, stride_dn, stride_dk, stride_sk,
+            BITS, VALUE, BIAS, ZERO, SCALE_BK, SCALE_ROW, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
         if DOT_F32:
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
         else:
@@ -164,9 +202,65 @@ def wxa16_kernel(
         tl.atomic_add(y_ptrs, acc, mask=ymask)
 
 
+@triton.jit
+def dequant_kernel(
+    data_ptr,
+    scale_ptr,
+    zero_ptr,
+    lut_ptr,
+    out_ptr,  # [N, K] in the activation dtype
+    N,
+    K,
+    stride_dn,
+    stride_dk,
+    stride_sn,
+    stride_sk,
+    stride_on,
+    stride_ok,
+    BITS: tl.constexpr,
+    VALUE: tl.constexpr,
+    BIAS: tl.constexpr,
+    ZERO: tl.constexpr,
+    SCALE_BN: tl.constexpr,
+    SCALE_BK: tl.constexpr,
+    SCALE_ROW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``out = W'`` (data column order): the prefill path's one pass over the codes."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    mask_n = offs_n < N
+    srow = (offs_n // SCALE_BN) * stride_sn
+    w = _dequant_tile(
+        data_ptr, scale_ptr, zero_ptr, lut_ptr, offs_n, mask_n, srow, k0, K, stride_dn, stride_dk, stride_sk,
+        BITS, VALUE, BIAS, ZERO, SCALE_BK, SCALE_ROW, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    tl.store(
+        out_ptr + offs_n[:, None] * stride_on + offs_k[None, :] * stride_ok,
+        w.to(out_ptr.dtype.element_ty),
+        mask=mask_n[:, None] & (offs_k[None, :] < K),
+    )
+
+
 def is_interpreter() -> bool:
     """Whether the kernels were built for the Triton CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
     return not isinstance(wxa16_kernel, triton.runtime.JITFunction)
+
+
+def weight_constexprs(qtype: QType, block: tuple[int, int], k: int, zero_kind: ZeroKind, block_k: int) -> dict:
+    """The constexprs of `_dequant_tile` for one weight and K tile."""
+    bn, bk = block
+    return dict(
+        BITS=qtype.container_bits,
+        VALUE=int(value_kind(qtype)),
+        BIAS=int(qtype.bias),
+        ZERO=int(zero_kind),
+        SCALE_BN=int(bn),
+        SCALE_BK=int(bk),
+        SCALE_ROW=bool(bk >= k or bk % block_k == 0),
+    )
 
 
 def kernel_constexprs(
@@ -179,21 +273,67 @@ def kernel_constexprs(
     dot_f32: bool | None = None,
 ) -> dict:
     """The constexpr arguments of `wxa16_kernel` for one weight / activation dtype / config."""
-    bn, bk = block
     return dict(
-        BITS=qtype.container_bits,
-        VALUE=int(value_kind(qtype)),
-        BIAS=int(qtype.bias),
-        ZERO=int(zero_kind),
-        SCALE_BN=int(bn),
-        SCALE_BK=int(bk),
-        SCALE_ROW=bool(bk >= k or bk % config.block_k == 0),
+        **weight_constexprs(qtype, block, k, zero_kind, config.block_k),
         DOT_F32=bool(x_dtype == torch.float32 or is_interpreter()) if dot_f32 is None else dot_f32,
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
     )
+
+
+def _zero_kind(zero: torch.Tensor | None) -> ZeroKind:
+    if zero is None:
+        return ZeroKind.NONE
+    return ZeroKind.FLOAT if zero.dtype.is_floating_point else ZeroKind.INT
+
+
+def _code_view(data: torch.Tensor) -> torch.Tensor:
+    if data.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return data.view(torch.uint8)  # masked loads need an integer `other`; bitcast back in the kernel
+    return data
+
+
+def dequantize_weight(
+    data: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    lut: torch.Tensor | None,
+    qtype: QType,
+    shape: tuple[int, int],
+    block: tuple[int, int],
+    dtype: torch.dtype,
+    config: TileConfig | None = None,
+) -> torch.Tensor:
+    """``W'`` [N, K] in ``dtype`` (data column order) in one pass: `dequant_kernel`. Arguments as `wxa16_matmul`."""
+    n, k = shape
+    if config is None:
+        config = dequant_config(k, block[1])
+    out = torch.empty((n, k), device=data.device, dtype=dtype)
+    data = _code_view(data)
+    grid = (triton.cdiv(n, config.block_n), triton.cdiv(k, config.block_k))
+    dequant_kernel[grid](
+        data,
+        scale,
+        zero if zero is not None else scale,
+        lut if lut is not None else scale,
+        out,
+        n,
+        k,
+        data.stride(0),
+        data.stride(1),
+        scale.stride(0),
+        scale.stride(1),
+        out.stride(0),
+        out.stride(1),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+        **weight_constexprs(qtype, block, k, _zero_kind(zero), config.block_k),
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+    )
+    return out
 
 
 def wxa16_matmul(
@@ -216,7 +356,8 @@ def wxa16_matmul(
         zero: None, uint8 codes, or float32 offsets, of the scale's shape.
         lut: float32 [2**bits] code values for codebook qtypes, else None.
         qtype, shape, block: the weight's static description.
-        config: tiles; default `wxa16_config` (or the small interpreter tiles).
+        config: tiles; default `wxa16_config` (or the small interpreter tiles). Without one,
+            ``M >= PREFILL_DEQUANT_M`` rows take `dequantize_weight` + the vendor GEMM instead.
 
     Returns:
         [M, N] in ``x.dtype``.
@@ -225,15 +366,17 @@ def wxa16_matmul(
     n = shape[0]
     if k != shape[1]:
         raise ValueError(f"x has K={k}, weight has K={shape[1]}")
+    if config is None and m >= PREFILL_DEQUANT_M:
+        wd = dequantize_weight(data, scale, zero, lut, qtype, shape, block, x.dtype)
+        return torch.nn.functional.linear(x, wd)
     if config is None:
         config = INTERPRET_CONFIG if is_interpreter() else wxa16_config(m, n, k, block[1], x.element_size())
-    zk = ZeroKind.NONE if zero is None else (ZeroKind.FLOAT if zero.dtype.is_floating_point else ZeroKind.INT)
+    zk = _zero_kind(zero)
     out_dtype = torch.float32 if config.split_k > 1 else x.dtype
     alloc = torch.zeros if config.split_k > 1 else torch.empty
     y = alloc((m, n), device=x.device, dtype=out_dtype)
     grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), config.split_k)
-    if data.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        data = data.view(torch.uint8)  # masked loads need an integer `other`; bitcast back in the kernel
+    data = _code_view(data)
     wxa16_kernel[grid](
         x,
         data,
