@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["SamplingConfig", "sample", "Generator", "generate", "PROMPT_BUCKET", "CACHE_BUCKET"]
+__all__ = ["SamplingConfig", "sample", "Generator", "generate", "model_bytes", "PROMPT_BUCKET", "CACHE_BUCKET"]
 
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 128
@@ -169,6 +169,3 @@ def model_bytes(model: nnx.Module) -> tuple[int, int]:
             held += int(leaf.size) * leaf.dtype.itemsize
             bf16 += 2 * int(leaf.size)
     return held, bf16
-
-
-__all__ += ["model_bytes"]
