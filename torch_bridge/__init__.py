@@ -10,11 +10,13 @@ The same `QArray` the JAX side reads (no second layout), with torch tensors as l
     y = torch_bridge.qmatmul(x, torch_bridge.to_torch(w))   # == x @ jquant.dequantize(w).T
 
 Backends (`torch_bridge.backend`): Triton kernels on any Triton GPU (``torch_triton_*``), torch's
-CPU int4 / int8 kernels (``torch_cpu_*``), and dequantize + matmul everywhere. This package never
+CPU int4 / int8 kernels (``torch_cpu_*``), ``torch._scaled_mm`` for FP8 W8A8 on CUDA, and
+dequantize + matmul everywhere. This package never
 imports JAX.
 """
 
 from torch_bridge import cpu as _cpu  # noqa: F401  (registers the CPU and reference backends)
+from torch_bridge import vendor as _vendor  # noqa: F401  (registers torch's own fp8 GEMM)
 from torch_bridge.backend import BACKENDS, explain, select
 from torch_bridge.dequant import dequantize
 from torch_bridge.linear import QuantLinear

@@ -110,3 +110,20 @@ def test_dispatch_order_and_env(monkeypatch):
     monkeypatch.setenv("JQUANT_KERNELS", f"pallas_triton_w4a16,{INT8}")
     with pytest.raises(ValueError, match="not int8 or uint8b128"):
         tb.select(w4, "cpu", torch.float32)
+
+
+def test_scaled_mm_fp8_backend_arithmetic():
+    """The CUDA-only ``torch._scaled_mm`` backend's prepare / run, exercised through CPU ``_scaled_mm``."""
+    from torch_bridge import act_quant as aq
+
+    case = Case("x", qt.fp8_e4m3, 64, 128, (1, 128), 40, BF16)
+    w = tb.to_torch(make_weight(case))
+    b = tb.BACKENDS["torch_scaled_mm_fp8"]
+    ok, why = b.supports(w, torch.device("cpu"), torch.bfloat16, "fp8:0")
+    assert not ok and "not CUDA" in why
+    spec, tensors = b.prepare(w, torch.device("cpu"), torch.bfloat16, "fp8:0")
+    x = torch.from_numpy(make_x(case)).bfloat16()
+    y = b.run(x, tensors, spec)
+    ref = reference(case, make_x(case), aq.fake_quant(x, "fp8:0").numpy())
+    err = np.abs(y.float().numpy() - ref)
+    assert y.dtype == torch.bfloat16 and (err <= 2.0**-7 * (np.abs(ref) + np.abs(ref).max() * 0.05)).all(), err.max()

@@ -62,6 +62,20 @@ GPU_CASES = [Case(f"w4_sym_g128_m{m}", qt.uint4b8, 1000, 1024, (1, 128), m, BF16
         act_quant="int8",
     ),  # fmt: skip
     Case("w8a8_int8_m1", qt.int8, 1000, 1024, (1, 1024), 1, F16, impl="torch_triton_w8a8_int8", act_quant="int8"),
+    Case(
+        "scaled_mm_fp8_m129", qt.fp8_e4m3, 1008, 1024, (1, 1024), 129, BF16, impl="torch_scaled_mm_fp8", act_quant="fp8"
+    ),  # fmt: skip
+    Case(
+        "scaled_mm_fp8_small_m",
+        qt.fp8_e4m3,
+        1008,
+        1024,
+        (1, 1024),
+        7,
+        BF16,
+        impl="torch_scaled_mm_fp8",
+        act_quant="fp8",
+    ),  # fmt: skip
 ]
 
 
