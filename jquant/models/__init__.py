@@ -37,7 +37,9 @@ def default_dtype():
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
-def from_checkpoint(ckpt: Checkpoint, *, dtype=None, strict: bool = False) -> LlamaForCausalLM:
+def from_checkpoint(
+    ckpt: Checkpoint, *, dtype=None, strict: bool = False, scan_layers: bool | None = None
+) -> LlamaForCausalLM:
     """The Flax model for ``ckpt``'s architecture, with its weights on the default device.
 
     Quantized weights move to the device as `QArray` pytrees (codes stay packed); float tensors are
@@ -49,6 +51,8 @@ def from_checkpoint(ckpt: Checkpoint, *, dtype=None, strict: bool = False) -> Ll
         dtype: activation / float-weight dtype (default: `default_dtype`).
         strict: raise if the checkpoint holds tensors the model does not use (default: warn; extra
             tensors such as KV-cache scales may be legitimate).
+        scan_layers: run identical decoder layers under ``lax.scan`` (None: whenever they are
+            identical in structure; see `LlamaForCausalLM`).
 
     Raises:
         UnsupportedFormatError / ConfigError: an architecture or config outside the Llama family.
@@ -56,7 +60,7 @@ def from_checkpoint(ckpt: Checkpoint, *, dtype=None, strict: bool = False) -> Ll
     """
     cfg = DecoderConfig.from_hf(ckpt.config)
     w = Weights(ckpt.weights, dtype or default_dtype(), source=ckpt.metadata.get("source"))
-    model = LlamaForCausalLM(cfg, w)
+    model = LlamaForCausalLM(cfg, w, scan_layers=scan_layers)
     # Rotary tables recomputed by HF are sometimes saved; everything else must be used.
     left = [n for n in w.unused() if not n.endswith("rotary_emb.inv_freq")]
     if left:

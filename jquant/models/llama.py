@@ -118,22 +118,60 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
+def _homogeneous(layers: list[nnx.Module]) -> bool:
+    """Whether every layer has the same graph and the same array shapes / dtypes / static fields."""
+
+    def signature(state):
+        return [(a.shape, a.dtype) for a in jax.tree.leaves(state)]
+
+    g0, s0 = nnx.split(layers[0])
+    for layer in layers[1:]:
+        g, s = nnx.split(layer)
+        if g != g0 or jax.tree.structure(s) != jax.tree.structure(s0) or signature(s) != signature(s0):
+            return False
+    return True
+
+
+def _stack(layers: list[nnx.Module]) -> nnx.Module:
+    """One module of the layers' class whose every array has a leading layer axis."""
+    graphdef, _ = nnx.split(layers[0])
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(layer)[1] for layer in layers])
+    return nnx.merge(graphdef, stacked)
+
+
 class LlamaForCausalLM(nnx.Module):
     """A Llama-family causal LM whose linear weights may be quantized in any canonical form.
 
     Build it with `jquant.models.from_checkpoint`. Call it as ``model(input_ids)`` for logits
     [B, T, vocab], or with a `KVCache` for incremental decoding.
 
+    When every decoder layer has the same structure (same quantization types and shapes, same
+    attention window), the layers are stored stacked (``stacked_layers``: one `DecoderLayer` whose
+    arrays have a leading layer axis) and run under ``jax.lax.scan``: one layer is compiled instead
+    of ``num_hidden_layers``. Checkpoints that mix types across layers (llama.cpp's Q4_K_M, GPTQModel
+    dynamic overrides) keep the unrolled ``layers`` list.
+
     Args:
         cfg: the decoder geometry.
         w: the checkpoint's tensors (HF names), already bound to the compute dtype.
+        scan_layers: True / False to force the stacked / unrolled form; None: stacked when possible.
     """
 
-    def __init__(self, cfg: DecoderConfig, w: Weights):
+    def __init__(self, cfg: DecoderConfig, w: Weights, *, scan_layers: bool | None = None):
         self.config = cfg
         self.dtype = w.dtype
         self.embed_tokens = w.embed("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
-        self.layers = nnx.List([DecoderLayer(cfg, w, i) for i in range(cfg.num_hidden_layers)])
+        layers = [DecoderLayer(cfg, w, i) for i in range(cfg.num_hidden_layers)]
+        same = _homogeneous(layers)
+        if scan_layers and not same:
+            raise ConfigError("scan_layers=True but the decoder layers differ in structure or weight types")
+        self.layers: nnx.List | None
+        self.stacked_layers: DecoderLayer | None
+        if same and scan_layers is not False:
+            self.layers, self.stacked_layers = nnx.data(None), _stack(layers)
+        else:
+            self.layers, self.stacked_layers = nnx.List(layers), nnx.data(None)
+        del layers
         self.norm = w.norm("model.norm.weight", cfg.hidden_size, cfg.rms_norm_eps)
         if "lm_head.weight" in w:
             self.lm_head = w.linear("lm_head", cfg.hidden_size, cfg.vocab_size)
@@ -160,13 +198,24 @@ class LlamaForCausalLM(nnx.Module):
         inv_freq = inv_frequencies(self.config.head_dim, self.config.rope_parameters)
         cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)
         x = self.embed_tokens(input_ids).astype(self.dtype)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = layer(x, cos, sin, positions, kv, start)
-            if kv is not None:
-                new_k.append(kv[0])
-                new_v.append(kv[1])
+        if self.stacked_layers is not None:
+            graphdef, stacked = nnx.split(self.stacked_layers)
+
+            def body(h, per_layer):
+                state, kv = per_layer
+                return nnx.merge(graphdef, state)(h, cos, sin, positions, kv, start)
+
+            kvs = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
+            x, kvs = jax.lax.scan(body, x, (stacked, kvs))
+            new_k, new_v = (None, None) if kvs is None else (tuple(kvs[0]), tuple(kvs[1]))
+        else:
+            new_k, new_v = [], []
+            for i, layer in enumerate(self.layers):
+                kv = None if cache is None else (cache.k[i], cache.v[i])
+                x, kv = layer(x, cos, sin, positions, kv, start)
+                if kv is not None:
+                    new_k.append(kv[0])
+                    new_v.append(kv[1])
         new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v), length=start + t)
         return self.norm(x), new_cache
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import jquant
 from jquant.models import Generator, from_checkpoint
@@ -42,11 +44,12 @@ def test_logits_match_transformers(arch):
 def test_kv_cache_decode_equals_full_forward(arch):
     name, _, _, _, model = arch
     full = np.asarray(model(jnp.asarray(IDS)))
+    step = nnx.jit(lambda m, ids, c: m(ids, c))  # the same call under nnx.jit (one compile per shape)
     cache = model.init_cache(2, 32)
-    pre, cache = model(jnp.asarray(IDS[:, :10]), cache)
+    pre, cache = step(model, jnp.asarray(IDS[:, :10]), cache)
     steps = [np.asarray(pre)]
     for t in range(10, 24):
-        lg, cache = model(jnp.asarray(IDS[:, t : t + 1]), cache)
+        lg, cache = step(model, jnp.asarray(IDS[:, t : t + 1]), cache)
         steps.append(np.asarray(lg))
     inc = np.concatenate(steps, axis=1)
     assert int(cache.length) == 24
@@ -73,7 +76,28 @@ def test_bfloat16_model_is_close_to_float32_transformers(name):
 
     folder = hf_dir(name)
     model = from_checkpoint(jquant.convert(folder), dtype=jnp.bfloat16)
-    assert model.layers[0].mlp.up_proj.weight.get_value().dtype == jnp.bfloat16
+    floats = [a for a in jax.tree.leaves(nnx.state(model)) if jnp.issubdtype(a.dtype, jnp.floating)]
+    assert floats and all(a.dtype == jnp.bfloat16 for a in floats)
     out = Generator(model).logits(IDS)
     report = compare_logits(out, hf_logits(folder, IDS)[1])
     assert report.rel < 0.1 and report.top1_agreement >= 0.9, report
+
+
+def test_scanned_and_unrolled_layers_agree():
+    """Identical layers run stacked under lax.scan by default; the unrolled form gives the same logits."""
+    ckpt = jquant.convert(hf_dir("qwen2"))
+    scanned = from_checkpoint(ckpt, dtype=jnp.float32)
+    unrolled = from_checkpoint(ckpt, dtype=jnp.float32, scan_layers=False)
+    assert scanned.stacked_layers is not None and scanned.layers is None
+    assert unrolled.layers is not None and len(unrolled.layers) == 2
+    a, b = Generator(scanned), Generator(unrolled)
+    np.testing.assert_allclose(a.logits(IDS), b.logits(IDS), rtol=1e-5, atol=1e-5)
+    assert a(IDS[:1, :8], max_new_tokens=6).tolist() == b(IDS[:1, :8], max_new_tokens=6).tolist()
+
+
+def test_mixed_layer_types_stay_unrolled():
+    gguf_files = pytest.importorskip("tests.fixtures.gguf_files", reason="tests/fixtures/gguf_files.py is absent")
+    ckpt = jquant.convert(gguf_files.tiny_gguf("llama")[0])  # GGML types differ from layer to layer
+    assert from_checkpoint(ckpt).stacked_layers is None
+    with pytest.raises(jquant.ConfigError, match="scan_layers=True"):
+        from_checkpoint(ckpt, scan_layers=True)
