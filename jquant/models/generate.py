@@ -164,7 +164,9 @@ def model_bytes(model: nnx.Module) -> tuple[int, int]:
     for leaf in jax.tree.leaves(nnx.state(model), is_leaf=lambda x: isinstance(x, QArray)):
         if isinstance(leaf, QArray):
             held += leaf.nbytes
-            bf16 += 2 * leaf.shape[0] * leaf.shape[1]
+            n, k = leaf.shape  # logical shape of one weight; stacked layers add leading axes to the arrays
+            copies = int(leaf.data.size) * leaf.qtype.codes_per_byte // (n * k)
+            bf16 += 2 * n * k * copies
         else:
             held += int(leaf.size) * leaf.dtype.itemsize
             bf16 += 2 * int(leaf.size)

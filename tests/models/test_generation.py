@@ -64,6 +64,11 @@ def test_weights_stay_quantized_on_device(tiny_gguf_ckpt):
     assert all(isinstance(q.data, jax.Array) for q in qs if isinstance(q, QArray))
     held, bf16 = model_bytes(model)
     assert held < 0.6 * bf16  # mostly 2-8 bit weights (and f32 norms)
+    n_params = sum(
+        (q.shape[0] * q.shape[1] if isinstance(q, QArray) else q.size)
+        for q in jax.tree.leaves(tiny_gguf_ckpt.weights, is_leaf=lambda v: isinstance(v, QArray))
+    )
+    assert bf16 == 2 * n_params
 
 
 def test_unused_tensor_is_reported(tiny_gguf_ckpt):
@@ -72,3 +77,18 @@ def test_unused_tensor_is_reported(tiny_gguf_ckpt):
         from_checkpoint(ck, strict=True)
     with pytest.warns(UserWarning, match="not used"):
         from_checkpoint(ck)
+
+
+def test_model_bytes_counts_stacked_quantized_layers():
+    producers_ct = pytest.importorskip("tests.fixtures.producers_ct", reason="tests/fixtures/producers_ct.py absent")
+    ckpt = jquant.convert(producers_ct.llmcompressor_dir() / "W4A16")
+    model = from_checkpoint(ckpt, dtype=jnp.float32)
+    assert model.stacked_layers is not None  # every layer int4 g128: stacked under lax.scan
+    held, bf16 = model_bytes(model)
+    n_params = sum(
+        (w.shape[0] * w.shape[1] if isinstance(w, QArray) else w.size)
+        for w in jax.tree.leaves(ckpt.weights, is_leaf=lambda v: isinstance(v, QArray))
+    )
+    assert bf16 == 2 * n_params
+    assert held == sum(w.nbytes if isinstance(w, QArray) else 4 * w.size for w in jax.tree.leaves(
+        ckpt.weights, is_leaf=lambda v: isinstance(v, QArray)))  # fmt: skip
