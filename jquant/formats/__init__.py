@@ -4,10 +4,19 @@ Importing this package registers every format below. Add a format by writing one
 `Format` subclass and listing its module here.
 """
 
-from jquant.formats import unquantized  # noqa: F401  (registers by import)
-from jquant.formats import gguf  # noqa: F401
-from jquant.formats import compressed_tensors, fp8, modelopt, mxfp4, quark  # noqa: F401
-from jquant.formats import autoround, awq, gptq  # noqa: F401
+# Each module registers its Format subclasses on import.
+from jquant.formats import (  # noqa: F401
+    autoround,
+    awq,
+    compressed_tensors,
+    fp8,
+    gguf,
+    gptq,
+    modelopt,
+    mxfp4,
+    quark,
+    unquantized,
+)
 from jquant.formats.base import (
     Format,
     TensorGroup,
