@@ -24,8 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -35,6 +33,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares 
 
 import numpy as np  # noqa: E402
 
+from bench.env import _log, card_slug, env_info  # noqa: E402
 from bench.shapes import M_TABLE, M_VALUES, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
 
 # Relative L2 error accepted for bf16 outputs of a K-long f32-accumulated dot (bf16 rounding of
@@ -54,48 +53,6 @@ class Case:
     def label(self) -> str:
         g = "pc" if self.group == -1 else f"g{self.group}"
         return f"{self.shape.name} M={self.m} w{self.bits}{g}{'z' if self.zero else ''}"
-
-
-def _log(*a):
-    print(*a, flush=True)
-
-
-def env_info() -> dict:
-    import jax
-    import torch
-    import triton
-
-    try:
-        card = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-    except Exception as e:  # noqa: BLE001
-        card = f"unknown ({e})"
-    return {
-        "card": card,
-        "jax": jax.__version__,
-        "jaxlib": __import__("jaxlib").__version__,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "commit": os.environ.get("JQUANT_COMMIT") or _git_commit(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-    }
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def card_slug(card: str) -> str:
-    name = card.split(",")[0].strip().lower()
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_") or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------

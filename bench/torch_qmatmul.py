@@ -41,6 +41,7 @@ if "--dry" in sys.argv:
 
 import numpy as np  # noqa: E402
 
+from bench.env import _log, env_info  # noqa: E402
 from bench.shapes import M_TABLE, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
 
 REL_ERR_OK = 1e-2
@@ -69,42 +70,6 @@ class ACase:
     @property
     def label(self) -> str:
         return f"{self.shape.name} M={self.m} w8a8-{self.scheme}"
-
-
-def _log(*a):
-    print(*a, flush=True)
-
-
-def env_info() -> dict:
-    import platform
-    import subprocess
-
-    import jax
-    import torch
-    import triton
-
-    try:
-        card = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-    except Exception as e:  # noqa: BLE001
-        card = f"unknown ({e})"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        commit = "unknown"
-    return {
-        "card": card or "unknown",
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "commit": os.environ.get("JQUANT_COMMIT") or commit or "unknown",
-        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-    }
 
 
 def make_qarray(key, n: int, k: int, bits: int, group: int, zero: bool):
