@@ -15,7 +15,7 @@ from jquant.convert.checkpoint import Checkpoint
 from jquant.convert.hf import convert_hf
 from jquant.core.errors import FormatError
 
-__all__ = ["Checkpoint", "convert", "save", "load"]
+__all__ = ["Checkpoint", "convert", "gguf_file_of", "save", "load"]
 
 GGUF_MAGIC = b"GGUF"
 
@@ -25,6 +25,18 @@ def _is_gguf(path: Path) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(4) == GGUF_MAGIC
+
+
+def gguf_file_of(src: str | os.PathLike) -> Path | None:
+    """The GGUF file ``src`` names: a ``.gguf`` (or GGUF-magic) file, or a folder holding exactly one and no config.json."""
+    p = Path(src)
+    if p.is_file():
+        return p if p.suffix == ".gguf" or _is_gguf(p) else None
+    if p.is_dir() and not (p / "config.json").exists() and not is_canonical(p):
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+    return None
 
 
 def convert(src: str | os.PathLike, *, progress: Callable[[int, int, str], None] | None = None) -> Checkpoint:
@@ -47,11 +59,10 @@ def convert(src: str | os.PathLike, *, progress: Callable[[int, int, str], None]
     if path.is_dir():
         if is_canonical(path):
             return load(path)
-        ggufs = sorted(path.glob("*.gguf"))
-        if not (path / "config.json").exists() and len(ggufs) == 1:
-            path = ggufs[0]
-        else:
+        gguf = gguf_file_of(path)
+        if gguf is None:
             return convert_hf(path, progress=progress)
+        path = gguf
     if _is_gguf(path):
         from jquant.convert.gguf import convert_gguf
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from jquant.models.tokenizer import gguf_file_of
+from jquant.convert import gguf_file_of
 
 __all__ = ["ParityReport", "compare_logits", "load_transformers_model", "transformers_logits", "transformers_greedy"]
 

@@ -1,37 +1,12 @@
-"""The tokenizer that goes with a checkpoint source, and prompts as token ids (chat template applied)."""
+"""Prompts as token ids (chat template applied); the tokenizer itself comes from `jquant.convert.tokenizer`."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-__all__ = ["load_tokenizer", "prompt_ids", "gguf_file_of"]
+from jquant.convert.tokenizer import load_tokenizer
 
-
-def gguf_file_of(src: str | os.PathLike) -> Path | None:
-    """The GGUF file ``src`` names (a .gguf file, or a folder holding exactly one and no config.json)."""
-    p = Path(src)
-    if p.is_file() and p.suffix == ".gguf":
-        return p
-    if p.is_dir() and not (p / "config.json").exists():
-        ggufs = sorted(p.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return ggufs[0]
-    return None
-
-
-def load_tokenizer(src: str | os.PathLike):
-    """A transformers tokenizer for ``src``: rebuilt from GGUF metadata, or ``AutoTokenizer`` on the folder."""
-    gguf = gguf_file_of(src)
-    if gguf is not None:
-        from jquant.convert.gguf_tokenizer import load_tokenizer as load_gguf_tokenizer
-
-        return load_gguf_tokenizer(gguf)
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(src)
+__all__ = ["load_tokenizer", "prompt_ids"]
 
 
 def prompt_ids(tokenizer, prompt: str, *, chat: bool = True, system: str | None = None) -> np.ndarray:
