@@ -12,8 +12,12 @@ Semantics of `quantize_activations` (x: float [..., K], computed in float32):
   static: ``s = scale`` (a checkpoint tensor); dynamic: ``s = amax / qmax`` over the unit
   (``amax = max|x|``, clamped at ``amax_ub`` when set), where ``qmax`` is 127 (int8), 448 (fp8
   e4m3), 6 (fp4 e2m1). This is vLLM's run-time rule (``scaled_int8_quant``, ``scaled_fp8_quant``:
-  ``absmax / 127`` resp. ``/ 448``). Note: compressed-tensors' own QDQ forward uses ``amax / 127.5``
-  for int8 (``calculate_qparams``: ``bit_range / 2``); for fp8 / fp4 both agree.
+  ``absmax / 127`` resp. ``/ 448``), ``scale_rule="qmax"`` (the default).
+  ``scale_rule="half_range"`` is compressed-tensors' own QDQ forward (``forward.forward_quantize``
+  -> ``utils/helpers.py`` ``compute_dynamic_scales_and_zp`` -> ``calculate_qparams``:
+  ``amax / (bit_range / 2)`` with ``bit_range = qmax - qmin``), i.e. ``amax / 127.5`` for int8; for
+  fp8 / fp4 the range is symmetric and both rules give the same scale, bit for bit. The
+  compressed-tensors loader sets it, so its checkpoints reproduce the producer (llm-compressor).
 * two-level scales: with ``scale_dtype="float8_e4m3fn"`` (NVFP4) the group scale is rounded to
   e4m3 after multiplying by ``global_scale`` and used as ``s = e4m3(global_scale * amax / 6) /
   global_scale`` (compressed-tensors ``calculate_qparams`` + ``_quantize``: the global scale is a
@@ -49,6 +53,8 @@ __all__ = [
     "fp4_act",
     "register_pytree",
     "ACT_QTYPES",
+    "SCALE_RULES",
+    "scale_divisor",
 ]
 
 Granularity = Literal["tensor", "token", "group"]
@@ -60,6 +66,20 @@ _SCALE_DTYPES = (None, "float8_e4m3fn", "float8_e8m0fnu")
 # and its mantissa width (round_to_power_2's elem_mantissa: E2M1 for fp4 and, as in CT, for fp8).
 _MX_EMAX = {"fp4_e2m1": 2, "fp8_e4m3": 8}
 _MX_ELEM_MANTISSA = 1
+# Divisor of the symmetric dynamic scale ``amax / divisor`` per `ActQuant.scale_rule`.
+SCALE_RULES = ("qmax", "half_range")
+_ACT_QMIN: dict[str, float] = {"int8": -128.0, "fp8_e4m3": -448.0, "fp4_e2m1": -6.0}
+
+
+def scale_divisor(qtype_name: str, scale_rule: str) -> float:
+    """The ``d`` of the symmetric dynamic scale ``amax / d``: ``qmax`` or ``(qmax - qmin) / 2``.
+
+    ``"half_range"`` follows compressed-tensors ``calculate_qparams`` (``bit_range / 2``, 127.5 for
+    int8); ``"qmax"`` is vLLM's ``scaled_int8_quant`` / ``scaled_fp8_quant`` (127 for int8). The two
+    differ only for int8, whose range is asymmetric.
+    """
+    qmax = ACT_QTYPES[qtype_name]
+    return qmax if scale_rule == "qmax" else (qmax - _ACT_QMIN[qtype_name]) / 2.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -82,6 +102,9 @@ class ActQuant:
             group scales (compressed-tensors ``input_global_scale``; ModelOpt's ``input_scale``
             is its reciprocal). Else None.
         amax_ub: optional upper bound on dynamic amax (FBGEMM's ``activation_scale_ub``).
+        scale_rule: divisor of the symmetric dynamic scale: ``"qmax"`` (vLLM, ``amax / 127`` for
+            int8) or ``"half_range"`` (compressed-tensors' QDQ forward, ``amax / 127.5`` for int8);
+            see `scale_divisor`. Same numbers for fp8 / fp4 and for static or asymmetric recipes.
     """
 
     qtype: QType
@@ -94,6 +117,7 @@ class ActQuant:
     scale_dtype: str | None = None
     global_scale: Any = None
     amax_ub: float | None = None
+    scale_rule: str = "qmax"
 
     def validate(self, name: str | None = None) -> ActQuant:
         """Checks the fields against each other; returns self.
@@ -115,6 +139,8 @@ class ActQuant:
             fail(f"bad activation group_size {self.group_size}")
         if self.scale_dtype not in _SCALE_DTYPES:
             fail(f"unknown activation scale_dtype {self.scale_dtype!r}")
+        if self.scale_rule not in SCALE_RULES:
+            fail(f"unknown activation scale_rule {self.scale_rule!r} (one of {SCALE_RULES})")
         if not self.symmetric and self.qtype.name != "int8":
             fail("asymmetric activation quantization exists only for int8")
         if self.dynamic:
@@ -162,6 +188,7 @@ class ActQuant:
             "symmetric": self.symmetric,
             "scale_dtype": self.scale_dtype,
             "amax_ub": self.amax_ub,
+            "scale_rule": self.scale_rule,
         }
 
     @classmethod
@@ -223,7 +250,6 @@ def _unit_view(x: np.ndarray, act: ActQuant) -> np.ndarray:
 
 
 def _dynamic_scale(xu: np.ndarray, act: ActQuant) -> tuple[np.ndarray, np.ndarray | None]:
-    qmax = np.float32(ACT_QTYPES[act.qtype.name])
     if not act.symmetric:  # int8 dynamic asymmetric (vLLM scaled_int8_quant with azp): range over [min, max]
         lo = np.minimum(xu.min(-1, keepdims=True), 0).astype(np.float32)
         hi = np.maximum(xu.max(-1, keepdims=True), 0).astype(np.float32)
@@ -240,7 +266,7 @@ def _dynamic_scale(xu: np.ndarray, act: ActQuant) -> tuple[np.ndarray, np.ndarra
             e = np.floor(np.log2(p)) - _MX_EMAX[act.qtype.name]
         e = np.clip(np.where(np.isfinite(e), e, -127), -127, 127)
         return np.exp2(e).astype(np.float32), None
-    s = (amax / qmax).astype(np.float32)
+    s = (amax / np.float32(scale_divisor(act.qtype.name, act.scale_rule))).astype(np.float32)
     if act.scale_dtype == "float8_e4m3fn":
         g = np.float32(np.asarray(act.global_scale, np.float32)[0])
         s8 = np.clip(g * s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
@@ -312,7 +338,16 @@ def register_pytree() -> None:
     jax.tree_util.register_dataclass(
         ActQuant,
         data_fields=["scale", "zero", "global_scale"],
-        meta_fields=["qtype", "dynamic", "granularity", "group_size", "symmetric", "scale_dtype", "amax_ub"],
+        meta_fields=[
+            "qtype",
+            "dynamic",
+            "granularity",
+            "group_size",
+            "symmetric",
+            "scale_dtype",
+            "amax_ub",
+            "scale_rule",
+        ],
     )
     register_pytree._done = True
 

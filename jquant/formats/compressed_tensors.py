@@ -31,8 +31,10 @@ Per compression format (``compressors/*/base.py``; canonical result in brackets)
 * scale strategies: tensor (1,), channel (N, 1), group (N, K/G), block (ceil(N/bn), ceil(K/bk)).
 
 Input activations become an `ActQuant` at ``<module>.input_quant`` (``input_scale``,
-``input_zero_point``, ``input_global_scale`` consumed). KV-cache scales (``<attn>.k_scale``,
-``v_scale``, from ``kv_cache_scheme``) go to ``Checkpoint.metadata["kv_cache"]``, never to weights.
+``input_zero_point``, ``input_global_scale`` consumed); dynamic ones with
+``scale_rule="half_range"`` (compressed-tensors' ``calculate_qparams``: int8 ``amax / 127.5``).
+KV-cache scales (``<attn>.k_scale``, ``v_scale``, from ``kv_cache_scheme``) go to
+``Checkpoint.metadata["kv_cache"]``, never to weights.
 """
 
 from __future__ import annotations
@@ -540,10 +542,14 @@ class CompressedTensors(Format, name="compressed-tensors"):
                 True,
                 scale_dtype="float8_e4m3fn",
                 global_scale=scalar(group, "input_global_scale"),
+                scale_rule="half_range",
             )
         else:
             sd = "float8_e8m0fnu" if a.is_mx else None
-            act = ActQuant(qtype, True, gran, gs, a.symmetric, scale_dtype=sd)
+            # Run-time scales follow the producer's own QDQ forward (compressed-tensors
+            # quantization/utils/helpers.py calculate_qparams: amax / (bit_range / 2), 127.5 for int8),
+            # not vLLM's amax / 127: the checkpoint was calibrated and evaluated with it.
+            act = ActQuant(qtype, True, gran, gs, a.symmetric, scale_dtype=sd, scale_rule="half_range")
         try:
             return act.validate(name)
         except FormatError as e:

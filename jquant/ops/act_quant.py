@@ -11,7 +11,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jquant.core.activation import _MX_ELEM_MANTISSA, _MX_EMAX, ACT_QTYPES, ActQuant, register_pytree
+from jquant.core.activation import (
+    _MX_ELEM_MANTISSA,
+    _MX_EMAX,
+    ACT_QTYPES,
+    ActQuant,
+    register_pytree,
+    scale_divisor,
+)
 
 __all__ = ["fake_quantize"]
 
@@ -70,7 +77,6 @@ def _unit_view(x: jax.Array, act: ActQuant) -> jax.Array:
 
 def _dynamic_scale(xu: jax.Array, act: ActQuant):
     f32 = jnp.float32
-    qmax = f32(ACT_QTYPES[act.qtype.name])
     if not act.symmetric:
         lo = jnp.minimum(xu.min(-1, keepdims=True), 0)
         hi = jnp.maximum(xu.max(-1, keepdims=True), 0)
@@ -85,7 +91,7 @@ def _dynamic_scale(xu: jax.Array, act: ActQuant):
         e = jnp.floor(jnp.log2(p)) - _MX_EMAX[act.qtype.name]
         e = jnp.clip(jnp.where(jnp.isfinite(e), e, -127), -127, 127)
         return jnp.exp2(e).astype(f32), None
-    s = _div(amax, qmax)
+    s = _div(amax, f32(scale_divisor(act.qtype.name, act.scale_rule)))
     if act.scale_dtype == "float8_e4m3fn":
         g = act.global_scale.astype(f32).reshape(())
         s8 = jnp.clip(g * s, -448, 448).astype(jnp.float8_e4m3fn).astype(f32)

@@ -2,8 +2,10 @@
 
 Oracle: compressed-tensors 0.20's activation QDQ (``compute_dynamic_scales_and_zp`` +
 ``fake_quantize``, what its ``forward_quantize`` runs on a Linear's input) on float32 inputs,
-bit for bit. int8 *dynamic* per-token follows vLLM's ``scaled_int8_quant`` (``amax / 127``), which
-compressed-tensors' QDQ does not (``amax / 127.5``); that case is checked against the vLLM formula.
+bit for bit. int8 *dynamic* symmetric scales have two rules (`ActQuant.scale_rule`): ``"qmax"``
+(default) is vLLM's ``scaled_int8_quant`` (``amax / 127``), checked against that formula;
+``"half_range"`` (what the compressed-tensors loader sets) is compressed-tensors'
+``calculate_qparams`` (``amax / 127.5``), checked against its QDQ bit for bit.
 """
 
 from __future__ import annotations
@@ -11,9 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jquant.core.activation import ActQuant, fake_quantize, fp4_act, fp8_act, int8_act, quantize_activations
+from jquant.core.activation import (
+    ActQuant,
+    fake_quantize,
+    fp4_act,
+    fp8_act,
+    int8_act,
+    quantize_activations,
+    scale_divisor,
+)
 from jquant.core.errors import FormatError
-from jquant.core.qtypes import fp8_e4m3
+from jquant.core.qtypes import fp8_e4m3, int8
 from tests.formats_ct.conftest import bits_equal
 
 
@@ -101,6 +111,41 @@ def test_int8_dynamic_per_token_is_vllm_amax_over_127():
     assert q.min() >= -128 and q.max() <= 127 and np.array_equal(z, np.rint(z))
     err = np.abs(fake_quantize(x, int8_act(dynamic=True, symmetric=False)) - x)
     assert (err <= s.reshape(*x.shape[:-1], 1) * 0.5 + 1e-6).all()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int8_dynamic_half_range_matches_compressed_tensors(symmetric):
+    """W8A8 (llm-compressor) dynamic per-token int8: compressed-tensors' QDQ divides amax by 127.5."""
+    import torch
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
+    from compressed_tensors.quantization.utils.helpers import compute_dynamic_scales_and_zp
+
+    x = _x()
+    x[1] += 0.7  # one-signed tokens: the asymmetric range is not centred
+    args = QuantizationArgs(num_bits=8, type="int", symmetric=symmetric, strategy="token", dynamic=True)
+    xt = torch.from_numpy(x)
+    s, z = compute_dynamic_scales_and_zp(value=xt, args=args, module=torch.nn.Module())
+    want = ct_fake_quantize(x=xt, scale=s, zero_point=z, args=args).numpy()
+    act = ActQuant(int8, True, "token", None, symmetric, scale_rule="half_range").validate()
+    assert bits_equal(fake_quantize(x, act), want)
+    if symmetric:
+        assert scale_divisor("int8", "half_range") == 127.5 and scale_divisor("int8", "qmax") == 127.0
+        assert not bits_equal(fake_quantize(x, int8_act(dynamic=True)), want)  # vLLM's amax / 127 differs
+        q, _, _ = quantize_activations(x, act)
+        assert q.min() == -128 and q.max() == 127  # +-amax -> +-127.5: clamped to 127, rounded (even) to -128
+    for name in ("fp8_e4m3", "fp4_e2m1"):  # symmetric ranges: both rules give the same divisor
+        assert scale_divisor(name, "half_range") == scale_divisor(name, "qmax")
+
+
+def test_scale_rule_validated_and_serialized():
+    act = ActQuant(int8, True, "token", scale_rule="half_range").validate()
+    back = ActQuant.from_json(act.static_json(), act.arrays())
+    assert back.scale_rule == "half_range" and back.static_json() == act.static_json()
+    old = {k: v for k, v in act.static_json().items() if k != "scale_rule"}  # files written before the field
+    assert ActQuant.from_json(old, {}).scale_rule == "qmax"
+    with pytest.raises(FormatError, match="scale_rule"):
+        ActQuant(int8, True, "token", scale_rule="127.5").validate()
 
 
 def test_fbgemm_amax_upper_bound_clamps():

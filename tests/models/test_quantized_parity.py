@@ -96,27 +96,98 @@ def test_gptq_awq_autoround_logits_match_producer(name):
 producers_ct = pytest.importorskip("tests.fixtures.producers_ct", reason="tests/fixtures/producers_ct.py absent")
 
 # Schemes whose transformers forward runs on CPU and that agree with jquant.
-CT_SCHEMES = ["W4A16", "W8A16", "GPTQ", "FP8", "W8A8_STATIC_ASYM", "FP8_WEIGHT_ONLY", "MIXED"]
+CT_SCHEMES = ["W4A16", "W8A16", "GPTQ", "FP8", "W8A8_STATIC_ASYM", "FP8_WEIGHT_ONLY", "MIXED", "W8A8"]
 # Measured 2026-11-26 and left out, with the reason:
 CT_NOT_COMPARED = {
     "W4A16_ASYM": "transformers 5.24 refuses the checkpoint (weight_zero_point size mismatch on load)",
     "NVFP4": "transformers' compressed-tensors forward fails on CPU (float x bfloat16 matmul)",
     "MXFP4": "transformers' compressed-tensors forward fails on CPU (float x bfloat16 matmul)",
     "MXFP8": "transformers' compressed-tensors forward fails on CPU (float x bfloat16 matmul)",
-    "W8A8": "dynamic per-token int8 inputs: 5e-2 max|diff|/std vs transformers (spec: vLLM amax/127, CT QDQ 127.5)",
-    # Both agree exactly up to a token-dependent position, then diverge for every later position: a
-    # value-dependent difference between the ActQuant spec and compressed-tensors' QDQ (suspect: its
-    # scale clamp at eps for tiny-amax units vs the spec's amax/448); open, see the helper's report.
-    "FP8_DYNAMIC": "dynamic per-token fp8 inputs: exact for positions 0-3, then ~6e-2 max|diff|/std",
-    "FP8_BLOCK": "dynamic per-group fp8 inputs: exact on random ids, ~1e-1 after certain generated tokens",
 }
+# Dynamic fp8 inputs whose quantizer sits on exact rounding ties: compared teacher-forced, below.
+#
+# Measured 2026-11-26 (tiny-llama fixture, IDS + jquant's 8 greedy tokens, 28 positions, f32):
+# * Per layer, jquant's QDQ of the oracle's *own* linear input equals compressed-tensors' QDQ
+#   (``forward_quantize``) bit for bit at all 14 linears (asserted below).
+# * End to end they differ because the quantizer's input differs in the last bit: jquant's
+#   RMSNorm and torch's round ~1 ulp apart on some rows, and the fixture's fp16 embeddings put
+#   elements at exact e4m3 ties of x / s (layer 0 q_proj input, row 20: x / s = -168.0 in jquant
+#   -> -160 (ties to even), -168.00002 in torch -> -176). One flipped code (1/16 of that element)
+#   feeds the next dynamic scales; 1.4e-4 of layer 0's codes differ, 52% of layer 1 down_proj's.
+# * The oracle is as sensitive to itself: transformers with its RMSNorm computed in float64
+#   (then float32) vs plain transformers gives max|diff|/std 1.17e-1 (FP8_DYNAMIC) and 1.46e-1
+#   with 96.4% top-1 (FP8_BLOCK); jquant vs transformers: 1.17e-1 / 100% and 1.14e-1 / 92.9%.
+#   (Same probe on W8A8: 4.4e-2 for the oracle against itself, 1.9e-6 for jquant.)
+# So what is guaranteed is the per-layer bit-exactness; the logits bound is the measured
+# self-sensitivity with margin, not a parity claim.
+CT_TIE_SENSITIVE = ["FP8_DYNAMIC", "FP8_BLOCK"]
+TIE_SENSITIVE_REL = 0.25
+TIE_SENSITIVE_TOP1 = 0.9
+
+
+def _ct_folder(scheme):
+    folder = producers_ct.llmcompressor_dir() / scheme
+    if not folder.exists():
+        pytest.skip(f"llm-compressor fixture has no {scheme} folder")
+    return folder
+
+
+def _oracle_logits_checking_input_qdq(oracle, ckpt, ids) -> np.ndarray:
+    """Oracle logits of ``ids``; asserts on the way that, at every linear with run-time input quantization,
+    jquant's QDQ (`jquant.ops.act_quant.fake_quantize`, jit) of the oracle's own input equals
+    compressed-tensors' (``lifecycle/forward.py`` ``forward_quantize``), bit for bit."""
+    import jax
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+    from jquant.ops.act_quant import fake_quantize
+
+    qdq = jax.jit(fake_quantize)
+    seen: dict[str, float] = {}
+
+    def pre_hook(name, act):
+        def hook(module, args):
+            x = args[0]
+            want = forward_quantize(module, x, "input", module.quantization_scheme.input_activations).numpy()
+            got = np.asarray(qdq(jnp.asarray(x.numpy()), jax.device_put(act)))
+            seen[name] = float(np.mean(got.view(np.uint32) == want.view(np.uint32)))
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(pre_hook(n, ckpt.weights[f"{n}.input_quant"]))
+        for n, m in oracle.named_modules()
+        if f"{n}.input_quant" in ckpt.weights and getattr(m, "quantization_scheme", None) is not None
+    ]
+    try:
+        logits = transformers_logits(oracle, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen and len(seen) == len(handles), "no activation-quantized linear ran"
+    bad = {n: f for n, f in seen.items() if f != 1.0}
+    assert not bad, f"fraction of bit-equal QDQ outputs: {bad}"
+    return logits
 
 
 @pytest.mark.parametrize("scheme", CT_SCHEMES)
 def test_compressed_tensors_logits_match_transformers(scheme):
-    folder = producers_ct.llmcompressor_dir() / scheme
-    if not folder.exists():
-        pytest.skip(f"llm-compressor fixture has no {scheme} folder")
+    folder = _ct_folder(scheme)
     ckpt = jquant.convert(folder)
     assert ckpt.quantized(), "nothing was quantized"
-    _check(from_checkpoint(ckpt, dtype=jnp.float32), load_transformers_model(folder), scheme)
+    oracle = load_transformers_model(folder)
+    _check(from_checkpoint(ckpt, dtype=jnp.float32), oracle, scheme)
+    if any(k.endswith(".input_quant") for k in ckpt.weights):
+        _oracle_logits_checking_input_qdq(oracle, ckpt, IDS)
+
+
+@pytest.mark.parametrize("scheme", CT_TIE_SENSITIVE)
+def test_compressed_tensors_dynamic_fp8_teacher_forced(scheme):
+    """Per-layer QDQ bit-exact on the oracle's inputs; logits on the same tokens within the measured bound."""
+    folder = _ct_folder(scheme)
+    ckpt = jquant.convert(folder)
+    gen = Generator(from_checkpoint(ckpt, dtype=jnp.float32))
+    full = np.concatenate([IDS, gen(IDS, max_new_tokens=8)], axis=1)  # teacher-forced: same tokens both sides
+    want = _oracle_logits_checking_input_qdq(load_transformers_model(folder), ckpt, full)
+    report = compare_logits(gen.logits(full), want)
+    assert report.rel <= TIE_SENSITIVE_REL, f"{scheme}: {report}"
+    assert report.top1_agreement >= TIE_SENSITIVE_TOP1, f"{scheme}: {report}"

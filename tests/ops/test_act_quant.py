@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from jquant.core.activation import ActQuant, fake_quantize, fp4_act, fp8_act, int8_act
-from jquant.core.qtypes import int8
+from jquant.core.qtypes import fp8_e4m3, int8
 from jquant.ops.act_quant import fake_quantize as jnp_fake_quantize
 
 RECIPES = {
     "int8-dyn-token": int8_act(dynamic=True),
     "int8-dyn-token-asym": int8_act(dynamic=True, symmetric=False),
+    "int8-dyn-token-half-range": ActQuant(int8, True, "token", scale_rule="half_range").validate(),
+    "fp8-dyn-group-half-range": ActQuant(fp8_e4m3, True, "group", 32, scale_rule="half_range").validate(),
     "int8-static": int8_act(dynamic=False, granularity="tensor", scale=np.array([0.02], np.float32)),
     "int8-static-asym": ActQuant(
         int8, False, "tensor", None, False, np.array([0.03], np.float32), np.array([5], np.int32)
