@@ -11,11 +11,13 @@ reduction only over a whole contiguous row with row-vector broadcasts, and any p
 breaks that.
 
 What this backend does instead: ``lax.map`` over blocks of ``chunk`` weight rows; each step
-dequantizes its rows with the reference's own elementwise code (`jnp_dequant.dequantize_permuted`,
-so every weight value is bit-identical to the reference's) into a ~4 MB buffer that XLA reuses and
-that stays in cache, then runs the f32 dot for those rows. Only the summation blocking of the dot
-differs from the reference, well within the sqrt(K)-scaled tolerance. Nothing is dequantized at
-load: the QArray stays packed in memory.
+dequantizes its rows into a ~4 MiB f32 buffer that XLA reuses and that stays in cache, then runs
+the f32 dot for those rows. For per-row groups (GPTQ/AWQ/GGUF-style ``block=(1, G)``) the packed
+codes are dequantized as un-interleaved planes (low nibble, high nibble, ...) and ``x``'s columns
+are split the same way (`_dequant_planes`); other layouts use the reference's own
+`jnp_dequant.dequantize_permuted` per chunk. Either way each weight value is computed with the
+reference's formula and operand order; only the summation blocking of the dot differs, well
+within the sqrt(K)-scaled tolerance. Nothing is dequantized at load: the QArray stays packed.
 """
 
 from __future__ import annotations
@@ -151,8 +153,8 @@ def chunked_qmatmul(x: jax.Array, w: QArray, chunk: int | None = None) -> jax.Ar
         main = steps * c
         sb = c // bn if not shared else None
 
-        def split(a, per):
-            return a[: steps * per].reshape(steps, per, *a.shape[1:])
+        def split(a, rows_per):  # leading [steps * rows_per] rows -> [steps, rows_per, ...]
+            return a[: steps * rows_per].reshape(steps, rows_per, *a.shape[1:])
 
         xs = (
             split(w.data, c),
