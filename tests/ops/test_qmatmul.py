@@ -88,20 +88,23 @@ def test_priority_then_fallback_with_reasons(m1_backend):
     assert select(x1, w, platform="cpu")[0] is m1_backend
     x4, _ = _xw(4)
     b, skipped = select(x4, w, platform="cpu")
-    assert b.name == "xla_reference"
+    assert b.name == "xla_cpu_chunked"  # the next CPU backend by priority (the reference comes last)
     assert skipped == ["test_m1_only: only M == 1, got M = 4"]
     report = explain(x4, w, platform="cpu")
-    assert "-> xla_reference" in report and "only M == 1, got M = 4" in report
+    assert "-> xla_cpu_chunked" in report and "only M == 1, got M = 4" in report
     qmatmul(x1, w)
     assert m1_backend.calls == 1
 
 
 def test_disabled_kernels_env(m1_backend, monkeypatch):
-    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "other, test_m1_only")
+    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "other, test_m1_only, xla_cpu_chunked")
     x1, w = _xw(1)
     b, skipped = select(x1, w, platform="cpu")
     assert b.name == "xla_reference"
-    assert skipped == ["test_m1_only: disabled by JQUANT_DISABLED_KERNELS"]
+    assert skipped == [
+        "test_m1_only: disabled by JQUANT_DISABLED_KERNELS",
+        "xla_cpu_chunked: disabled by JQUANT_DISABLED_KERNELS",
+    ]
 
 
 def test_forced_kernels_env(m1_backend, monkeypatch):
