@@ -26,7 +26,7 @@ import json
 import numpy as np
 import torch
 
-from jquant.core.activation import ActQuant, fake_quantize
+from jquant.core.activation import ActQuant, fake_quantize, scale_divisor
 
 __all__ = ["SCHEMES", "resolve", "native", "quantize", "fake_quant"]
 
@@ -48,7 +48,9 @@ def resolve(act: str | ActQuant | None, k: int, weight_block_k: int) -> str | No
             return act
         raise ValueError(f"unknown activation quantization {act!r}; known: {SCHEMES} or a jquant ActQuant")
     kind = {"int8": "int8", "fp8_e4m3": "fp8"}.get(act.qtype.name)
-    plain = act.dynamic and act.symmetric and act.scale_dtype is None and act.amax_ub is None
+    # Native kernels divide by qmax (vLLM's rule); other divisors (compressed-tensors' int8 127.5) go to the spec.
+    same_divisor = kind is not None and scale_divisor(act.qtype.name, act.scale_rule) == _QMAX[kind]
+    plain = act.dynamic and act.symmetric and act.scale_dtype is None and act.amax_ub is None and same_divisor
     if kind is not None and plain and act.granularity == "token":
         return f"{kind}:0"
     if kind is not None and plain and act.granularity == "group":
