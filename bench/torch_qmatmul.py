@@ -42,6 +42,7 @@ if "--dry" in sys.argv:
 import numpy as np  # noqa: E402
 
 from bench.env import _log, env_info  # noqa: E402
+from bench.qmatmul import make_qarray  # noqa: E402
 from bench.shapes import M_TABLE, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
 
 REL_ERR_OK = 1e-2
@@ -70,25 +71,6 @@ class ACase:
     @property
     def label(self) -> str:
         return f"{self.shape.name} M={self.m} w8a8-{self.scheme}"
-
-
-def make_qarray(key, n: int, k: int, bits: int, group: int, zero: bool):
-    """A random canonical QArray on the JAX device: uint4b8 / uint4 + zero / uint8b128 / uint8 + zero."""
-    import jax
-    import jax.numpy as jnp
-
-    from jquant.core.qarray import QArray, block_for
-    from jquant.core.qtypes import int_type
-
-    kd, ks, kz = jax.random.split(key, 3)
-    block = block_for(n, k, group_size=group)
-    ng = -(-k // block[1])
-    data = jax.random.randint(kd, (n, k * bits // 8), 0, 256, dtype=jnp.int32).astype(jnp.uint8)
-    scale = jax.random.uniform(ks, (n, ng), jnp.float32, 0.002, 0.02).astype(jnp.float16)
-    if zero:
-        z = jax.random.randint(kz, (n, ng), 0, 1 << bits, dtype=jnp.int32).astype(jnp.uint8)
-        return QArray(data=data, scale=scale, zero=z, qtype=int_type(bits), shape=(n, k), block=block)
-    return QArray(data=data, scale=scale, qtype=int_type(bits, bias=1 << (bits - 1)), shape=(n, k), block=block)
 
 
 def rel_err(y, ref) -> float:
