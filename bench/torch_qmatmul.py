@@ -42,24 +42,11 @@ if "--dry" in sys.argv:
 import numpy as np  # noqa: E402
 
 from bench.env import _log, env_info  # noqa: E402
+from bench.qmatmul import Case as WCase  # noqa: E402  (the weight-only case, shared with the Pallas bench)
 from bench.qmatmul import make_qarray  # noqa: E402
 from bench.shapes import M_TABLE, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
 
 REL_ERR_OK = 1e-2
-
-
-@dataclasses.dataclass(frozen=True)
-class WCase:
-    shape: LinearShape
-    m: int
-    bits: int = 4
-    group: int = 128  # -1: per-channel
-    zero: bool = False
-
-    @property
-    def label(self) -> str:
-        g = "pc" if self.group == -1 else f"g{self.group}"
-        return f"{self.shape.name} M={self.m} w{self.bits}{g}{'z' if self.zero else ''}"
 
 
 @dataclasses.dataclass(frozen=True)
