@@ -105,7 +105,10 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
     from jquant.core import jnp_dequant
     from jquant.ops import qmatmul as ops_qmatmul
     from jquant.ops import reference_qmatmul
-    from jquant.ops.qmatmul import select
+    from jquant.ops.backend import BACKENDS
+    from jquant.ops.qmatmul import load_kernel_packages, select
+
+    load_kernel_packages("gpu")
 
     n, k, m = case.shape.n, case.shape.k, case.m
     key = jax.random.PRNGKey(zlib.crc32(case.label.encode()))
@@ -173,6 +176,10 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
         res["jquant_config"] = repr(backend.config_for(m, w0)) if hasattr(backend, "config_for") else ""
         f = lambda x, w: ops_qmatmul(x, w)  # noqa: E731
         timed("jquant", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
+    for col, impl in (("pallas_decode", "pallas_triton_wna16_decode"), ("cuda_decode", "cuda_w4a16_decode")):
+        if col in methods and m <= 16 and BACKENDS.get(impl) is not None and BACKENDS[impl].supports(x, w0)[0]:
+            f = lambda x, w, impl=impl: ops_qmatmul(x, w, implementation=impl)  # noqa: E731
+            timed(col, lambda f=f: jax.jit(f)(x, w0), lambda f=f: jax_time_us(f, x, qcopies, iterations=iters))
     if "pallas_prefill" in methods and m > 64:  # the fused kernel, also where the dispatcher prefers two-stage
         f = lambda x, w: ops_qmatmul(x, w, implementation="pallas_triton_wna16_prefill")  # noqa: E731
         timed("pallas_prefill", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
@@ -247,13 +254,20 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
 # ---------------------------------------------------------------------------------------------
 
 
-def sweep(shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group: int = 128) -> list[dict]:
+def sweep(
+    shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group: int = 128, kernel: str = "pallas"
+) -> list[dict]:
+    """Times ``kernel`` ("pallas": `wna16_qmatmul`, "cuda": `kernels_cuda.w4a16_decode`) per config."""
     import jax
     import jax.numpy as jnp
 
     from bench.timing import copies_for, jax_time_us
     from jquant.ops import reference_qmatmul
-    from jquant.pallas import wna16_qmatmul
+
+    if kernel == "cuda":
+        from kernels_cuda import w4a16_decode as wna16_qmatmul
+    else:
+        from jquant.pallas import wna16_qmatmul
 
     n, k = shape.n, shape.k
     key = jax.random.PRNGKey(7)
@@ -267,7 +281,7 @@ def sweep(shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group:
     out = []
     for cfg in configs:
         f = lambda x, w, cfg=cfg: wna16_qmatmul(x, w, cfg)  # noqa: E731
-        row = {"shape": shape.name, "m": m, "config": repr(cfg)}
+        row = {"shape": shape.name, "m": m, "kernel": kernel, "config": repr(cfg)}
         try:
             y = np.asarray(jax.jit(f)(x, w0).astype(jnp.float32))
             row["err"] = rel_err(y[rows], ref)
@@ -276,6 +290,23 @@ def sweep(shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group:
             row["us"] = f"ERROR {type(e).__name__}: {str(e)[:200]}"
         _log(f"  sweep {shape.name} M={m} {cfg}: {row.get('us')}")
         out.append(row)
+    return out
+
+
+def cuda_sweep_configs(m: int, n: int, k: int):
+    """Launch configs of the CUDA decode kernel tried by ``--cuda-sweep``: the heuristic's K split
+    and its neighbours, for each ring depth and block size."""
+    from kernels_cuda.w4a16 import MAX_SPLIT_BYTES, STEP_K, DecodeConfig, decode_config
+
+    nt = 2 if m > 8 else 1
+    out = []
+    for warps in (4, 8):
+        base = decode_config(m, n, k, warps=warps).k_split
+        for ks in sorted({base // 2, base, base * 2}):
+            ks = max(STEP_K, ks - ks % STEP_K)
+            if ks * 16 * nt > MAX_SPLIT_BYTES:
+                continue
+            out += [DecodeConfig(k_split=ks, stages=st, warps=warps) for st in (2, 4, 8)]
     return out
 
 
@@ -337,7 +368,18 @@ def copy_bandwidth_tbs() -> float:
 # report
 # ---------------------------------------------------------------------------------------------
 
-COLS = ("torch_bf16", "xla_bf16", "xla_deq", "xla_ref", "gemlite", "tinygemm", "pallas_prefill", "jquant")
+COLS = (
+    "torch_bf16",
+    "xla_bf16",
+    "xla_deq",
+    "xla_ref",
+    "gemlite",
+    "tinygemm",
+    "pallas_prefill",
+    "pallas_decode",
+    "cuda_decode",
+    "jquant",
+)
 
 
 def _fmt(v) -> str:
@@ -374,9 +416,12 @@ def write_report(out: str, env: dict, results: list[dict], sweeps: list[dict], b
             + f" | {ratio} | {_fmt(gbs)} | {pct} | {r.get('jquant_backend', '-')} |"
         )
     if sweeps:
-        lines += ["", "## Pallas config sweep", "", "| shape | M | config | us | err |", "|---|---|---|---|---|"]
+        lines += ["", "## Config sweeps", "", "| shape | M | kernel | config | us | err |", "|---|---|---|---|---|---|"]
         for s in sweeps:
-            lines.append(f"| {s['shape']} | {s['m']} | `{s['config']}` | {_fmt(s.get('us'))} | {_fmt(s.get('err'))} |")
+            lines.append(
+                f"| {s['shape']} | {s['m']} | {s.get('kernel', 'pallas')} | `{s['config']}` | {_fmt(s.get('us'))} "
+                f"| {_fmt(s.get('err'))} |"
+            )
     path = os.path.join(out, "qmatmul.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -422,13 +467,14 @@ def plot(out: str, env: dict, results: list[dict]) -> None:
 
 
 def short_table(results: list[dict]) -> str:
-    rows = ["case                          torch_bf16  xla_deq   gemlite  tinygemm   jquant   x/bf16"]
+    rows = ["case                          torch_bf16  xla_deq  tinygemm  pallas_d   cuda_d   jquant   x/bf16"]
     for r in results:
         j, t = r.get("jquant"), r.get("torch_bf16")
         ratio = f"{t / j:6.2f}" if isinstance(j, float) and isinstance(t, float) else "     -"
         rows.append(
             f"{r['case'][:29]:29s} {_fmt(r.get('torch_bf16')):>10s} {_fmt(r.get('xla_deq')):>8s} "
-            f"{_fmt(r.get('gemlite')):>9s} {_fmt(r.get('tinygemm')):>9s} {_fmt(r.get('jquant')):>8s} {ratio}"
+            f"{_fmt(r.get('tinygemm')):>9s} {_fmt(r.get('pallas_decode')):>9s} {_fmt(r.get('cuda_decode')):>8s} "
+            f"{_fmt(r.get('jquant')):>8s} {ratio}"
         )
     return "\n".join(rows)
 
@@ -456,9 +502,13 @@ def main(argv=None) -> int:
     p.add_argument("--log-dir", default=os.environ.get("OUT"), help="also copy results here ($OUT on the device)")
     p.add_argument("--shapes", default="", help="comma list of bench.shapes names (default: all)")
     p.add_argument("--ms", default="", help="comma list of M (default bench.shapes.M_TABLE)")
-    p.add_argument("--methods", default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,pallas_prefill,jquant")
+    p.add_argument(
+        "--methods",
+        default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,pallas_prefill,pallas_decode,cuda_decode,jquant",
+    )
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--sweep", action="store_true", help="also sweep Pallas tile configs on 70b_o / 8b_gate_up")
+    p.add_argument("--cuda-sweep", action="store_true", help="sweep the CUDA decode kernel's launch configs")
     p.add_argument("--no-extras", action="store_true", help="skip the M sweep / group / 8-bit cases")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this many seconds")
     args = p.parse_args(argv)
@@ -485,6 +535,13 @@ def main(argv=None) -> int:
             if time.time() - t0 > args.budget_s:
                 break
             sweeps += sweep(SHAPES_BY_NAME[shape], m, sweep_configs(m), iters=10)
+
+    if args.cuda_sweep:
+        for shape, m in (("70b_o", 1), ("70b_o", 16), ("8b_o", 1), ("8b_gate_up", 1), ("8b_down", 16)):
+            if time.time() - t0 > args.budget_s:
+                break
+            sh = SHAPES_BY_NAME[shape]
+            sweeps += sweep(sh, m, cuda_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda")
 
     methods = args.methods.split(",")
     results = []

@@ -1,0 +1,24 @@
+"""kernels_cuda: CUDA C++ kernels for jquant, called from JAX through the XLA FFI (`jax.ffi`).
+
+For the cases Pallas does not reach its targets on (see bench/results/*/targets.md). Importing the
+package registers its `jquant.ops.qmatmul` backends; the shared library is compiled with nvcc on
+first use (`kernels_cuda.build`), and a backend declines with the reason when it cannot be.
+
+Backends (platform ``"gpu"``):
+
+* ``cuda_w4a16_decode`` (priority 30): 4-bit integer codes (GPTQ / AWQ / AutoRound /
+  compressed-tensors int4, symmetric or with zero points, act-order), group sizes that are
+  multiples of 32 and per-channel scales, bf16/f16 activations, M <= 16. mma.sync with the weight
+  dequantized into registers, activations staged in shared memory in fragment order, split-K.
+"""
+
+from jquant.core.qarray import register_pytree
+
+register_pytree()
+
+from jquant.ops.backend import register_backend  # noqa: E402
+from kernels_cuda.w4a16 import DecodeConfig, W4A16DecodeBackend, decode_config, w4a16_decode  # noqa: E402
+
+register_backend(W4A16DecodeBackend())
+
+__all__ = ["DecodeConfig", "W4A16DecodeBackend", "decode_config", "w4a16_decode"]

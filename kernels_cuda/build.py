@@ -1,0 +1,149 @@
+"""Builds the CUDA C++ kernels of `kernels_cuda/csrc` into one shared library and registers them.
+
+The library is compiled on first use with the machine's ``nvcc`` (found on PATH, in ``$CUDA_HOME``
+or ``/usr/local/cuda``) against the XLA FFI headers that ship with jaxlib (`jax.ffi.include_dir`),
+and cached under ``$JQUANT_CUDA_CACHE`` (default ``~/.cache/jquant/kernels_cuda``) in a file named
+by a hash of the sources, the compiler, the jaxlib version and the flags, so editing a kernel or
+upgrading jaxlib rebuilds it. The build writes to a temporary file and renames it, so a failed or
+interrupted build never leaves a library behind. ``python -m kernels_cuda.build`` prebuilds it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["CSRC", "BuildError", "nvcc_path", "nvcc_command", "library_path", "build", "load_library", "register"]
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+
+# sm_80 machine code (Ampere; mma.sync needs >= 8.0), sm_90 machine code + PTX (Hopper and newer).
+ARCH_FLAGS = (
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90,code=[sm_90,compute_90]",
+)
+COMMON_FLAGS = ("-O3", "-std=c++17", "-diag-suppress=940,2473", "-Xcompiler=-fPIC")
+
+# FFI targets this library defines: registered name -> exported handler symbol.
+TARGETS = {"jquant_w4a16_decode": "JquantW4A16Decode"}
+
+
+class BuildError(RuntimeError):
+    """The CUDA library could not be built or loaded here (no nvcc, compiler error, ...)."""
+
+
+def nvcc_path() -> str | None:
+    """The nvcc to use, or None when none is installed."""
+    cands = [shutil.which("nvcc")]
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root:
+            cands.append(str(Path(root) / "bin" / "nvcc"))
+    return next((c for c in cands if c and Path(c).is_file()), None)
+
+
+def _include_dir() -> str:
+    import jax
+
+    return jax.ffi.include_dir()
+
+
+def sources() -> list[Path]:
+    return sorted(CSRC.glob("*.cu"))
+
+
+def nvcc_command(out: Path, *, arch_flags=ARCH_FLAGS, extra=()) -> list[str]:
+    """The nvcc command line that builds the shared library into ``out``."""
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise BuildError("nvcc not found (looked on PATH, $CUDA_HOME, $CUDA_PATH, /usr/local/cuda)")
+    return [
+        nvcc,
+        *COMMON_FLAGS,
+        "--shared",
+        *arch_flags,
+        *extra,
+        f"-I{_include_dir()}",
+        *map(str, sources()),
+        "-o",
+        str(out),
+    ]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("JQUANT_CUDA_CACHE", Path.home() / ".cache" / "jquant" / "kernels_cuda"))
+
+
+def library_path() -> Path:
+    """Where the library for the current sources, compiler and jaxlib lives (built or not)."""
+    import jaxlib
+
+    h = hashlib.sha256()
+    for p in sources():
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    nvcc = nvcc_path() or "none"
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout if nvcc != "none" else ""
+    for part in (version, jaxlib.__version__, *ARCH_FLAGS, *COMMON_FLAGS):
+        h.update(part.encode())
+    return _cache_dir() / f"libjquant_cuda-{h.hexdigest()[:16]}.so"
+
+
+def build(*, force: bool = False, verbose: bool = False) -> Path:
+    """Compiles the library if it is not cached yet; returns its path.
+
+    Raises:
+        BuildError: no nvcc, or the compiler failed (its output is in the message).
+    """
+    out = library_path()
+    if out.exists() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = nvcc_command(Path(tmp))
+    if verbose:
+        print(" ".join(cmd), file=sys.stderr)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BuildError(f"nvcc failed ({res.returncode}):\n{res.stderr[-4000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+@functools.cache
+def load_library() -> ctypes.CDLL:
+    """Builds (if needed) and loads the library once per process."""
+    return ctypes.CDLL(str(build()))
+
+
+@functools.cache
+def register() -> tuple[str, ...]:
+    """Registers every FFI target of the library with XLA for CUDA; returns their names.
+
+    Raises:
+        BuildError: the library could not be built or loaded.
+    """
+    import jax
+
+    try:
+        lib = load_library()
+    except OSError as e:
+        raise BuildError(f"could not load the CUDA library: {e}") from e
+    for name, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA")
+    return tuple(TARGETS)
+
+
+if __name__ == "__main__":
+    print(build(force="--force" in sys.argv, verbose=True))

@@ -1,0 +1,392 @@
+// W4A16 decode GEMM for jquant's canonical int4 layout, exposed to JAX through the XLA FFI.
+//
+//   partial[s, m, n] = sum_{k in split s} x[m, k] * (v[n, k] - z[n, k/G]) * scale[n, k/G]
+//
+// Shapes and dtypes (all row-major, as jquant's canonical QArray stores them; nothing is repacked):
+//   x      [M, K]      bf16 or f16 activations, M <= 16, K % 128 == 0
+//   codes  [N, K/2]    uint8, two 4-bit codes per byte along K, low nibble first
+//                      (jquant/core/packing.py); unsigned codes, or two's complement when `is_signed`
+//   scale  [N, K/G]    f32, f16 or bf16; G (the group) a multiple of 32 dividing K (G == K: per channel)
+//   zero   [N, K/G]    uint8 zero-point codes when `has_zero`, else ignored; without zeros the
+//                      code's bias (8 for GPTQ's uint4b8) plays the zero's role
+//   out    [S, M, N]   f32 partial sums, one slab per K split; the caller sums over S
+//
+// How the work is cut (a Marlin-style decode kernel without a repacked layout):
+//   * A warp owns 32 weight rows (two m16 tiles of mma.sync.m16n8k16) and walks its K split in
+//     steps of 128 columns. Per step each thread loads 16 contiguous bytes (32 codes) from each of
+//     its 4 rows, so a quad of threads reads 64 contiguous bytes of a row and the warp 2 KB.
+//     Those loads run STAGES steps ahead of the math (a register ring), which keeps
+//     STAGES * 64 bytes in flight per thread.
+//   * The weight is the mma's A operand, dequantized straight into registers: the magic-number
+//     trick turns a nibble q into the 16-bit float MAGIC + q with one LOP3 (bf16 0x4300 = 128,
+//     f16 0x6400 = 1024), then (MAGIC + q) - (MAGIC + z) is exact and one multiply applies the
+//     scale, two values per instruction.
+//   * A dot product does not care about the order of its K terms, only that both operands use
+//     the same one. The fragment that a thread owns in the mma (columns 2t, 2t+1, 2t+8, 2t+9 of
+//     a k16 slice) is mapped to the codes that thread loaded: word i of its 16 bytes gives the
+//     pairs (8i+0, 8i+4), (8i+1, 8i+5), (8i+2, 8i+6), (8i+3, 8i+7) after the LOP3, and those
+//     pairs feed the A registers of mma 2i (pairs 0, 1) and 2i+1 (pairs 2, 3). The activations
+//     are staged once per block in shared memory in exactly that order (`stage_x`), so the B
+//     fragment of every mma is one conflict-free 8-byte shared load.
+//   * Split-K over blockIdx.y keeps >= 4 blocks per SM on small N; the partials are summed by
+//     the caller (one small fused XLA reduction).
+// References: PTX ISA, "Matrix Fragments for mma.m16n8k16" (fragment ownership); the LOP3 magic
+// number conversion follows FasterTransformer / Marlin (IST-DASLab/marlin, `dequant`).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kStepK = 128;          // K columns per warp step (a quad reads 64 bytes per row)
+constexpr int kRowsPerWarp = 32;     // two m16 tiles
+constexpr int kMaxSplitBytes = 32768;  // shared memory for the staged activations of one split
+
+template <typename T>
+struct Half2Traits;
+
+template <>
+struct Half2Traits<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  static constexpr uint32_t kMagic = 0x43004300u;  // bf16 128.0 (7-bit mantissa: 128 + q exact)
+  static constexpr float kMagicF = 128.0f;
+  static __device__ __forceinline__ T2 from_float(float f) { return __float2bfloat162_rn(f); }
+};
+
+template <>
+struct Half2Traits<__half> {
+  using T2 = __half2;
+  static constexpr uint32_t kMagic = 0x64006400u;  // f16 1024.0 (10-bit mantissa)
+  static constexpr float kMagicF = 1024.0f;
+  static __device__ __forceinline__ T2 from_float(float f) { return __float2half2_rn(f); }
+};
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// mma.sync m16n8k16, f32 accumulate; A row-major (4 x b32), B column-major (2 x b32).
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                  uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// 16 bytes of a streamed-once weight: skip L1, ask L2 for the whole 256-byte line pair so the
+// next steps of the same row hit L2.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Two codes (nibbles `shift` and `shift + 16` of `w`) -> (MAGIC + q) x2 -> ((q - z) * s) x2.
+template <typename T>
+__device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int shift, typename Half2Traits<T>::T2 zero2,
+                                                 typename Half2Traits<T>::T2 scale2) {
+  using T2 = typename Half2Traits<T>::T2;
+  uint32_t bits = ((w >> shift) & 0x000F000Fu) | Half2Traits<T>::kMagic;
+  T2 v = *reinterpret_cast<T2*>(&bits);
+  v = __hmul2(__hsub2(v, zero2), scale2);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Stage x[:M, k0:k0+ks] into shared memory in B-fragment order (see the header comment):
+//   xs[((((t * 4 + i) * 2 + h) * NT + nt) * 32 + lane)] = uint2{pack(x0, x4), pack(x1, x5)} (h = 0)
+//                                                       or uint2{pack(x2, x6), pack(x3, x7)} (h = 1)
+// where x0..x7 = x[nt * 8 + lane / 4, k0 + t * 128 + (lane % 4) * 32 + 8 * i + 0..7]; rows >= M are 0.
+template <typename T, int NT>
+__device__ __forceinline__ void stage_x(uint2* xs, const T* __restrict__ x, int m, int k, int k0, int ks) {
+  const int chunks = ks / 8;  // 8-value chunks per row
+  for (int idx = threadIdx.x; idx < NT * 8 * chunks; idx += blockDim.x) {
+    const int n = idx / chunks;
+    const int off = (idx - n * chunks) * 8;
+    uint4 u = make_uint4(0, 0, 0, 0);
+    if (n < m) u = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(n) * k + k0 + off);
+    const int t = off / kStepK, q = (off % kStepK) / 32, i = (off % 32) / 8;
+    const int lane = (n % 8) * 4 + q, nt = n / 8;
+    const int base = (((t * 4 + i) * 2) * NT + nt) * 32 + lane;
+    xs[base] = make_uint2(__byte_perm(u.x, u.z, 0x5410), __byte_perm(u.x, u.z, 0x7632));
+    xs[base + NT * 32] = make_uint2(__byte_perm(u.y, u.w, 0x5410), __byte_perm(u.y, u.w, 0x7632));
+  }
+}
+
+template <typename T, typename ST, int NT, int STAGES>
+__global__ void __launch_bounds__(256) w4a16_decode_kernel(const T* __restrict__ x, const uint8_t* __restrict__ codes,
+                                                           const ST* __restrict__ scale,
+                                                           const uint8_t* __restrict__ zero, float* __restrict__ out,
+                                                           int m, int n, int k, int group, int ks, int bias,
+                                                           uint32_t sign_flip, int has_zero) {
+  using Tr = Half2Traits<T>;
+  using T2 = typename Tr::T2;
+  extern __shared__ uint2 xs[];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int q = lane & 3, r = lane >> 2;
+  const int split = blockIdx.y;
+  const int k0 = split * ks;
+  const int steps = min(ks, k - k0) / kStepK;
+  const int row_base = (blockIdx.x * (blockDim.x / 32) + warp) * kRowsPerWarp + r;
+  const int groups = k / group;
+
+  // The 4 rows this thread loads: row_base + {0, 8, 16, 24} (clamped; out-of-range rows are
+  // computed on a duplicate and never stored).
+  const uint8_t* wrow[4];
+  const ST* srow[4];
+  const uint8_t* zrow[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int row = min(row_base + 8 * j, n - 1);
+    wrow[j] = codes + static_cast<size_t>(row) * (k / 2) + k0 / 2 + q * 16;
+    srow[j] = scale + static_cast<size_t>(row) * groups;
+    zrow[j] = zero + (has_zero ? static_cast<size_t>(row) * groups : 0);
+  }
+
+  // Prologue: start the first STAGES steps of weight loads before staging x.
+  uint4 buf[STAGES][4];
+#pragma unroll
+  for (int s = 0; s < STAGES; ++s) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (s < steps) buf[s][j] = load_stream(wrow[j] + s * (kStepK / 2));
+    }
+  }
+
+  stage_x<T, NT>(xs, x, m, k, k0, steps * kStepK);
+  __syncthreads();
+
+  float acc[2][NT][4];
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < NT; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.0f;
+
+  for (int step0 = 0; step0 < steps; step0 += STAGES) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      const int step = step0 + s;
+      if (step < steps) {
+        // This thread's 32 codes of each row lie in one group (G is a multiple of 32).
+        const int g = (k0 + step * kStepK + q * 32) / group;
+        T2 s2[4], z2[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          s2[j] = Tr::from_float(to_float(__ldg(srow[j] + g)));
+          const int z = (has_zero ? static_cast<int>(__ldg(zrow[j] + g)) : 0) + bias;
+          z2[j] = Tr::from_float(Tr::kMagicF + static_cast<float>(z));
+        }
+        uint32_t w[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          w[j][0] = buf[s][j].x ^ sign_flip;
+          w[j][1] = buf[s][j].y ^ sign_flip;
+          w[j][2] = buf[s][j].z ^ sign_flip;
+          w[j][3] = buf[s][j].w ^ sign_flip;
+        }
+        // Refill this ring slot with the step STAGES ahead before doing the math.
+        if (step + STAGES < steps) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) buf[s][j] = load_stream(wrow[j] + (step + STAGES) * (kStepK / 2));
+        }
+        const uint2* xf = xs + static_cast<size_t>(step) * (4 * 2 * NT * 32) + lane;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            uint2 b[NT];
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) b[nt] = xf[((i * 2 + h) * NT + nt) * 32];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+              const int ja = 2 * mt, jb = 2 * mt + 1;  // rows r (+16 mt) and r + 8 (+16 mt)
+              const uint32_t a0 = dequant_pair<T>(w[ja][i], 8 * h, z2[ja], s2[ja]);
+              const uint32_t a1 = dequant_pair<T>(w[jb][i], 8 * h, z2[jb], s2[jb]);
+              const uint32_t a2 = dequant_pair<T>(w[ja][i], 8 * h + 4, z2[ja], s2[ja]);
+              const uint32_t a3 = dequant_pair<T>(w[jb][i], 8 * h + 4, z2[jb], s2[jb]);
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) mma_16816<T>(acc[mt][nt], a0, a1, a2, a3, b[nt].x, b[nt].y);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // Accumulator fragment: c0, c1 -> (row r, cols 2q, 2q+1); c2, c3 -> (row r + 8, same cols).
+  float* o = out + static_cast<size_t>(split) * m * n;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int row = row_base + 16 * mt + (c >= 2 ? 8 : 0);
+        const int col = nt * 8 + 2 * q + (c & 1);
+        if (row < n && col < m) o[static_cast<size_t>(col) * n + row] = acc[mt][nt][c];
+      }
+    }
+  }
+}
+
+template <typename T, typename ST, int NT, int STAGES>
+cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* codes, const void* scale, const void* zero,
+                         float* out, int m, int n, int k, int group, int ks, int bias, bool is_signed, bool has_zero,
+                         int warps) {
+  const int splits = (k + ks - 1) / ks;
+  const int rows_per_block = warps * kRowsPerWarp;
+  dim3 grid((n + rows_per_block - 1) / rows_per_block, splits);
+  const size_t smem = static_cast<size_t>(ks) * 16 * NT;
+  w4a16_decode_kernel<T, ST, NT, STAGES><<<grid, warps * 32, smem, stream>>>(
+      static_cast<const T*>(x), static_cast<const uint8_t*>(codes), static_cast<const ST*>(scale),
+      static_cast<const uint8_t*>(zero), out, m, n, k, group, ks, bias, is_signed ? 0x88888888u : 0u,
+      has_zero ? 1 : 0);
+  return cudaGetLastError();
+}
+
+template <typename T, typename ST, int NT>
+cudaError_t launch_stages(int stages, cudaStream_t stream, const void* x, const void* codes, const void* scale,
+                          const void* zero, float* out, int m, int n, int k, int group, int ks, int bias,
+                          bool is_signed, bool has_zero, int warps) {
+  switch (stages) {
+    case 2:
+      return launch_typed<T, ST, NT, 2>(stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
+                                        has_zero, warps);
+    case 4:
+      return launch_typed<T, ST, NT, 4>(stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
+                                        has_zero, warps);
+    default:
+      return launch_typed<T, ST, NT, 8>(stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
+                                        has_zero, warps);
+  }
+}
+
+template <typename T, typename ST>
+cudaError_t launch_nt(int nt, int stages, cudaStream_t stream, const void* x, const void* codes, const void* scale,
+                      const void* zero, float* out, int m, int n, int k, int group, int ks, int bias, bool is_signed,
+                      bool has_zero, int warps) {
+  if (nt == 1)
+    return launch_stages<T, ST, 1>(stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
+                                   has_zero, warps);
+  return launch_stages<T, ST, 2>(stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
+                                 has_zero, warps);
+}
+
+template <typename T>
+cudaError_t launch_scale(ffi::DataType sdt, int nt, int stages, cudaStream_t stream, const void* x, const void* codes,
+                         const void* scale, const void* zero, float* out, int m, int n, int k, int group, int ks,
+                         int bias, bool is_signed, bool has_zero, int warps) {
+  switch (sdt) {
+    case ffi::DataType::F32:
+      return launch_nt<T, float>(nt, stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
+                                 has_zero, warps);
+    case ffi::DataType::F16:
+      return launch_nt<T, __half>(nt, stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias,
+                                  is_signed, has_zero, warps);
+    default:
+      return launch_nt<T, __nv_bfloat16>(nt, stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias,
+                                         is_signed, has_zero, warps);
+  }
+}
+
+std::string dims_str(ffi::AnyBuffer::Dimensions d) {
+  std::string s = "(";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + ")";
+}
+
+ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
+                           ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
+                           int64_t bias, int64_t is_signed, int64_t has_zero, int64_t stages, int64_t warps) {
+  const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = out->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 3)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: x, codes, scale must be 2-D and out 3-D");
+  const int64_t m = xd[0], k = xd[1], n = wd[0];
+  const auto xt = x.element_type();
+  if (xt != ffi::DataType::BF16 && xt != ffi::DataType::F16)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: x must be bf16 or f16");
+  if (codes.element_type() != ffi::DataType::U8 || wd[1] * 2 != k)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: codes must be uint8 [N, K/2], got " + dims_str(wd) +
+                                       " for K=" + std::to_string(k));
+  const auto st = scale.element_type();
+  if (st != ffi::DataType::F32 && st != ffi::DataType::F16 && st != ffi::DataType::BF16)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: scale must be f32, f16 or bf16");
+  if (m < 1 || m > 16 || k % kStepK != 0 || group % 32 != 0 || k % group != 0 || k_split % kStepK != 0 ||
+      k_split < kStepK || warps < 1 || warps > 8)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: unsupported M=" + std::to_string(m) +
+                                       " K=" + std::to_string(k) + " group=" + std::to_string(group) +
+                                       " k_split=" + std::to_string(k_split));
+  if (sd[0] != n || sd[1] != k / group)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: scale " + dims_str(sd) + " does not match N=" +
+                                       std::to_string(n) + ", K/G=" + std::to_string(k / group));
+  if (has_zero && (zero.element_type() != ffi::DataType::U8 || zero.element_count() != size_t(n * (k / group))))
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: zero must be uint8 with the scale's shape");
+  const int64_t splits = (k + k_split - 1) / k_split;
+  const int nt = m > 8 ? 2 : 1;
+  if (od[0] != splits || od[1] != m || od[2] != n || out->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: out must be f32 [S, M, N] = (" +
+                                       std::to_string(splits) + ", " + std::to_string(m) + ", " + std::to_string(n) +
+                                       "), got " + dims_str(od));
+  if (k_split * 16 * nt > kMaxSplitBytes)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: k_split too large for shared memory");
+  auto* o = static_cast<float*>(out->untyped_data());
+  cudaError_t err;
+  if (xt == ffi::DataType::BF16) {
+    err = launch_scale<__nv_bfloat16>(st, nt, int(stages), stream, x.untyped_data(), codes.untyped_data(),
+                                      scale.untyped_data(), zero.untyped_data(), o, int(m), int(n), int(k),
+                                      int(group), int(k_split), int(bias), is_signed != 0, has_zero != 0, int(warps));
+  } else {
+    err = launch_scale<__half>(st, nt, int(stages), stream, x.untyped_data(), codes.untyped_data(),
+                               scale.untyped_data(), zero.untyped_data(), o, int(m), int(n), int(k), int(group),
+                               int(k_split), int(bias), is_signed != 0, has_zero != 0, int(warps));
+  }
+  if (err != cudaSuccess) return ffi::Error::Internal(std::string("jquant_w4a16_decode: ") + cudaGetErrorString(err));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // codes
+                                  .Arg<ffi::AnyBuffer>()  // scale
+                                  .Arg<ffi::AnyBuffer>()  // zero (uint8, [N, K/G] or a 1-element dummy)
+                                  .Ret<ffi::AnyBuffer>()  // partial sums [S, M, N] f32
+                                  .Attr<int64_t>("group")
+                                  .Attr<int64_t>("k_split")
+                                  .Attr<int64_t>("bias")
+                                  .Attr<int64_t>("is_signed")
+                                  .Attr<int64_t>("has_zero")
+                                  .Attr<int64_t>("stages")
+                                  .Attr<int64_t>("warps"));

@@ -1,0 +1,177 @@
+"""The W4A16 decode kernel (`csrc/w4a16_decode.cu`) as a JAX op and a `qmatmul` backend.
+
+The kernel reads jquant's canonical 4-bit `QArray` as it is: codes uint8 [N, K/2] (two codes per
+byte along K, low nibble first), scales [N, K/G] in f32/f16/bf16, optional uint8 zero points of the
+scale's shape. It computes f32 partial sums per K split; the op sums them and casts to the
+activation dtype. The act-order permutation, when present, is applied to x with one gather.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jquant.core.qarray import QArray
+from jquant.ops.backend import Backend
+
+__all__ = ["DecodeConfig", "W4A16DecodeBackend", "decode_config", "w4a16_decode", "why_not", "MAX_M"]
+
+MAX_M = 16  # two n8 tiles of mma.m16n8k16 (the kernel's B operand is x^T)
+STEP_K = 128  # K columns per warp step (csrc: kStepK)
+ROWS_PER_WARP = 32
+MAX_SPLIT_BYTES = 32768  # shared memory for the staged activations of one K split (csrc: kMaxSplitBytes)
+NUM_SMS_DEFAULT = 132
+
+_ACT_DTYPES = ("bfloat16", "float16")
+_SCALE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """Launch parameters of the decode kernel.
+
+    Attributes:
+        k_split: K columns per split (a multiple of 128); the grid's second axis is ceil(K / k_split).
+        stages: weight steps (128 columns, 64 bytes per thread) in flight ahead of the math: 2, 4 or 8.
+        warps: warps per block; each owns 32 weight rows.
+    """
+
+    k_split: int
+    stages: int = 4
+    warps: int = 4
+
+    def splits(self, k: int) -> int:
+        return -(-k // self.k_split)
+
+
+def decode_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT, stages: int = 4, warps: int = 4):
+    """Picks the K split so that the grid holds about 4 blocks per SM (small N needs split-K to fill
+    the GPU) while the staged activations fit `MAX_SPLIT_BYTES` of shared memory."""
+    nt = 2 if m > 8 else 1
+    row_blocks = -(-n // (warps * ROWS_PER_WARP))
+    steps = k // STEP_K
+    max_steps = MAX_SPLIT_BYTES // (STEP_K * 16 * nt)
+    splits = min(max(1, -(-4 * num_sms // row_blocks)), steps)
+    per_split = min(-(-steps // splits), max_steps)
+    return DecodeConfig(k_split=per_split * STEP_K, stages=stages, warps=warps)
+
+
+def why_not(x, w) -> str:
+    """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
+    if not isinstance(w, QArray):
+        return f"not a QArray ({type(w).__name__})"
+    q = w.qtype
+    if q.kind != "int" or q.codebook is not None or q.storage is not None or q.container_bits != 4:
+        return f"qtype {q.name}: the kernel reads 4-bit integer codes"
+    n, k = w.shape
+    bn, g = w.block
+    g = min(g, k)
+    if bn != 1:
+        return f"block {w.block}: one scale row per weight row only"
+    if k % STEP_K:
+        return f"K={k} is not a multiple of {STEP_K}"
+    if g % 32 or k % g:
+        return f"group {g}: must be a multiple of 32 that divides K={k}"
+    if w.scale2 is not None:
+        return "scale2 (second-level scale) not supported"
+    if np.dtype(w.scale.dtype).name not in _SCALE_DTYPES:
+        return f"scale dtype {np.dtype(w.scale.dtype).name} (kernel reads f32/f16/bf16)"
+    if w.zero is not None:
+        if np.dtype(w.zero.dtype) != np.uint8:
+            return f"zero dtype {np.dtype(w.zero.dtype).name} (kernel reads uint8 zero-point codes)"
+        if q.signed:
+            return "signed codes with zero points"
+    if np.dtype(x.dtype).name not in _ACT_DTYPES:
+        return f"activation dtype {np.dtype(x.dtype).name} (kernel takes bf16/f16)"
+    if x.shape[-1] != k:
+        return f"x has K={x.shape[-1]}, weight has K={k}"
+    m = math.prod(x.shape[:-1])
+    if not 1 <= m <= MAX_M:
+        return f"M={m} outside 1..{MAX_M} (decode kernel)"
+    return ""
+
+
+def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, num_sms: int | None = None):
+    """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations with at most 16 rows.
+
+    Args:
+        x: [..., K] bf16 or f16.
+        w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
+        cfg: launch parameters; default `decode_config`.
+
+    Returns:
+        [..., N] in x's dtype (f32 accumulation).
+    """
+    from kernels_cuda.build import register
+
+    why = why_not(x, w)
+    if why:
+        raise ValueError(f"w4a16_decode: {why}")
+    register()
+    lead, k = x.shape[:-1], x.shape[-1]
+    n = w.shape[0]
+    m = math.prod(lead)
+    x2 = x.reshape(m, k)
+    if w.perm is not None:
+        x2 = jnp.take(x2, w.perm, axis=-1)
+    cfg = cfg or decode_config(m, n, k, num_sms=num_sms or _num_sms())
+    group = min(w.block[1], k)
+    # Codes are read as unsigned nibbles; two's complement ones are flipped to offset binary in the
+    # kernel (q ^ 8 = v + 8), so their implied zero is 8 on top of the qtype's bias.
+    offset = int(w.qtype.bias) + (8 if w.qtype.signed else 0)
+    zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
+    call = jax.ffi.ffi_call("jquant_w4a16_decode", jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32))
+    partial = call(
+        x2,
+        w.data,
+        w.scale,
+        zero,
+        group=np.int64(group),
+        k_split=np.int64(cfg.k_split),
+        bias=np.int64(offset),
+        is_signed=np.int64(bool(w.qtype.signed)),
+        has_zero=np.int64(w.zero is not None),
+        stages=np.int64(cfg.stages),
+        warps=np.int64(cfg.warps),
+    )
+    return partial.sum(axis=0).astype(x.dtype).reshape(*lead, n)
+
+
+@functools.cache
+def _num_sms() -> int:
+    try:
+        return int(getattr(jax.devices()[0], "core_count", 0)) or NUM_SMS_DEFAULT
+    except Exception:
+        return NUM_SMS_DEFAULT
+
+
+class W4A16DecodeBackend(Backend):
+    """`qmatmul` backend ``cuda_w4a16_decode``: 4-bit integer weights, M <= 16, bf16/f16 activations.
+
+    Declines (with the reason) when the CUDA library cannot be built here, so the dispatcher falls
+    back to the Pallas kernels instead of failing.
+    """
+
+    name = "cuda_w4a16_decode"
+    platforms = ("gpu",)
+    priority = 30
+
+    def supports(self, x, w, **kw) -> tuple[bool, str]:
+        why = why_not(x, w)
+        if why:
+            return False, why
+        from kernels_cuda.build import BuildError, register
+
+        try:
+            register()
+        except BuildError as e:
+            return False, f"CUDA library unavailable: {str(e).splitlines()[0]}"
+        return True, ""
+
+    def __call__(self, x, w, **kw):
+        return w4a16_decode(x, w)

@@ -1,0 +1,121 @@
+"""The CUDA kernels on a CPU host: they compile for sm_80/sm_90 with no spills, the SASS holds the
+instructions the design relies on, the FFI targets register, the op lowers for CUDA with the right
+custom call, and the backend's static checks and launch heuristic hold. Needs nvcc (skipped, with
+the reason, where there is none); the numerics run in test_w4a16_gpu.py on the device.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bench.shapes import SHAPES
+from kernels_cuda import build
+from kernels_cuda.w4a16 import MAX_SPLIT_BYTES, STEP_K, DecodeConfig, decode_config, w4a16_decode, why_not
+from tests.pallas.helpers import make_weight
+
+needs_nvcc = pytest.mark.skipif(build.nvcc_path() is None, reason="nvcc not installed on this host")
+
+
+def _cuobjdump() -> str | None:
+    try:
+        import triton
+
+        p = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        return str(p) if p.is_file() else None
+    except ImportError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def sm90_cubin(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cubin") / "w4a16.cubin"
+    cmd = build.nvcc_command(out, arch_flags=("-gencode=arch=compute_90,code=sm_90",), extra=("-cubin", "-Xptxas=-v"))
+    cmd.remove("--shared")
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res.stderr
+
+
+@needs_nvcc
+def test_no_spills_or_stack(sm90_cubin):
+    _, log = sm90_cubin
+    kernels = re.findall(r"Compiling entry function '(\w+)'", log)
+    frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
+    assert len(kernels) == 36 and len(frames) == 36 and len(regs) == 36, log[
+        -2000:
+    ]  # 2 dtypes x 3 scales x 2 NT x 3 stages
+    assert all(f == ("0", "0", "0") for f in frames), [k for k, f in zip(kernels, frames) if f != ("0", "0", "0")]
+    assert max(regs) <= 255
+
+
+@needs_nvcc
+@pytest.mark.skipif(_cuobjdump() is None, reason="no cuobjdump (triton's) to read SASS")
+def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubin):
+    cubin, _ = sm90_cubin
+    sass = subprocess.run([_cuobjdump(), "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
+    assert "HMMA.16816.F32.BF16" in sass and "HMMA.16816.F32 " in sass  # bf16 and f16 mma.sync
+    assert re.search(r"LDG\.E\.(EF\.)?(NA\.)?.*128", sass), "16-byte weight loads missing"
+    assert "LOP3.LUT" in sass
+    assert not re.search(r"\b(LDL|STL)\b", sass), "local memory traffic"
+
+
+@needs_nvcc
+def test_builds_and_registers_targets():
+    lib = build.build()
+    assert lib.is_file() and lib.stat().st_size > 0
+    assert build.register() == ("jquant_w4a16_decode",)
+    assert hasattr(build.load_library(), "JquantW4A16Decode")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("m, zero, perm", [(1, False, False), (16, True, True)])
+def test_lowers_for_cuda(m, zero, perm):
+    rng = np.random.default_rng(m)
+    w = make_weight(rng, 512, 1024, bits=4, group=64, zero=zero, perm=perm)
+    wd = jax.tree_util.tree_map(jnp.asarray, w)
+    x = jnp.zeros((m, 1024), jnp.bfloat16)
+    cfg = DecodeConfig(k_split=256)
+    text = jax.jit(lambda x, w: w4a16_decode(x, w, cfg)).trace(x, wd).lower(lowering_platforms=("cuda",)).as_text()
+    call = next(line for line in text.splitlines() if "custom_call @jquant_w4a16_decode" in line)
+    assert f"tensor<{m}x1024xbf16>, tensor<512x512xui8>, tensor<512x16xf16>" in call
+    assert f"-> tensor<4x{m}x512xf32>" in call
+    for attr in ("group = 64", "k_split = 256", f"has_zero = {int(zero)}", f"bias = {0 if zero else 8}"):
+        assert attr in call, (attr, call)
+    assert ("stablehlo.gather" in text or "dynamic_gather" in text or "gather" in text) == perm
+
+
+@pytest.mark.parametrize(
+    "kw, m, k, dt, expect",
+    [
+        (dict(bits=8, group=128), 1, 1024, jnp.bfloat16, "4-bit integer"),
+        (dict(bits=4, group=16), 1, 1024, jnp.bfloat16, "group 16"),
+        (dict(bits=4, group=128), 1, 1000, jnp.bfloat16, "not a multiple of 128"),
+        (dict(bits=4, group=128), 17, 1024, jnp.bfloat16, "M=17"),
+        (dict(bits=4, group=128), 1, 1024, jnp.float32, "activation dtype float32"),
+        (dict(bits=4, group=128), 4, 1024, jnp.float16, ""),
+        (dict(bits=4, group=-1, zero=True), 16, 1024, jnp.bfloat16, ""),
+    ],
+)
+def test_why_not(kw, m, k, dt, expect):
+    w = make_weight(np.random.default_rng(0), 64, k, **kw)
+    why = why_not(jnp.zeros((m, k), dt), w)
+    assert (expect in why) if expect else why == "", why
+
+
+@pytest.mark.parametrize("m", [1, 9, 16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+def test_decode_config_fills_the_gpu_within_shared_memory(shape, m):
+    cfg = decode_config(m, shape.n, shape.k, num_sms=132)
+    nt = 2 if m > 8 else 1
+    assert cfg.k_split % STEP_K == 0 and cfg.k_split * 16 * nt <= MAX_SPLIT_BYTES
+    blocks = -(-shape.n // (32 * cfg.warps)) * cfg.splits(shape.k)
+    assert blocks >= 0.9 * 4 * 132 or cfg.k_split == STEP_K  # ~4 blocks per SM, or K cannot split further
+    assert (cfg.splits(shape.k) - 1) * cfg.k_split < shape.k  # no empty split
