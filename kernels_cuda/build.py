@@ -29,7 +29,7 @@ ARCH_FLAGS = (
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_90,code=[sm_90,compute_90]",
 )
-COMMON_FLAGS = ("-O3", "-std=c++17", "-diag-suppress=940,2473", "-Xcompiler=-fPIC")
+COMMON_FLAGS = ("-O3", "-std=c++17", "-diag-suppress=940,2473", "-Xcompiler=-fPIC", "--threads=0")
 
 # FFI targets this library defines: registered name -> exported handler symbol.
 TARGETS = {"jquant_w4a16_decode": "JquantW4A16Decode"}
