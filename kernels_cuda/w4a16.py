@@ -19,12 +19,21 @@ import numpy as np
 from jquant.core.qarray import QArray
 from jquant.ops.backend import Backend
 
-__all__ = ["DecodeConfig", "W4A16DecodeBackend", "decode_config", "w4a16_decode", "why_not", "MAX_M"]
+__all__ = [
+    "DecodeConfig",
+    "W4A16DecodeBackend",
+    "decode_config",
+    "tile_codes",
+    "untile_codes",
+    "w4a16_decode",
+    "why_not",
+    "MAX_M",
+]
 
 MAX_M = 16  # two n8 tiles of mma.m16n8k16 (the kernel's B operand is x^T)
 STEP_K = 128  # K columns per warp step (csrc: kStepK)
 ROWS_PER_WARP = 32
-MAX_SPLIT_BYTES = 32768  # shared memory for the staged activations of one K split (csrc: kMaxSplitBytes)
+MAX_SPLIT_BYTES = 48 * 1024  # shared memory for the staged activations of one K split (csrc: kMaxSplitBytes)
 NUM_SMS_DEFAULT = 132
 
 _ACT_DTYPES = ("bfloat16", "float16")
@@ -37,28 +46,60 @@ class DecodeConfig:
 
     Attributes:
         k_split: K columns per split (a multiple of 128); the grid's second axis is ceil(K / k_split).
-        stages: weight steps (128 columns, 64 bytes per thread) in flight ahead of the math: 2, 4 or 8.
+        stages: weight steps (128 columns, 64 bytes per thread) in flight ahead of the math: 2 or 4.
         warps: warps per block; each owns 32 weight rows.
     """
 
     k_split: int
-    stages: int = 4
+    stages: int = 2
     warps: int = 4
 
     def splits(self, k: int) -> int:
         return -(-k // self.k_split)
 
 
-def decode_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT, stages: int = 4, warps: int = 4):
+def smem_bytes(k_split: int, m: int) -> int:
+    """Shared memory of one block: the staged x fragments (2 KB per step and n8 tile) and x sums."""
+    return (k_split // STEP_K) * (STEP_K * 16 + 8 * 4) * (2 if m > 8 else 1)
+
+
+def decode_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT, stages: int = 2, warps: int = 4):
     """Picks the K split so that the grid holds about 4 blocks per SM (small N needs split-K to fill
     the GPU) while the staged activations fit `MAX_SPLIT_BYTES` of shared memory."""
-    nt = 2 if m > 8 else 1
     row_blocks = -(-n // (warps * ROWS_PER_WARP))
     steps = k // STEP_K
-    max_steps = MAX_SPLIT_BYTES // (STEP_K * 16 * nt)
+    max_steps = MAX_SPLIT_BYTES // smem_bytes(STEP_K, m)
     splits = min(max(1, -(-4 * num_sms // row_blocks)), steps)
     per_split = min(-(-steps // splits), max_steps)
     return DecodeConfig(k_split=per_split * STEP_K, stages=stages, warps=warps)
+
+
+def tile_codes(data, n: int, k: int):
+    """The kernel's tiled view of canonical 4-bit codes, derived once at load (a byte permutation).
+
+    Args:
+        data: uint8 [N, K/2] canonical codes (two per byte along K, low nibble first); numpy or jnp.
+
+    Returns:
+        uint8 [ceil(N/32), 16 K]: for each 32-row block and 128-column step, a 2 KB tile ordered
+        [piece j (rows 8j..8j+7), lane = 4 r + q, 16 bytes] where lane's piece j holds row
+        8j + r, bytes 16q..16q+15 of the step. Every warp load instruction then reads 512
+        contiguous bytes. Rows past N (padding to a multiple of 32) are zero and never stored.
+    """
+    xp = jnp if isinstance(data, jax.Array) else np
+    rb = -(-n // ROWS_PER_WARP)
+    d = xp.asarray(data).reshape(n, k // 2)
+    if rb * ROWS_PER_WARP != n:
+        d = xp.concatenate([d, xp.zeros((rb * ROWS_PER_WARP - n, k // 2), d.dtype)], axis=0)
+    d = d.reshape(rb, 4, 8, k // STEP_K, 4, 16)  # [rb, j, r, t, q, byte]
+    return d.transpose(0, 3, 1, 2, 4, 5).reshape(rb, 16 * k)
+
+
+def untile_codes(tiled, n: int, k: int) -> np.ndarray:
+    """Inverse of `tile_codes` (numpy): back to canonical uint8 [N, K/2]."""
+    rb = -(-n // ROWS_PER_WARP)
+    d = np.asarray(tiled).reshape(rb, k // STEP_K, 4, 8, 4, 16).transpose(0, 2, 3, 1, 4, 5)
+    return d.reshape(rb * ROWS_PER_WARP, k // 2)[:n]
 
 
 def why_not(x, w) -> str:
@@ -96,13 +137,14 @@ def why_not(x, w) -> str:
     return ""
 
 
-def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, num_sms: int | None = None):
+def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, num_sms: int | None = None):
     """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations with at most 16 rows.
 
     Args:
         x: [..., K] bf16 or f16.
         w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
         cfg: launch parameters; default `decode_config`.
+        tiled: optional `tile_codes(w.data)`, read instead of the canonical codes.
 
     Returns:
         [..., N] in x's dtype (f32 accumulation).
@@ -128,7 +170,7 @@ def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, num_sms: int 
     call = jax.ffi.ffi_call("jquant_w4a16_decode", jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32))
     partial = call(
         x2,
-        w.data,
+        w.data if tiled is None else tiled,
         w.scale,
         zero,
         group=np.int64(group),
@@ -138,6 +180,7 @@ def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, num_sms: int 
         has_zero=np.int64(w.zero is not None),
         stages=np.int64(cfg.stages),
         warps=np.int64(cfg.warps),
+        tiled=np.int64(tiled is not None),
     )
     return partial.sum(axis=0).astype(x.dtype).reshape(*lead, n)
 

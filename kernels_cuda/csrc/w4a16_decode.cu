@@ -48,7 +48,7 @@ namespace {
 
 constexpr int kStepK = 128;          // K columns per warp step (a quad reads 64 bytes per row)
 constexpr int kRowsPerWarp = 32;     // two m16 tiles
-constexpr int kMaxSplitBytes = 32768;  // shared memory for the staged activations of one split
+constexpr int kMaxSplitBytes = 48 * 1024;  // shared memory for the staged activations of one split
 
 template <typename T>
 struct Half2Traits;
@@ -108,43 +108,68 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return v;
 }
 
-// Two codes (nibbles `shift` and `shift + 16` of `w`) -> (MAGIC + q) x2 -> ((q - z) * s) x2.
+// Stage x[:M, k0:k0+ks] into shared memory in B-fragment order (see the header comment):
+//   xs[((((t * 4 + i) * 2 + h) * NT + nt) * 32 + lane)] = uint2{pack(x0, x4), pack(x1, x5)} (h = 0)
+//                                                       or uint2{pack(x2, x6), pack(x3, x7)} (h = 1)
+// where x0..x7 = x[nt * 8 + lane / 4, k0 + t * 128 + (lane % 4) * 32 + 8 * i + 0..7]; rows >= M are 0.
+// Also xsum[t * NT * 8 + n] = sum of x[n, k0 + t * 128 : k0 + t * 128 + 128] in f32, summed in a fixed
+// order by one thread (deterministic), for the zero-point correction of `ScaleOnAcc`.
+template <typename T, int NT>
+__device__ __forceinline__ void stage_x(uint2* xs, float* xsum, const T* __restrict__ x, int m, int k, int k0,
+                                        int steps) {
+  for (int task = threadIdx.x; task < NT * 8 * steps; task += blockDim.x) {
+    const int n = task % (NT * 8), t = task / (NT * 8);
+    const int lane_n = (n % 8) * 4, nt = n / 8;
+    float sum = 0.0f;
+#pragma unroll 4
+    for (int c = 0; c < kStepK / 8; ++c) {  // 16 chunks of 8 values
+      uint4 u = make_uint4(0, 0, 0, 0);
+      if (n < m) u = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(n) * k + k0 + t * kStepK + c * 8);
+      const int q = c / 4, i = c % 4;
+      const int base = (((t * 4 + i) * 2) * NT + nt) * 32 + lane_n + q;
+      xs[base] = make_uint2(__byte_perm(u.x, u.z, 0x5410), __byte_perm(u.x, u.z, 0x7632));
+      xs[base + NT * 32] = make_uint2(__byte_perm(u.y, u.w, 0x5410), __byte_perm(u.y, u.w, 0x7632));
+      const T* v = reinterpret_cast<const T*>(&u);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum += to_float(v[e]);
+    }
+    xsum[t * NT * 8 + n] = sum;
+  }
+}
+
+// Two codes (nibbles `shift` and `shift + 16` of `w`) -> the 16-bit floats (MAGIC + q) x2.
+template <typename T>
+__device__ __forceinline__ uint32_t magic_pair(uint32_t w, int shift) {
+  return ((w >> shift) & 0x000F000Fu) | Half2Traits<T>::kMagic;
+}
+
+// Two codes -> ((q - z) * s) x2, rounded once to T.
 template <typename T>
 __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int shift, typename Half2Traits<T>::T2 zero2,
                                                  typename Half2Traits<T>::T2 scale2) {
   using T2 = typename Half2Traits<T>::T2;
-  uint32_t bits = ((w >> shift) & 0x000F000Fu) | Half2Traits<T>::kMagic;
+  uint32_t bits = magic_pair<T>(w, shift);
   T2 v = *reinterpret_cast<T2*>(&bits);
   v = __hmul2(__hsub2(v, zero2), scale2);
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-// Stage x[:M, k0:k0+ks] into shared memory in B-fragment order (see the header comment):
-//   xs[((((t * 4 + i) * 2 + h) * NT + nt) * 32 + lane)] = uint2{pack(x0, x4), pack(x1, x5)} (h = 0)
-//                                                       or uint2{pack(x2, x6), pack(x3, x7)} (h = 1)
-// where x0..x7 = x[nt * 8 + lane / 4, k0 + t * 128 + (lane % 4) * 32 + 8 * i + 0..7]; rows >= M are 0.
-template <typename T, int NT>
-__device__ __forceinline__ void stage_x(uint2* xs, const T* __restrict__ x, int m, int k, int k0, int ks) {
-  const int chunks = ks / 8;  // 8-value chunks per row
-  for (int idx = threadIdx.x; idx < NT * 8 * chunks; idx += blockDim.x) {
-    const int n = idx / chunks;
-    const int off = (idx - n * chunks) * 8;
-    uint4 u = make_uint4(0, 0, 0, 0);
-    if (n < m) u = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(n) * k + k0 + off);
-    const int t = off / kStepK, q = (off % kStepK) / 32, i = (off % 32) / 8;
-    const int lane = (n % 8) * 4 + q, nt = n / 8;
-    const int base = (((t * 4 + i) * 2) * NT + nt) * 32 + lane;
-    xs[base] = make_uint2(__byte_perm(u.x, u.z, 0x5410), __byte_perm(u.x, u.z, 0x7632));
-    xs[base + NT * 32] = make_uint2(__byte_perm(u.y, u.w, 0x5410), __byte_perm(u.y, u.w, 0x7632));
-  }
-}
-
-template <typename T, typename ST, int NT, int STAGES>
-__global__ void __launch_bounds__(256) w4a16_decode_kernel(const T* __restrict__ x, const uint8_t* __restrict__ codes,
+// Where a thread's 16-byte pieces live: piece j (rows row_base + 8 j) of step `s` is at
+// `base[j] + s * step_bytes`. Canonical layout: base = codes + row * K/2 + k0/2 + q * 16, step 64 B.
+// Tiled layout (`tile_codes` in w4a16.py: [N/32, K/128, 4, 32 lanes, 16 B]): every load instruction
+// of a warp reads 512 contiguous bytes and a warp's steps are consecutive 2 KB tiles.
+//
+// ScaleOnAcc (G % 128 == 0, so one step lies in one group for every thread): the mma runs on the raw
+// (MAGIC + q) values and the group's scale and zero are applied to the f32 partial sums of the step:
+//   sum_k (q - z) s x_k = s * (sum_k (MAGIC + q) x_k - (MAGIC + z) * sum_k x_k)
+// (products exact in the mma, f32 sums; the MAGIC term cancels up to f32 rounding of ~2^-17 relative).
+// Otherwise (G = 32, 64) every value is dequantized in registers before the mma.
+template <typename T, typename ST, int NT, int STAGES, bool ScaleOnAcc>
+__global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restrict__ x, const uint8_t* __restrict__ codes,
                                                            const ST* __restrict__ scale,
                                                            const uint8_t* __restrict__ zero, float* __restrict__ out,
                                                            int m, int n, int k, int group, int ks, int bias,
-                                                           uint32_t sign_flip, int has_zero) {
+                                                           uint32_t sign_flip, int has_zero, int tiled) {
   using Tr = Half2Traits<T>;
   using T2 = typename Tr::T2;
   extern __shared__ uint2 xs[];
@@ -154,18 +179,24 @@ __global__ void __launch_bounds__(256) w4a16_decode_kernel(const T* __restrict__
   const int split = blockIdx.y;
   const int k0 = split * ks;
   const int steps = min(ks, k - k0) / kStepK;
-  const int row_base = (blockIdx.x * (blockDim.x / 32) + warp) * kRowsPerWarp + r;
+  const int warp_global = blockIdx.x * (blockDim.x / 32) + warp;
+  const int row_base = warp_global * kRowsPerWarp + r;
   const int groups = k / group;
+  float* xsum = reinterpret_cast<float*>(xs + static_cast<size_t>(steps) * 4 * 2 * NT * 32);
 
-  // The 4 rows this thread loads: row_base + {0, 8, 16, 24} (clamped; out-of-range rows are
-  // computed on a duplicate and never stored).
-  const uint8_t* wrow[4];
+  // The 4 rows this thread reads: row_base + {0, 8, 16, 24} (clamped for scales and canonical codes;
+  // out-of-range rows are computed on a duplicate and never stored).
+  const uint8_t* wptr[4];
   const ST* srow[4];
   const uint8_t* zrow[4];
+  const size_t step_bytes = tiled ? 4 * 512 : kStepK / 2;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int row = min(row_base + 8 * j, n - 1);
-    wrow[j] = codes + static_cast<size_t>(row) * (k / 2) + k0 / 2 + q * 16;
+    if (tiled)
+      wptr[j] = codes + ((static_cast<size_t>(warp_global) * (k / kStepK) + k0 / kStepK) * 4 + j) * 512 + lane * 16;
+    else
+      wptr[j] = codes + static_cast<size_t>(row) * (k / 2) + k0 / 2 + q * 16;
     srow[j] = scale + static_cast<size_t>(row) * groups;
     zrow[j] = zero + (has_zero ? static_cast<size_t>(row) * groups : 0);
   }
@@ -176,11 +207,11 @@ __global__ void __launch_bounds__(256) w4a16_decode_kernel(const T* __restrict__
   for (int s = 0; s < STAGES; ++s) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      if (s < steps) buf[s][j] = load_stream(wrow[j] + s * (kStepK / 2));
+      if (s < steps) buf[s][j] = load_stream(wptr[j] + s * step_bytes);
     }
   }
 
-  stage_x<T, NT>(xs, x, m, k, k0, steps * kStepK);
+  stage_x<T, NT>(xs, xsum, x, m, k, k0, steps);
   __syncthreads();
 
   float acc[2][NT][4];
@@ -197,13 +228,12 @@ __global__ void __launch_bounds__(256) w4a16_decode_kernel(const T* __restrict__
       const int step = step0 + s;
       if (step < steps) {
         // This thread's 32 codes of each row lie in one group (G is a multiple of 32).
-        const int g = (k0 + step * kStepK + q * 32) / group;
-        T2 s2[4], z2[4];
+        const int g = (k0 + step * kStepK + (ScaleOnAcc ? 0 : q * 32)) / group;
+        float sf[4], zf[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          s2[j] = Tr::from_float(to_float(__ldg(srow[j] + g)));
-          const int z = (has_zero ? static_cast<int>(__ldg(zrow[j] + g)) : 0) + bias;
-          z2[j] = Tr::from_float(Tr::kMagicF + static_cast<float>(z));
+          sf[j] = to_float(__ldg(srow[j] + g));
+          zf[j] = Tr::kMagicF + static_cast<float>((has_zero ? static_cast<int>(__ldg(zrow[j] + g)) : 0) + bias);
         }
         uint32_t w[4][4];
 #pragma unroll
@@ -216,25 +246,71 @@ __global__ void __launch_bounds__(256) w4a16_decode_kernel(const T* __restrict__
         // Refill this ring slot with the step STAGES ahead before doing the math.
         if (step + STAGES < steps) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j) buf[s][j] = load_stream(wrow[j] + (step + STAGES) * (kStepK / 2));
+          for (int j = 0; j < 4; ++j) buf[s][j] = load_stream(wptr[j] + (step + STAGES) * step_bytes);
         }
         const uint2* xf = xs + static_cast<size_t>(step) * (4 * 2 * NT * 32) + lane;
+        if constexpr (ScaleOnAcc) {
+          float part[2][NT][4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+          for (int a = 0; a < 2; ++a)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            uint2 b[NT];
+            for (int b = 0; b < NT; ++b)
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) b[nt] = xf[((i * 2 + h) * NT + nt) * 32];
+              for (int c = 0; c < 4; ++c) part[a][b][c] = 0.0f;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              uint2 b[NT];
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) b[nt] = xf[((i * 2 + h) * NT + nt) * 32];
+#pragma unroll
+              for (int mt = 0; mt < 2; ++mt) {
+                const int ja = 2 * mt, jb = 2 * mt + 1;
+                const uint32_t a0 = magic_pair<T>(w[ja][i], 8 * h), a1 = magic_pair<T>(w[jb][i], 8 * h);
+                const uint32_t a2 = magic_pair<T>(w[ja][i], 8 * h + 4), a3 = magic_pair<T>(w[jb][i], 8 * h + 4);
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mma_16816<T>(part[mt][nt], a0, a1, a2, a3, b[nt].x, b[nt].y);
+              }
+            }
+          }
+          const float* xs_step = xsum + step * NT * 8;
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const float2 xv = *reinterpret_cast<const float2*>(xs_step + nt * 8 + 2 * q);
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt) {
-              const int ja = 2 * mt, jb = 2 * mt + 1;  // rows r (+16 mt) and r + 8 (+16 mt)
-              const uint32_t a0 = dequant_pair<T>(w[ja][i], 8 * h, z2[ja], s2[ja]);
-              const uint32_t a1 = dequant_pair<T>(w[jb][i], 8 * h, z2[jb], s2[jb]);
-              const uint32_t a2 = dequant_pair<T>(w[ja][i], 8 * h + 4, z2[ja], s2[ja]);
-              const uint32_t a3 = dequant_pair<T>(w[jb][i], 8 * h + 4, z2[jb], s2[jb]);
 #pragma unroll
-              for (int nt = 0; nt < NT; ++nt) mma_16816<T>(acc[mt][nt], a0, a1, a2, a3, b[nt].x, b[nt].y);
+              for (int c = 0; c < 4; ++c) {
+                const int j = 2 * mt + (c >> 1);
+                acc[mt][nt][c] += sf[j] * fmaf(-zf[j], (c & 1) ? xv.y : xv.x, part[mt][nt][c]);
+              }
+            }
+          }
+        } else {
+          T2 s2[4], z2[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            s2[j] = Tr::from_float(sf[j]);
+            z2[j] = Tr::from_float(zf[j]);
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              uint2 b[NT];
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) b[nt] = xf[((i * 2 + h) * NT + nt) * 32];
+#pragma unroll
+              for (int mt = 0; mt < 2; ++mt) {
+                const int ja = 2 * mt, jb = 2 * mt + 1;  // rows r (+16 mt) and r + 8 (+16 mt)
+                const uint32_t a0 = dequant_pair<T>(w[ja][i], 8 * h, z2[ja], s2[ja]);
+                const uint32_t a1 = dequant_pair<T>(w[jb][i], 8 * h, z2[jb], s2[jb]);
+                const uint32_t a2 = dequant_pair<T>(w[ja][i], 8 * h + 4, z2[ja], s2[ja]);
+                const uint32_t a3 = dequant_pair<T>(w[jb][i], 8 * h + 4, z2[jb], s2[jb]);
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mma_16816<T>(acc[mt][nt], a0, a1, a2, a3, b[nt].x, b[nt].y);
+              }
             }
           }
         }
@@ -258,63 +334,55 @@ __global__ void __launch_bounds__(256) w4a16_decode_kernel(const T* __restrict__
   }
 }
 
-template <typename T, typename ST, int NT, int STAGES>
-cudaError_t launch_typed(cudaStream_t stream, const void* x, const void* codes, const void* scale, const void* zero,
-                         float* out, int m, int n, int k, int group, int ks, int bias, bool is_signed, bool has_zero,
-                         int warps) {
-  const int splits = (k + ks - 1) / ks;
-  const int rows_per_block = warps * kRowsPerWarp;
-  dim3 grid((n + rows_per_block - 1) / rows_per_block, splits);
-  const size_t smem = static_cast<size_t>(ks) * 16 * NT;
-  w4a16_decode_kernel<T, ST, NT, STAGES><<<grid, warps * 32, smem, stream>>>(
-      static_cast<const T*>(x), static_cast<const uint8_t*>(codes), static_cast<const ST*>(scale),
-      static_cast<const uint8_t*>(zero), out, m, n, k, group, ks, bias, is_signed ? 0x88888888u : 0u,
-      has_zero ? 1 : 0);
+struct Launch {
+  cudaStream_t stream;
+  const void *x, *codes, *scale, *zero;
+  float* out;
+  int m, n, k, group, ks, bias, warps;
+  bool is_signed, has_zero, tiled;
+};
+
+size_t smem_bytes(int ks, int nt) { return static_cast<size_t>(ks / kStepK) * (kStepK * 16 + 8 * 4) * nt; }
+
+template <typename T, typename ST, int NT, int STAGES, bool ScaleOnAcc>
+cudaError_t launch_typed(const Launch& a) {
+  const int splits = (a.k + a.ks - 1) / a.ks;
+  const int rows_per_block = a.warps * kRowsPerWarp;
+  dim3 grid((a.n + rows_per_block - 1) / rows_per_block, splits);
+  w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc><<<grid, a.warps * 32, smem_bytes(a.ks, NT), a.stream>>>(
+      static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes), static_cast<const ST*>(a.scale),
+      static_cast<const uint8_t*>(a.zero), a.out, a.m, a.n, a.k, a.group, a.ks, a.bias,
+      a.is_signed ? 0x88888888u : 0u, a.has_zero ? 1 : 0, a.tiled ? 1 : 0);
   return cudaGetLastError();
 }
 
+template <typename T, typename ST, int NT, int STAGES>
+cudaError_t launch_acc(const Launch& a) {
+  if (a.group % kStepK == 0) return launch_typed<T, ST, NT, STAGES, true>(a);
+  return launch_typed<T, ST, NT, STAGES, false>(a);
+}
+
 template <typename T, typename ST, int NT>
-cudaError_t launch_stages(int stages, cudaStream_t stream, const void* x, const void* codes, const void* scale,
-                          const void* zero, float* out, int m, int n, int k, int group, int ks, int bias,
-                          bool is_signed, bool has_zero, int warps) {
-  switch (stages) {
-    case 2:
-      return launch_typed<T, ST, NT, 2>(stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
-                                        has_zero, warps);
-    case 4:
-      return launch_typed<T, ST, NT, 4>(stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
-                                        has_zero, warps);
-    default:
-      return launch_typed<T, ST, NT, 8>(stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
-                                        has_zero, warps);
-  }
+cudaError_t launch_stages(int stages, const Launch& a) {
+  if (stages <= 2) return launch_acc<T, ST, NT, 2>(a);
+  return launch_acc<T, ST, NT, 4>(a);
 }
 
 template <typename T, typename ST>
-cudaError_t launch_nt(int nt, int stages, cudaStream_t stream, const void* x, const void* codes, const void* scale,
-                      const void* zero, float* out, int m, int n, int k, int group, int ks, int bias, bool is_signed,
-                      bool has_zero, int warps) {
-  if (nt == 1)
-    return launch_stages<T, ST, 1>(stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
-                                   has_zero, warps);
-  return launch_stages<T, ST, 2>(stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
-                                 has_zero, warps);
+cudaError_t launch_nt(int stages, const Launch& a) {
+  if (a.m <= 8) return launch_stages<T, ST, 1>(stages, a);
+  return launch_stages<T, ST, 2>(stages, a);
 }
 
 template <typename T>
-cudaError_t launch_scale(ffi::DataType sdt, int nt, int stages, cudaStream_t stream, const void* x, const void* codes,
-                         const void* scale, const void* zero, float* out, int m, int n, int k, int group, int ks,
-                         int bias, bool is_signed, bool has_zero, int warps) {
+cudaError_t launch_scale(ffi::DataType sdt, int stages, const Launch& a) {
   switch (sdt) {
     case ffi::DataType::F32:
-      return launch_nt<T, float>(nt, stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias, is_signed,
-                                 has_zero, warps);
+      return launch_nt<T, float>(stages, a);
     case ffi::DataType::F16:
-      return launch_nt<T, __half>(nt, stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias,
-                                  is_signed, has_zero, warps);
+      return launch_nt<T, __half>(stages, a);
     default:
-      return launch_nt<T, __nv_bfloat16>(nt, stages, stream, x, codes, scale, zero, out, m, n, k, group, ks, bias,
-                                         is_signed, has_zero, warps);
+      return launch_nt<T, __nv_bfloat16>(stages, a);
   }
 }
 
@@ -326,17 +394,21 @@ std::string dims_str(ffi::AnyBuffer::Dimensions d) {
 
 ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
                            ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
-                           int64_t bias, int64_t is_signed, int64_t has_zero, int64_t stages, int64_t warps) {
+                           int64_t bias, int64_t is_signed, int64_t has_zero, int64_t stages, int64_t warps,
+                           int64_t tiled) {
   const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = out->dimensions();
   if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 3)
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: x, codes, scale must be 2-D and out 3-D");
-  const int64_t m = xd[0], k = xd[1], n = wd[0];
+  const int64_t m = xd[0], k = xd[1], n = sd[0];
   const auto xt = x.element_type();
   if (xt != ffi::DataType::BF16 && xt != ffi::DataType::F16)
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: x must be bf16 or f16");
-  if (codes.element_type() != ffi::DataType::U8 || wd[1] * 2 != k)
-    return ffi::Error::InvalidArgument("jquant_w4a16_decode: codes must be uint8 [N, K/2], got " + dims_str(wd) +
-                                       " for K=" + std::to_string(k));
+  const bool codes_ok = tiled ? (wd[0] == (n + kRowsPerWarp - 1) / kRowsPerWarp && wd[1] == k * 16)
+                              : (wd[0] == n && wd[1] * 2 == k);
+  if (codes.element_type() != ffi::DataType::U8 || !codes_ok)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: codes must be uint8 " +
+                                       std::string(tiled ? "[ceil(N/32), 16 K]" : "[N, K/2]") + ", got " +
+                                       dims_str(wd) + " for N=" + std::to_string(n) + ", K=" + std::to_string(k));
   const auto st = scale.element_type();
   if (st != ffi::DataType::F32 && st != ffi::DataType::F16 && st != ffi::DataType::BF16)
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: scale must be f32, f16 or bf16");
@@ -345,9 +417,9 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: unsupported M=" + std::to_string(m) +
                                        " K=" + std::to_string(k) + " group=" + std::to_string(group) +
                                        " k_split=" + std::to_string(k_split));
-  if (sd[0] != n || sd[1] != k / group)
-    return ffi::Error::InvalidArgument("jquant_w4a16_decode: scale " + dims_str(sd) + " does not match N=" +
-                                       std::to_string(n) + ", K/G=" + std::to_string(k / group));
+  if (sd[1] != k / group)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: scale " + dims_str(sd) +
+                                       " does not match K/G=" + std::to_string(k / group));
   if (has_zero && (zero.element_type() != ffi::DataType::U8 || zero.element_count() != size_t(n * (k / group))))
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: zero must be uint8 with the scale's shape");
   const int64_t splits = (k + k_split - 1) / k_split;
@@ -356,19 +428,14 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: out must be f32 [S, M, N] = (" +
                                        std::to_string(splits) + ", " + std::to_string(m) + ", " + std::to_string(n) +
                                        "), got " + dims_str(od));
-  if (k_split * 16 * nt > kMaxSplitBytes)
+  if (smem_bytes(int(k_split), nt) > kMaxSplitBytes)
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: k_split too large for shared memory");
-  auto* o = static_cast<float*>(out->untyped_data());
-  cudaError_t err;
-  if (xt == ffi::DataType::BF16) {
-    err = launch_scale<__nv_bfloat16>(st, nt, int(stages), stream, x.untyped_data(), codes.untyped_data(),
-                                      scale.untyped_data(), zero.untyped_data(), o, int(m), int(n), int(k),
-                                      int(group), int(k_split), int(bias), is_signed != 0, has_zero != 0, int(warps));
-  } else {
-    err = launch_scale<__half>(st, nt, int(stages), stream, x.untyped_data(), codes.untyped_data(),
-                               scale.untyped_data(), zero.untyped_data(), o, int(m), int(n), int(k), int(group),
-                               int(k_split), int(bias), is_signed != 0, has_zero != 0, int(warps));
-  }
+  Launch a{stream,         x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
+           static_cast<float*>(out->untyped_data()),
+           int(m),         int(n),           int(k),               int(group),           int(k_split),
+           int(bias),      int(warps),       is_signed != 0,       has_zero != 0,        tiled != 0};
+  const cudaError_t err =
+      xt == ffi::DataType::BF16 ? launch_scale<__nv_bfloat16>(st, int(stages), a) : launch_scale<__half>(st, int(stages), a);
   if (err != cudaSuccess) return ffi::Error::Internal(std::string("jquant_w4a16_decode: ") + cudaGetErrorString(err));
   return ffi::Error::Success();
 }
@@ -389,4 +456,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
                                   .Attr<int64_t>("is_signed")
                                   .Attr<int64_t>("has_zero")
                                   .Attr<int64_t>("stages")
-                                  .Attr<int64_t>("warps"));
+                                  .Attr<int64_t>("warps")
+                                  .Attr<int64_t>("tiled"));

@@ -17,7 +17,17 @@ import pytest
 
 from bench.shapes import SHAPES
 from kernels_cuda import build
-from kernels_cuda.w4a16 import MAX_SPLIT_BYTES, STEP_K, DecodeConfig, decode_config, w4a16_decode, why_not
+from kernels_cuda.w4a16 import (
+    MAX_SPLIT_BYTES,
+    STEP_K,
+    DecodeConfig,
+    decode_config,
+    smem_bytes,
+    tile_codes,
+    untile_codes,
+    w4a16_decode,
+    why_not,
+)
 from tests.pallas.helpers import make_weight
 
 needs_nvcc = pytest.mark.skipif(build.nvcc_path() is None, reason="nvcc not installed on this host")
@@ -49,9 +59,8 @@ def test_no_spills_or_stack(sm90_cubin):
     kernels = re.findall(r"Compiling entry function '(\w+)'", log)
     frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
     regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-    assert len(kernels) == 36 and len(frames) == 36 and len(regs) == 36, log[
-        -2000:
-    ]  # 2 dtypes x 3 scales x 2 NT x 3 stages
+    # 2 activation dtypes x 3 scale dtypes x 2 n8 tiles x 2 ring depths x 2 scale placements
+    assert len(kernels) == len(frames) == len(regs) == 48, log[-2000:]
     assert all(f == ("0", "0", "0") for f in frames), [k for k, f in zip(kernels, frames) if f != ("0", "0", "0")]
     assert max(regs) <= 255
 
@@ -114,8 +123,20 @@ def test_why_not(kw, m, k, dt, expect):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
 def test_decode_config_fills_the_gpu_within_shared_memory(shape, m):
     cfg = decode_config(m, shape.n, shape.k, num_sms=132)
-    nt = 2 if m > 8 else 1
-    assert cfg.k_split % STEP_K == 0 and cfg.k_split * 16 * nt <= MAX_SPLIT_BYTES
+    assert cfg.k_split % STEP_K == 0 and smem_bytes(cfg.k_split, m) <= MAX_SPLIT_BYTES
     blocks = -(-shape.n // (32 * cfg.warps)) * cfg.splits(shape.k)
     assert blocks >= 0.9 * 4 * 132 or cfg.k_split == STEP_K  # ~4 blocks per SM, or K cannot split further
     assert (cfg.splits(shape.k) - 1) * cfg.k_split < shape.k  # no empty split
+
+
+@pytest.mark.parametrize("n, k", [(64, 256), (1003, 2176)])
+def test_tile_codes_is_a_lossless_byte_permutation(n, k):
+    data = np.random.default_rng(n).integers(0, 256, (n, k // 2), dtype=np.uint8)
+    t = tile_codes(data, n, k)
+    assert t.shape == (-(-n // 32), 16 * k)
+    np.testing.assert_array_equal(untile_codes(t, n, k), data)
+    np.testing.assert_array_equal(np.asarray(tile_codes(jnp.asarray(data), n, k)), t)  # jnp twin
+    # lane 4r+q of piece j in step t holds row 8j+r, bytes 16q.. of that step
+    rb, tt, j, r, q = 0, k // 128 - 1, 2, 5, 3
+    tile = t[rb].reshape(k // 128, 4, 32, 16)[tt, j, 4 * r + q]
+    np.testing.assert_array_equal(tile, data[32 * rb + 8 * j + r, 64 * tt + 16 * q : 64 * tt + 16 * q + 16])
