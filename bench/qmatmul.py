@@ -279,16 +279,27 @@ def sweep(
     rows = np.arange(min(m, 16))
     ref = np.asarray(reference_qmatmul(x[rows], w0).astype(jnp.float32))
     out = []
+    tiled_copies = None
     for cfg in configs:
         f = lambda x, w, cfg=cfg: wna16_qmatmul(x, w, cfg)  # noqa: E731
-        row = {"shape": shape.name, "m": m, "kernel": kernel, "config": repr(cfg)}
+        args, label = copies, repr(cfg)
+        if isinstance(cfg, tuple):  # (DecodeConfig, tiled): codes pre-tiled once, outside the timing
+            from kernels_cuda.w4a16 import tile_codes
+
+            cfg, tiled = cfg
+            if tiled:
+                if tiled_copies is None:
+                    tiled_copies = [(w, jax.jit(tile_codes, static_argnums=(1, 2))(w.data, n, k)) for w in copies]
+                f = lambda x, wt, cfg=cfg: wna16_qmatmul(x, wt[0], cfg, tiled=wt[1])  # noqa: E731
+                args, label = tiled_copies, f"{cfg!r} tiled"
+        row = {"shape": shape.name, "m": m, "kernel": kernel, "config": label}
         try:
-            y = np.asarray(jax.jit(f)(x, w0).astype(jnp.float32))
+            y = np.asarray(jax.jit(f)(x, args[0]).astype(jnp.float32))
             row["err"] = rel_err(y[rows], ref)
-            row["us"] = jax_time_us(f, x, copies, iterations=iters) if row["err"] <= REL_ERR_OK else "WRONG"
+            row["us"] = jax_time_us(f, x, args, iterations=iters) if row["err"] <= REL_ERR_OK else "WRONG"
         except Exception as e:  # noqa: BLE001
             row["us"] = f"ERROR {type(e).__name__}: {str(e)[:200]}"
-        _log(f"  sweep {shape.name} M={m} {cfg}: {row.get('us')}")
+        _log(f"  sweep {shape.name} M={m} {label}: {row.get('us')}")
         out.append(row)
     return out
 
@@ -296,17 +307,16 @@ def sweep(
 def cuda_sweep_configs(m: int, n: int, k: int):
     """Launch configs of the CUDA decode kernel tried by ``--cuda-sweep``: the heuristic's K split
     and its neighbours, for each ring depth and block size."""
-    from kernels_cuda.w4a16 import MAX_SPLIT_BYTES, STEP_K, DecodeConfig, decode_config
+    from kernels_cuda.w4a16 import MAX_SPLIT_BYTES, STEP_K, DecodeConfig, decode_config, smem_bytes
 
-    nt = 2 if m > 8 else 1
     out = []
     for warps in (4, 8):
         base = decode_config(m, n, k, warps=warps).k_split
         for ks in sorted({base // 2, base, base * 2}):
             ks = max(STEP_K, ks - ks % STEP_K)
-            if ks * 16 * nt > MAX_SPLIT_BYTES:
+            if smem_bytes(ks, m) > MAX_SPLIT_BYTES:
                 continue
-            out += [DecodeConfig(k_split=ks, stages=st, warps=warps) for st in (2, 4, 8)]
+            out += [(DecodeConfig(k_split=ks, stages=st, warps=warps), t) for st in (2, 4) for t in (False, True)]
     return out
 
 
@@ -537,11 +547,11 @@ def main(argv=None) -> int:
             sweeps += sweep(SHAPES_BY_NAME[shape], m, sweep_configs(m), iters=10)
 
     if args.cuda_sweep:
-        for shape, m in (("70b_o", 1), ("70b_o", 16), ("8b_o", 1), ("8b_gate_up", 1), ("8b_down", 16)):
+        for shape, m, g in (("70b_o", 1, 128), ("70b_o", 16, 128), ("8b_gate_up", 1, 128), ("70b_o", 1, 32)):
             if time.time() - t0 > args.budget_s:
                 break
             sh = SHAPES_BY_NAME[shape]
-            sweeps += sweep(sh, m, cuda_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda")
+            sweeps += sweep(sh, m, cuda_sweep_configs(m, sh.n, sh.k), iters=10, group=g, kernel="cuda")
 
     methods = args.methods.split(",")
     results = []
