@@ -292,7 +292,7 @@ def sweep(
                     tiled_copies = [(w, jax.jit(tile_codes, static_argnums=(1, 2))(w.data, n, k)) for w in copies]
                 f = lambda x, wt, cfg=cfg: wna16_qmatmul(x, wt[0], cfg, tiled=wt[1])  # noqa: E731
                 args, label = tiled_copies, f"{cfg!r} tiled"
-        row = {"shape": shape.name, "m": m, "kernel": kernel, "config": label}
+        row = {"shape": shape.name, "m": m, "kernel": kernel, "config": f"g{group} {label}"}
         try:
             y = np.asarray(jax.jit(f)(x, args[0]).astype(jnp.float32))
             row["err"] = rel_err(y[rows], ref)
