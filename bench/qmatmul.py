@@ -287,6 +287,8 @@ def sweep(
             from kernels_cuda.w4a16 import tile_codes
 
             cfg, tiled = cfg
+            f = lambda x, w, cfg=cfg: wna16_qmatmul(x, w, cfg)  # noqa: E731
+            label = repr(cfg)
             if tiled:
                 if tiled_copies is None:
                     tiled_copies = [(w, jax.jit(tile_codes, static_argnums=(1, 2))(w.data, n, k)) for w in copies]

@@ -137,7 +137,9 @@ def why_not(x, w) -> str:
     return ""
 
 
-def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, num_sms: int | None = None):
+def w4a16_decode(
+    x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, num_sms: int | None = None, partials: bool = False
+):
     """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations with at most 16 rows.
 
     Args:
@@ -145,6 +147,7 @@ def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, n
         w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
         cfg: launch parameters; default `decode_config`.
         tiled: optional `tile_codes(w.data)`, read instead of the canonical codes.
+        partials: return the kernel's f32 partial sums [S, M, N] as they are (profiling).
 
     Returns:
         [..., N] in x's dtype (f32 accumulation).
@@ -182,6 +185,8 @@ def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, n
         warps=np.int64(cfg.warps),
         tiled=np.int64(tiled is not None),
     )
+    if partials:
+        return partial
     return partial.sum(axis=0).astype(x.dtype).reshape(*lead, n)
 
 

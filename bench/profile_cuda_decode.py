@@ -1,0 +1,57 @@
+"""Profiles the CUDA W4A16 decode kernel alone: device time of the kernel without the split-K
+reduction, per config, for ``ncu`` runs and the reduction's share (bench/results/<card>/).
+
+    python -m bench.profile_cuda_decode            # table of kernel-only vs full op times
+    ncu --clock-control none -k regex:w4a16 --launch-count 2 -c 2 python -m bench.profile_cuda_decode --once
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from bench.qmatmul import make_qarray
+    from bench.shapes import SHAPES_BY_NAME
+    from bench.timing import copies_for, jax_time_us
+    from kernels_cuda.w4a16 import decode_config, tile_codes, w4a16_decode
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--once", action="store_true", help="one call per case (for ncu)")
+    p.add_argument("--shapes", default="70b_o,8b_gate_up")
+    p.add_argument("--ms", default="1,16")
+    args = p.parse_args(argv)
+    rows = []
+    for name in args.shapes.split(","):
+        sh = SHAPES_BY_NAME[name]
+        key = jax.random.PRNGKey(0)
+        w = make_qarray(key, sh.n, sh.k, 4, 128, False)
+        copies = [w] + [make_qarray(jax.random.fold_in(key, i), sh.n, sh.k, 4, 128, False) for i in range(1, copies_for(w.nbytes))]
+        tiled = [(c, tile_codes(c.data, sh.n, sh.k)) for c in copies]
+        for m in map(int, args.ms.split(",")):
+            x = jax.random.normal(key, (m, sh.k), jnp.float32).astype(jnp.bfloat16)
+            cfg = decode_config(m, sh.n, sh.k)
+            variants = {
+                "op": lambda x, wt: w4a16_decode(x, wt[0], cfg),
+                "kernel": lambda x, wt: w4a16_decode(x, wt[0], cfg, partials=True),
+                "op tiled": lambda x, wt: w4a16_decode(x, wt[0], cfg, tiled=wt[1]),
+                "kernel tiled": lambda x, wt: w4a16_decode(x, wt[0], cfg, tiled=wt[1], partials=True),
+            }
+            for vname, f in variants.items():
+                if args.once:
+                    jax.block_until_ready(jax.jit(f)(x, tiled[0]))
+                    continue
+                us = jax_time_us(f, x, tiled, iterations=10)
+                gbs = w.nbytes / (us * 1e-6) / 1e9
+                rows.append(f"{name:12s} M={m:<3d} {vname:13s} {us:7.2f} us {gbs:7.0f} GB/s  {cfg}")
+                print(rows[-1], flush=True)
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
