@@ -30,16 +30,18 @@ def main(argv=None) -> int:
         sh = SHAPES_BY_NAME[name]
         key = jax.random.PRNGKey(0)
         w = make_qarray(key, sh.n, sh.k, 4, 128, False)
-        copies = [w] + [make_qarray(jax.random.fold_in(key, i), sh.n, sh.k, 4, 128, False) for i in range(1, copies_for(w.nbytes))]
+        copies = [w] + [
+            make_qarray(jax.random.fold_in(key, i), sh.n, sh.k, 4, 128, False) for i in range(1, copies_for(w.nbytes))
+        ]
         tiled = [(c, tile_codes(c.data, sh.n, sh.k)) for c in copies]
         for m in map(int, args.ms.split(",")):
             x = jax.random.normal(key, (m, sh.k), jnp.float32).astype(jnp.bfloat16)
             cfg = decode_config(m, sh.n, sh.k)
             variants = {
-                "op": lambda x, wt: w4a16_decode(x, wt[0], cfg),
-                "kernel": lambda x, wt: w4a16_decode(x, wt[0], cfg, partials=True),
-                "op tiled": lambda x, wt: w4a16_decode(x, wt[0], cfg, tiled=wt[1]),
-                "kernel tiled": lambda x, wt: w4a16_decode(x, wt[0], cfg, tiled=wt[1], partials=True),
+                "op": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg),
+                "kernel": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, partials=True),
+                "op tiled": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, tiled=wt[1]),
+                "kernel tiled": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, tiled=wt[1], partials=True),
             }
             for vname, f in variants.items():
                 if args.once:
