@@ -46,12 +46,13 @@ class DecodeConfig:
 
     Attributes:
         k_split: K columns per split (a multiple of 128); the grid's second axis is ceil(K / k_split).
-        stages: weight steps (128 columns, 64 bytes per thread) in flight ahead of the math: 2 or 4.
+        stages: ring depth in steps of 128 columns (64 bytes per thread): 3 or 4; stages - 1 steps
+            stay in flight while one is computed.
         warps: warps per block; each owns 32 weight rows.
     """
 
     k_split: int
-    stages: int = 2
+    stages: int = 3
     warps: int = 4
 
     def splits(self, k: int) -> int:
@@ -63,7 +64,7 @@ def smem_bytes(k_split: int, m: int) -> int:
     return (k_split // STEP_K) * (STEP_K * 16 + 8 * 4) * (2 if m > 8 else 1)
 
 
-def decode_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT, stages: int = 2, warps: int = 4):
+def decode_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT, stages: int = 3, warps: int = 4):
     """Picks the K split so that the grid holds about 4 blocks per SM (small N needs split-K to fill
     the GPU) while the staged activations fit `MAX_SPLIT_BYTES` of shared memory."""
     row_blocks = -(-n // (warps * ROWS_PER_WARP))
@@ -109,6 +110,8 @@ def why_not(x, w) -> str:
     q = w.qtype
     if q.kind != "int" or q.codebook is not None or q.storage is not None or q.container_bits != 4:
         return f"qtype {q.name}: the kernel reads 4-bit integer codes"
+    if q.signed:
+        return f"qtype {q.name}: two's complement codes (the kernel reads unsigned codes with a bias or zero)"
     n, k = w.shape
     bn, g = w.block
     g = min(g, k)
@@ -125,8 +128,6 @@ def why_not(x, w) -> str:
     if w.zero is not None:
         if np.dtype(w.zero.dtype) != np.uint8:
             return f"zero dtype {np.dtype(w.zero.dtype).name} (kernel reads uint8 zero-point codes)"
-        if q.signed:
-            return "signed codes with zero points"
     if np.dtype(x.dtype).name not in _ACT_DTYPES:
         return f"activation dtype {np.dtype(x.dtype).name} (kernel takes bf16/f16)"
     if x.shape[-1] != k:
@@ -166,9 +167,7 @@ def w4a16_decode(
         x2 = jnp.take(x2, w.perm, axis=-1)
     cfg = cfg or decode_config(m, n, k, num_sms=num_sms or _num_sms())
     group = min(w.block[1], k)
-    # Codes are read as unsigned nibbles; two's complement ones are flipped to offset binary in the
-    # kernel (q ^ 8 = v + 8), so their implied zero is 8 on top of the qtype's bias.
-    offset = int(w.qtype.bias) + (8 if w.qtype.signed else 0)
+    offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
     call = jax.ffi.ffi_call("jquant_w4a16_decode", jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32))
     partial = call(
@@ -179,7 +178,6 @@ def w4a16_decode(
         group=np.int64(group),
         k_split=np.int64(cfg.k_split),
         bias=np.int64(offset),
-        is_signed=np.int64(bool(w.qtype.signed)),
         has_zero=np.int64(w.zero is not None),
         stages=np.int64(cfg.stages),
         warps=np.int64(cfg.warps),

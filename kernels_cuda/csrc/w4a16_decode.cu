@@ -5,7 +5,7 @@
 // Shapes and dtypes (all row-major, as jquant's canonical QArray stores them; nothing is repacked):
 //   x      [M, K]      bf16 or f16 activations, M <= 16, K % 128 == 0
 //   codes  [N, K/2]    uint8, two 4-bit codes per byte along K, low nibble first
-//                      (jquant/core/packing.py); unsigned codes, or two's complement when `is_signed`
+//                      (jquant/core/packing.py), unsigned (two's complement codes are declined)
 //   scale  [N, K/G]    f32, f16 or bf16; G (the group) a multiple of 32 dividing K (G == K: per channel)
 //   zero   [N, K/G]    uint8 zero-point codes when `has_zero`, else ignored; without zeros the
 //                      code's bias (8 for GPTQ's uint4b8) plays the zero's role
@@ -14,13 +14,16 @@
 // How the work is cut (a Marlin-style decode kernel without a repacked layout):
 //   * A warp owns 32 weight rows (two m16 tiles of mma.sync.m16n8k16) and walks its K split in
 //     steps of 128 columns. Per step each thread loads 16 contiguous bytes (32 codes) from each of
-//     its 4 rows, so a quad of threads reads 64 contiguous bytes of a row and the warp 2 KB.
-//     Those loads run STAGES steps ahead of the math (a register ring), which keeps
-//     STAGES * 64 bytes in flight per thread.
+//     its 4 rows, so a quad of threads reads 64 contiguous bytes of a row and the warp 2 KB
+//     (or, in the tiled layout derived at load, 512 contiguous bytes per load instruction).
+//     Those loads run ahead of the math in a register ring of STAGES steps, which keeps
+//     (STAGES - 1) * 64 bytes in flight per thread.
 //   * The weight is the mma's A operand, dequantized straight into registers: the magic-number
 //     trick turns a nibble q into the 16-bit float MAGIC + q with one LOP3 (bf16 0x4300 = 128,
-//     f16 0x6400 = 1024), then (MAGIC + q) - (MAGIC + z) is exact and one multiply applies the
-//     scale, two values per instruction.
+//     f16 0x6400 = 1024). For groups of >= 128 columns these raw values go straight into the mma
+//     and the scale and zero are applied once per step to the f32 partial sums (`ScaleOnAcc`);
+//     for groups of 32 / 64, (MAGIC + q) - (MAGIC + z) is exact and one multiply applies the
+//     scale, two values per instruction, before the mma.
 //   * A dot product does not care about the order of its K terms, only that both operands use
 //     the same one. The fragment that a thread owns in the mma (columns 2t, 2t+1, 2t+8, 2t+9 of
 //     a k16 slice) is mapped to the codes that thread loaded: word i of its 16 bytes gives the
@@ -138,9 +141,13 @@ __device__ __forceinline__ void stage_x(uint2* xs, float* xsum, const T* __restr
 }
 
 // Two codes (nibbles `shift` and `shift + 16` of `w`) -> the 16-bit floats (MAGIC + q) x2.
+// One LOP3 computing (a & b) | c (lut 0xEA); written in PTX because the compiler splits the C++
+// expression into two LOP3s (a SASS LOP3 takes a single immediate).
 template <typename T>
 __device__ __forceinline__ uint32_t magic_pair(uint32_t w, int shift) {
-  return ((w >> shift) & 0x000F000Fu) | Half2Traits<T>::kMagic;
+  uint32_t res;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(res) : "r"(w >> shift), "n"(0x000F000F), "n"(Half2Traits<T>::kMagic));
+  return res;
 }
 
 // Two codes -> ((q - z) * s) x2, rounded once to T.
@@ -165,11 +172,12 @@ __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int shift, typename
 // (products exact in the mma, f32 sums; the MAGIC term cancels up to f32 rounding of ~2^-17 relative).
 // Otherwise (G = 32, 64) every value is dequantized in registers before the mma.
 template <typename T, typename ST, int NT, int STAGES, bool ScaleOnAcc>
-__global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restrict__ x, const uint8_t* __restrict__ codes,
-                                                           const ST* __restrict__ scale,
-                                                           const uint8_t* __restrict__ zero, float* __restrict__ out,
-                                                           int m, int n, int k, int group, int ks, int bias,
-                                                           uint32_t sign_flip, int has_zero, int tiled) {
+__global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restrict__ x,
+                                                              const uint8_t* __restrict__ codes,
+                                                              const ST* __restrict__ scale,
+                                                              const uint8_t* __restrict__ zero,
+                                                              float* __restrict__ out, int m, int n, int k, int group,
+                                                              int ks, int bias, int has_zero, int tiled) {
   using Tr = Half2Traits<T>;
   using T2 = typename Tr::T2;
   extern __shared__ uint2 xs[];
@@ -189,7 +197,7 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
   const uint8_t* wptr[4];
   const ST* srow[4];
   const uint8_t* zrow[4];
-  const size_t step_bytes = tiled ? 4 * 512 : kStepK / 2;
+  const int step_bytes = tiled ? 4 * 512 : kStepK / 2;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int row = min(row_base + 8 * j, n - 1);
@@ -200,16 +208,38 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
     srow[j] = scale + static_cast<size_t>(row) * groups;
     zrow[j] = zero + (has_zero ? static_cast<size_t>(row) * groups : 0);
   }
+  // Group of this thread's codes at the step being loaded: ScaleOnAcc walks whole groups of
+  // `gsteps` steps (a counter, no division per step); otherwise 128 / G groups per step and the
+  // thread's 32 codes sit in group g0 + step * (128 / G).
+  const int gsteps = ScaleOnAcc ? group / kStepK : 1;
+  int g_ld = ScaleOnAcc ? (k0 / kStepK) / gsteps : (k0 + q * 32) / group;
+  int left_ld = ScaleOnAcc ? gsteps - (k0 / kStepK) % gsteps : 0;
+  const int g_per_step = ScaleOnAcc ? 0 : kStepK / group;
 
-  // Prologue: start the first STAGES steps of weight loads before staging x.
+  // Ring of STAGES steps: codes, scales and zeros of step s live in slot s % STAGES; a slot is
+  // refilled with step s + STAGES right after step s's math, so STAGES - 1 steps stay in flight.
   uint4 buf[STAGES][4];
-#pragma unroll
-  for (int s = 0; s < STAGES; ++s) {
+  ST sbuf[STAGES][4];
+  uint8_t zbuf[STAGES][4];
+  auto load_step = [&](int slot, int step) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      if (s < steps) buf[s][j] = load_stream(wptr[j] + s * step_bytes);
+      buf[slot][j] = load_stream(wptr[j] + step * step_bytes);
+      sbuf[slot][j] = __ldg(srow[j] + g_ld);
+      zbuf[slot][j] = has_zero ? __ldg(zrow[j] + g_ld) : uint8_t(0);
     }
-  }
+    if (ScaleOnAcc) {
+      if (--left_ld == 0) {
+        ++g_ld;
+        left_ld = gsteps;
+      }
+    } else {
+      g_ld += g_per_step;
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES; ++s)
+    if (s < steps) load_step(s, s);
 
   stage_x<T, NT>(xs, xsum, x, m, k, k0, steps);
   __syncthreads();
@@ -227,26 +257,12 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
     for (int s = 0; s < STAGES; ++s) {
       const int step = step0 + s;
       if (step < steps) {
-        // This thread's 32 codes of each row lie in one group (G is a multiple of 32).
-        const int g = (k0 + step * kStepK + (ScaleOnAcc ? 0 : q * 32)) / group;
+        const uint32_t(&w)[4][4] = reinterpret_cast<const uint32_t(&)[4][4]>(buf[s]);
         float sf[4], zf[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          sf[j] = to_float(__ldg(srow[j] + g));
-          zf[j] = Tr::kMagicF + static_cast<float>((has_zero ? static_cast<int>(__ldg(zrow[j] + g)) : 0) + bias);
-        }
-        uint32_t w[4][4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          w[j][0] = buf[s][j].x ^ sign_flip;
-          w[j][1] = buf[s][j].y ^ sign_flip;
-          w[j][2] = buf[s][j].z ^ sign_flip;
-          w[j][3] = buf[s][j].w ^ sign_flip;
-        }
-        // Refill this ring slot with the step STAGES ahead before doing the math.
-        if (step + STAGES < steps) {
-#pragma unroll
-          for (int j = 0; j < 4; ++j) buf[s][j] = load_stream(wptr[j] + (step + STAGES) * step_bytes);
+          sf[j] = to_float(sbuf[s][j]);
+          zf[j] = Tr::kMagicF + static_cast<float>(static_cast<int>(zbuf[s][j]) + bias);
         }
         const uint2* xf = xs + static_cast<size_t>(step) * (4 * 2 * NT * 32) + lane;
         if constexpr (ScaleOnAcc) {
@@ -314,6 +330,7 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
             }
           }
         }
+        if (step + STAGES < steps) load_step(s, step + STAGES);
       }
     }
   }
@@ -339,7 +356,7 @@ struct Launch {
   const void *x, *codes, *scale, *zero;
   float* out;
   int m, n, k, group, ks, bias, warps;
-  bool is_signed, has_zero, tiled;
+  bool has_zero, tiled;
 };
 
 size_t smem_bytes(int ks, int nt) { return static_cast<size_t>(ks / kStepK) * (kStepK * 16 + 8 * 4) * nt; }
@@ -351,8 +368,8 @@ cudaError_t launch_typed(const Launch& a) {
   dim3 grid((a.n + rows_per_block - 1) / rows_per_block, splits);
   w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc><<<grid, a.warps * 32, smem_bytes(a.ks, NT), a.stream>>>(
       static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes), static_cast<const ST*>(a.scale),
-      static_cast<const uint8_t*>(a.zero), a.out, a.m, a.n, a.k, a.group, a.ks, a.bias,
-      a.is_signed ? 0x88888888u : 0u, a.has_zero ? 1 : 0, a.tiled ? 1 : 0);
+      static_cast<const uint8_t*>(a.zero), a.out, a.m, a.n, a.k, a.group, a.ks, a.bias, a.has_zero ? 1 : 0,
+      a.tiled ? 1 : 0);
   return cudaGetLastError();
 }
 
@@ -364,7 +381,7 @@ cudaError_t launch_acc(const Launch& a) {
 
 template <typename T, typename ST, int NT>
 cudaError_t launch_stages(int stages, const Launch& a) {
-  if (stages <= 2) return launch_acc<T, ST, NT, 2>(a);
+  if (stages <= 3) return launch_acc<T, ST, NT, 3>(a);
   return launch_acc<T, ST, NT, 4>(a);
 }
 
@@ -394,7 +411,7 @@ std::string dims_str(ffi::AnyBuffer::Dimensions d) {
 
 ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
                            ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
-                           int64_t bias, int64_t is_signed, int64_t has_zero, int64_t stages, int64_t warps,
+                           int64_t bias, int64_t has_zero, int64_t stages, int64_t warps,
                            int64_t tiled) {
   const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = out->dimensions();
   if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 3)
@@ -433,7 +450,7 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
   Launch a{stream,         x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
            static_cast<float*>(out->untyped_data()),
            int(m),         int(n),           int(k),               int(group),           int(k_split),
-           int(bias),      int(warps),       is_signed != 0,       has_zero != 0,        tiled != 0};
+           int(bias),      int(warps),       has_zero != 0,        tiled != 0};
   const cudaError_t err =
       xt == ffi::DataType::BF16 ? launch_scale<__nv_bfloat16>(st, int(stages), a) : launch_scale<__half>(st, int(stages), a);
   if (err != cudaSuccess) return ffi::Error::Internal(std::string("jquant_w4a16_decode: ") + cudaGetErrorString(err));
@@ -453,7 +470,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
                                   .Attr<int64_t>("group")
                                   .Attr<int64_t>("k_split")
                                   .Attr<int64_t>("bias")
-                                  .Attr<int64_t>("is_signed")
                                   .Attr<int64_t>("has_zero")
                                   .Attr<int64_t>("stages")
                                   .Attr<int64_t>("warps")
