@@ -64,15 +64,67 @@ def smem_bytes(k_split: int, m: int) -> int:
     return (k_split // STEP_K) * (STEP_K * 16 + 8 * 4) * (2 if m > 8 else 1)
 
 
-def decode_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT, stages: int = 3, warps: int = 4):
-    """Picks the K split so that the grid holds about 4 blocks per SM (small N needs split-K to fill
-    the GPU) while the staged activations fit `MAX_SPLIT_BYTES` of shared memory."""
+# Per-block overhead in units of one 128-column step (prologue latency, x staging, epilogue): the
+# time model of `decode_config` is waves * (steps per split + BLOCK_OVERHEAD_STEPS).
+BLOCK_OVERHEAD_STEPS = 2
+DEFAULT_BLOCKS_PER_SM = 3  # what the occupancy query gave for 4 warps on H100/H200 (~150 registers)
+
+
+def decode_config(
+    m: int,
+    n: int,
+    k: int,
+    *,
+    num_sms: int = NUM_SMS_DEFAULT,
+    stages: int = 3,
+    warps: int = 4,
+    blocks_per_sm=None,
+) -> DecodeConfig:
+    """Picks the K split that makes the grid a whole number of full waves.
+
+    A block streams ``k_split / 128`` steps; the GPU holds ``num_sms * blocks_per_sm`` blocks at
+    once. A grid of 1.3 waves leaves most SMs idle for its second wave, so the split minimizes
+    ``waves * (steps per split + BLOCK_OVERHEAD_STEPS)`` (fewer, longer splits when that ties),
+    subject to the staged activations fitting `MAX_SPLIT_BYTES` of shared memory.
+
+    Args:
+        blocks_per_sm: callable ``k_split -> blocks`` (the kernel's occupancy), default
+            `blocks_per_sm_query` on a GPU, else `DEFAULT_BLOCKS_PER_SM`.
+    """
     row_blocks = -(-n // (warps * ROWS_PER_WARP))
     steps = k // STEP_K
     max_steps = MAX_SPLIT_BYTES // smem_bytes(STEP_K, m)
-    splits = min(max(1, -(-4 * num_sms // row_blocks)), steps)
-    per_split = min(-(-steps // splits), max_steps)
-    return DecodeConfig(k_split=per_split * STEP_K, stages=stages, warps=warps)
+    if blocks_per_sm is None:
+        blocks_per_sm = lambda ks: DEFAULT_BLOCKS_PER_SM  # noqa: E731
+    best = None
+    for splits in range(-(-steps // max_steps), min(steps, 64) + 1):
+        per = -(-steps // splits)
+        splits_eff = -(-steps // per)
+        slots = num_sms * max(1, blocks_per_sm(per * STEP_K))
+        waves = -(-(row_blocks * splits_eff) // slots)
+        cost = (waves * (per + BLOCK_OVERHEAD_STEPS), splits_eff)
+        if best is None or cost < best[0]:
+            best = (cost, per)
+    return DecodeConfig(k_split=best[1] * STEP_K, stages=stages, warps=warps)
+
+
+def blocks_per_sm_query(x_dtype, scale_dtype, m: int, group: int, stages: int, warps: int):
+    """``k_split -> blocks per SM`` from the CUDA occupancy calculator (needs a GPU); None if unavailable."""
+    from kernels_cuda.build import BuildError, load_library
+
+    try:
+        fn = load_library().JquantW4A16BlocksPerSM
+    except (BuildError, OSError, AttributeError):
+        return None
+    xd = 0 if np.dtype(x_dtype) == jnp.bfloat16 else 1
+    sd = {"float32": 0, "float16": 1}.get(np.dtype(scale_dtype).name, 2)
+
+    @functools.cache
+    def query(k_split: int) -> int:
+        v = fn(xd, sd, m, group, k_split, stages, warps)
+        return v if v > 0 else DEFAULT_BLOCKS_PER_SM
+
+    return query if fn(xd, sd, m, group, STEP_K, stages, warps) > 0 else None
 
 
 def tile_codes(data, n: int, k: int):
@@ -165,8 +217,10 @@ def w4a16_decode(
     x2 = x.reshape(m, k)
     if w.perm is not None:
         x2 = jnp.take(x2, w.perm, axis=-1)
-    cfg = cfg or decode_config(m, n, k, num_sms=num_sms or _num_sms())
     group = min(w.block[1], k)
+    if cfg is None:
+        occupancy = _occupancy(x.dtype, w.scale.dtype, m, group) if jax.default_backend() == "gpu" else None
+        cfg = decode_config(m, n, k, num_sms=num_sms or _num_sms(), blocks_per_sm=occupancy)
     offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
     call = jax.ffi.ffi_call("jquant_w4a16_decode", jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32))
@@ -186,6 +240,11 @@ def w4a16_decode(
     if partials:
         return partial
     return partial.sum(axis=0).astype(x.dtype).reshape(*lead, n)
+
+
+@functools.cache
+def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 3, warps: int = 4):
+    return blocks_per_sm_query(x_dtype, scale_dtype, m, group, stages, warps)
 
 
 @functools.cache

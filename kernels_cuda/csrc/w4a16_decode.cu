@@ -357,12 +357,17 @@ struct Launch {
   float* out;
   int m, n, k, group, ks, bias, warps;
   bool has_zero, tiled;
+  int* blocks_per_sm = nullptr;  // when set: report the kernel's occupancy instead of launching
 };
 
 size_t smem_bytes(int ks, int nt) { return static_cast<size_t>(ks / kStepK) * (kStepK * 16 + 8 * 4) * nt; }
 
 template <typename T, typename ST, int NT, int STAGES, bool ScaleOnAcc>
 cudaError_t launch_typed(const Launch& a) {
+  if (a.blocks_per_sm)
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(a.blocks_per_sm,
+                                                         w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc>,
+                                                         a.warps * 32, smem_bytes(a.ks, NT));
   const int splits = (a.k + a.ks - 1) / a.ks;
   const int rows_per_block = a.warps * kRowsPerWarp;
   dim3 grid((a.n + rows_per_block - 1) / rows_per_block, splits);
@@ -458,6 +463,25 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
 }
 
 }  // namespace
+
+// Blocks of the kernel one SM holds at once for a launch configuration (for the host-side choice
+// of the K split, `kernels_cuda.w4a16.decode_config`): x_dtype 0 = bf16, 1 = f16; scale_dtype
+// 0 = f32, 1 = f16, 2 = bf16. Returns -1 on a CUDA error (no device, ...).
+extern "C" int JquantW4A16BlocksPerSM(int x_dtype, int scale_dtype, int m, int group, int k_split, int stages,
+                                      int warps) {
+  int blocks = 0;
+  Launch a{};
+  a.m = m;
+  a.group = group;
+  a.ks = k_split;
+  a.warps = warps;
+  a.blocks_per_sm = &blocks;
+  const ffi::DataType sdt =
+      scale_dtype == 0 ? ffi::DataType::F32 : (scale_dtype == 1 ? ffi::DataType::F16 : ffi::DataType::BF16);
+  const cudaError_t err =
+      x_dtype == 0 ? launch_scale<__nv_bfloat16>(sdt, stages, a) : launch_scale<__half>(sdt, stages, a);
+  return err == cudaSuccess ? blocks : -1;
+}
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
                               ffi::Ffi::Bind()
