@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     from bench.qmatmul import make_qarray
     from bench.shapes import SHAPES_BY_NAME
     from bench.timing import copies_for, jax_time_us
-    from kernels_cuda.w4a16 import decode_config, tile_codes, w4a16_decode
+    from kernels_cuda.w4a16 import blocks_per_sm_query, decode_config, tile_codes, w4a16_decode
 
     p = argparse.ArgumentParser()
     p.add_argument("--once", action="store_true", help="one call per case (for ncu)")
@@ -36,7 +36,9 @@ def main(argv=None) -> int:
         tiled = [(c, tile_codes(c.data, sh.n, sh.k)) for c in copies]
         for m in map(int, args.ms.split(",")):
             x = jax.random.normal(key, (m, sh.k), jnp.float32).astype(jnp.bfloat16)
-            cfg = decode_config(m, sh.n, sh.k)
+            occ = blocks_per_sm_query(x.dtype, w.scale.dtype, m, 128, 3, 4)
+            cfg = decode_config(m, sh.n, sh.k, blocks_per_sm=occ)
+            print(f"{name} M={m}: {cfg}, blocks/SM {occ(cfg.k_split) if occ else '?'}", flush=True)
             variants = {
                 "op": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg),
                 "kernel": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, partials=True),
