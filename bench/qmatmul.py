@@ -318,7 +318,7 @@ def cuda_sweep_configs(m: int, n: int, k: int):
             ks = max(STEP_K, ks - ks % STEP_K)
             if smem_bytes(ks, m) > MAX_SPLIT_BYTES:
                 continue
-            out += [(DecodeConfig(k_split=ks, stages=st, warps=warps), t) for st in (3, 4) for t in (False, True)]
+            out += [(DecodeConfig(k_split=ks, stages=st, warps=warps), t) for st in (4, 8) for t in (False, True)]
     return out
 
 

@@ -46,13 +46,13 @@ class DecodeConfig:
 
     Attributes:
         k_split: K columns per split (a multiple of 128); the grid's second axis is ceil(K / k_split).
-        stages: ring depth in steps of 128 columns (64 bytes per thread): 3 or 4; stages - 1 steps
-            stay in flight while one is computed.
+        stages: depth of the shared-memory code ring in steps of 128 columns (64 bytes per
+            thread): 4 or 8; stages - 1 steps stay in flight while one is computed.
         warps: warps per block; each owns 32 weight rows.
     """
 
     k_split: int
-    stages: int = 3
+    stages: int = 4
     warps: int = 4
 
     def splits(self, k: int) -> int:
@@ -76,7 +76,7 @@ def decode_config(
     k: int,
     *,
     num_sms: int = NUM_SMS_DEFAULT,
-    stages: int = 3,
+    stages: int = 4,
     warps: int = 4,
     blocks_per_sm=None,
 ) -> DecodeConfig:
@@ -243,7 +243,7 @@ def w4a16_decode(
 
 
 @functools.cache
-def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 3, warps: int = 4):
+def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps: int = 4):
     return blocks_per_sm_query(x_dtype, scale_dtype, m, group, stages, warps)
 
 

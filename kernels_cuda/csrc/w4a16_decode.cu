@@ -140,6 +140,17 @@ __device__ __forceinline__ void stage_x(uint2* xs, float* xsum, const T* __restr
   }
 }
 
+// 16-byte global -> shared copy that bypasses L1 (cp.async.cg), asking L2 for the 256-byte line pair.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 // Two codes (nibbles `shift` and `shift + 16` of `w`) -> the 16-bit floats (MAGIC + q) x2.
 // One LOP3 computing (a & b) | c (lut 0xEA); written in PTX because the compiler splits the C++
 // expression into two LOP3s (a SASS LOP3 takes a single immediate).
@@ -216,17 +227,28 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
   int left_ld = ScaleOnAcc ? gsteps - (k0 / kStepK) % gsteps : 0;
   const int g_per_step = ScaleOnAcc ? 0 : kStepK / group;
 
-  // Ring of STAGES steps: codes, scales and zeros of step s live in slot s % STAGES; a slot is
-  // refilled with step s + STAGES right after step s's math, so STAGES - 1 steps stay in flight.
-  uint4 buf[STAGES][4];
-  ST sbuf[STAGES][4];
-  uint8_t zbuf[STAGES][4];
-  auto load_step = [&](int slot, int step) {
+  // Codes stream through a per-thread ring of STAGES steps in shared memory, filled by cp.async
+  // (no registers held by loads in flight, so STAGES - 1 steps = (STAGES - 1) * 64 bytes per thread
+  // stay in flight at any occupancy). Each thread only reads back what it copied itself, so
+  // cp.async.wait_group is the only synchronization. Scales and zeros use a 2-deep register ring.
+  uint4* ring = reinterpret_cast<uint4*>(xsum + steps * NT * 8);  // [STAGES][4][blockDim.x]
+  const int nthreads = blockDim.x;
+  auto issue = [&](int step) {
+    if (step < steps) {
+      const int slot = step % STAGES;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        cp_async16(ring + (slot * 4 + j) * nthreads + threadIdx.x, wptr[j] + static_cast<size_t>(step) * step_bytes);
+    }
+    cp_async_commit();  // an empty group past the end keeps the group count uniform
+  };
+  ST s_cur[4], s_next[4];
+  uint8_t z_cur[4], z_next[4];
+  auto load_scales = [&](ST(&sv)[4], uint8_t(&zv)[4]) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      buf[slot][j] = load_stream(wptr[j] + step * step_bytes);
-      sbuf[slot][j] = __ldg(srow[j] + g_ld);
-      zbuf[slot][j] = has_zero ? __ldg(zrow[j] + g_ld) : uint8_t(0);
+      sv[j] = __ldg(srow[j] + g_ld);
+      zv[j] = has_zero ? __ldg(zrow[j] + g_ld) : uint8_t(0);
     }
     if (ScaleOnAcc) {
       if (--left_ld == 0) {
@@ -238,8 +260,8 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
     }
   };
 #pragma unroll
-  for (int s = 0; s < STAGES; ++s)
-    if (s < steps) load_step(s, s);
+  for (int s = 0; s < STAGES - 1; ++s) issue(s);
+  load_scales(s_cur, z_cur);
 
   stage_x<T, NT>(xs, xsum, x, m, k, k0, steps);
   __syncthreads();
@@ -252,17 +274,31 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.0f;
 
-  for (int step0 = 0; step0 < steps; step0 += STAGES) {
+  for (int step = 0; step < steps; ++step) {
+    {
+      issue(step + STAGES - 1);
+      if (step + 1 < steps) load_scales(s_next, z_next);
+      cp_async_wait<STAGES - 1>();  // this step's group (issued STAGES - 1 groups ago) has landed
+      uint32_t w[4][4];
+      {
+        const int slot = step % STAGES;
 #pragma unroll
-    for (int s = 0; s < STAGES; ++s) {
-      const int step = step0 + s;
-      if (step < steps) {
-        const uint32_t(&w)[4][4] = reinterpret_cast<const uint32_t(&)[4][4]>(buf[s]);
+        for (int j = 0; j < 4; ++j) {
+          const uint4 v = ring[(slot * 4 + j) * nthreads + threadIdx.x];
+          w[j][0] = v.x;
+          w[j][1] = v.y;
+          w[j][2] = v.z;
+          w[j][3] = v.w;
+        }
+      }
+      {
         float sf[4], zf[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          sf[j] = to_float(sbuf[s][j]);
-          zf[j] = Tr::kMagicF + static_cast<float>(static_cast<int>(zbuf[s][j]) + bias);
+          sf[j] = to_float(s_cur[j]);
+          zf[j] = Tr::kMagicF + static_cast<float>(static_cast<int>(z_cur[j]) + bias);
+          s_cur[j] = s_next[j];
+          z_cur[j] = z_next[j];
         }
         const uint2* xf = xs + static_cast<size_t>(step) * (4 * 2 * NT * 32) + lane;
         if constexpr (ScaleOnAcc) {
@@ -330,10 +366,10 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
             }
           }
         }
-        if (step + STAGES < steps) load_step(s, step + STAGES);
       }
     }
   }
+  cp_async_wait<0>();
 
   // Accumulator fragment: c0, c1 -> (row r, cols 2q, 2q+1); c2, c3 -> (row r + 8, same cols).
   float* o = out + static_cast<size_t>(split) * m * n;
@@ -360,18 +396,27 @@ struct Launch {
   int* blocks_per_sm = nullptr;  // when set: report the kernel's occupancy instead of launching
 };
 
-size_t smem_bytes(int ks, int nt) { return static_cast<size_t>(ks / kStepK) * (kStepK * 16 + 8 * 4) * nt; }
+// x fragments + x sums per step (see stage_x), then the code ring: STAGES x 4 pieces x 16 B per thread.
+size_t smem_bytes(int ks, int nt, int stages, int threads) {
+  return static_cast<size_t>(ks / kStepK) * (kStepK * 16 + 8 * 4) * nt + static_cast<size_t>(stages) * 64 * threads;
+}
 
 template <typename T, typename ST, int NT, int STAGES, bool ScaleOnAcc>
 cudaError_t launch_typed(const Launch& a) {
   if (a.blocks_per_sm)
     return cudaOccupancyMaxActiveBlocksPerMultiprocessor(a.blocks_per_sm,
                                                          w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc>,
-                                                         a.warps * 32, smem_bytes(a.ks, NT));
+                                                         a.warps * 32, smem_bytes(a.ks, NT, STAGES, a.warps * 32));
   const int splits = (a.k + a.ks - 1) / a.ks;
   const int rows_per_block = a.warps * kRowsPerWarp;
   dim3 grid((a.n + rows_per_block - 1) / rows_per_block, splits);
-  w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc><<<grid, a.warps * 32, smem_bytes(a.ks, NT), a.stream>>>(
+  const size_t smem = smem_bytes(a.ks, NT, STAGES, a.warps * 32);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (err != cudaSuccess) return err;
+  }
+  w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc><<<grid, a.warps * 32, smem, a.stream>>>(
       static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes), static_cast<const ST*>(a.scale),
       static_cast<const uint8_t*>(a.zero), a.out, a.m, a.n, a.k, a.group, a.ks, a.bias, a.has_zero ? 1 : 0,
       a.tiled ? 1 : 0);
@@ -386,8 +431,8 @@ cudaError_t launch_acc(const Launch& a) {
 
 template <typename T, typename ST, int NT>
 cudaError_t launch_stages(int stages, const Launch& a) {
-  if (stages <= 3) return launch_acc<T, ST, NT, 3>(a);
-  return launch_acc<T, ST, NT, 4>(a);
+  if (stages <= 4) return launch_acc<T, ST, NT, 4>(a);
+  return launch_acc<T, ST, NT, 8>(a);
 }
 
 template <typename T, typename ST>
@@ -450,7 +495,7 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: out must be f32 [S, M, N] = (" +
                                        std::to_string(splits) + ", " + std::to_string(m) + ", " + std::to_string(n) +
                                        "), got " + dims_str(od));
-  if (smem_bytes(int(k_split), nt) > kMaxSplitBytes)
+  if (smem_bytes(int(k_split), nt, 0, 0) > kMaxSplitBytes)
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: k_split too large for shared memory");
   Launch a{stream,         x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
            static_cast<float*>(out->untyped_data()),
