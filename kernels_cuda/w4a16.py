@@ -52,7 +52,7 @@ class DecodeConfig:
     """
 
     k_split: int
-    stages: int = 4
+    stages: int = 8
     warps: int = 4
 
     def splits(self, k: int) -> int:
@@ -64,10 +64,10 @@ def smem_bytes(k_split: int, m: int) -> int:
     return (k_split // STEP_K) * (STEP_K * 16 + 8 * 4) * (2 if m > 8 else 1)
 
 
-# Per-block overhead in units of one 128-column step (prologue latency, x staging, epilogue): the
-# time model of `decode_config` is waves * (steps per split + BLOCK_OVERHEAD_STEPS).
-BLOCK_OVERHEAD_STEPS = 2
-DEFAULT_BLOCKS_PER_SM = 3  # what the occupancy query gave for 4 warps on H100/H200 (~150 registers)
+# Start-up of one block in units of one 128-column step: the first codes' DRAM latency, staging x
+# behind a barrier, the epilogue. Calibrated on H200 (bench/results/nvidia_h200/cuda_decode.md).
+BLOCK_OVERHEAD_STEPS = 3
+DEFAULT_BLOCKS_PER_SM = 2  # the occupancy query's answer for 4 warps and an 8-deep ring on H100/H200
 
 
 def decode_config(
@@ -76,16 +76,18 @@ def decode_config(
     k: int,
     *,
     num_sms: int = NUM_SMS_DEFAULT,
-    stages: int = 4,
+    stages: int = 8,
     warps: int = 4,
     blocks_per_sm=None,
 ) -> DecodeConfig:
-    """Picks the K split that makes the grid a whole number of full waves.
+    """Picks the K split that balances the code bytes over the SMs with few block start-ups.
 
-    A block streams ``k_split / 128`` steps; the GPU holds ``num_sms * blocks_per_sm`` blocks at
-    once. A grid of 1.3 waves leaves most SMs idle for its second wave, so the split minimizes
-    ``waves * (steps per split + BLOCK_OVERHEAD_STEPS)`` (fewer, longer splits when that ties),
-    subject to the staged activations fitting `MAX_SPLIT_BYTES` of shared memory.
+    A block streams ``k_split / 128`` steps of 2 KB per warp; with an 8-deep ring one block per SM
+    keeps enough bytes in flight, so what matters is the busiest SM: it runs
+    ``ceil(blocks / num_sms)`` blocks, ``blocks_per_sm`` at a time, and pays a start-up per round.
+    The split minimizes ``ceil(blocks / num_sms) * steps_per_split + rounds * BLOCK_OVERHEAD_STEPS``
+    (fewer splits when that ties: less partial-sum traffic), subject to the staged activations
+    fitting `MAX_SPLIT_BYTES` of shared memory.
 
     Args:
         blocks_per_sm: callable ``k_split -> blocks`` (the kernel's occupancy), default
@@ -100,9 +102,9 @@ def decode_config(
     for splits in range(-(-steps // max_steps), min(steps, 64) + 1):
         per = -(-steps // splits)
         splits_eff = -(-steps // per)
-        slots = num_sms * max(1, blocks_per_sm(per * STEP_K))
-        waves = -(-(row_blocks * splits_eff) // slots)
-        cost = (waves * (per + BLOCK_OVERHEAD_STEPS), splits_eff)
+        per_sm = -(-(row_blocks * splits_eff) // num_sms)
+        rounds = -(-per_sm // max(1, blocks_per_sm(per * STEP_K)))
+        cost = (per_sm * per + rounds * BLOCK_OVERHEAD_STEPS, splits_eff)
         if best is None or cost < best[0]:
             best = (cost, per)
     return DecodeConfig(k_split=best[1] * STEP_K, stages=stages, warps=warps)
@@ -243,7 +245,7 @@ def w4a16_decode(
 
 
 @functools.cache
-def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps: int = 4):
+def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 8, warps: int = 4):
     return blocks_per_sm_query(x_dtype, scale_dtype, m, group, stages, warps)
 
 
