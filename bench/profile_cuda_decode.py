@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         tiled = [(c, tile_codes(c.data, sh.n, sh.k)) for c in copies]
         for m in map(int, args.ms.split(",")):
             x = jax.random.normal(key, (m, sh.k), jnp.float32).astype(jnp.bfloat16)
-            occ = blocks_per_sm_query(x.dtype, w.scale.dtype, m, 128, 8, 4)
+            occ = blocks_per_sm_query(x.dtype, w.scale.dtype, m, 128, 4, 8)
             cfg = decode_config(m, sh.n, sh.k, blocks_per_sm=occ)
             print(f"{name} M={m}: {cfg}, blocks/SM {occ(cfg.k_split) if occ else '?'}", flush=True)
             variants = {

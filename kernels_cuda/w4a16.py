@@ -52,8 +52,8 @@ class DecodeConfig:
     """
 
     k_split: int
-    stages: int = 8
-    warps: int = 4
+    stages: int = 4
+    warps: int = 8
 
     def splits(self, k: int) -> int:
         return -(-k // self.k_split)
@@ -67,7 +67,7 @@ def smem_bytes(k_split: int, m: int) -> int:
 # Start-up of one block in units of one 128-column step: the first codes' DRAM latency, staging x
 # behind a barrier, the epilogue. Calibrated on H200 (bench/results/nvidia_h200/cuda_decode.md).
 BLOCK_OVERHEAD_STEPS = 3
-DEFAULT_BLOCKS_PER_SM = 2  # the occupancy query's answer for 4 warps and an 8-deep ring on H100/H200
+DEFAULT_BLOCKS_PER_SM = 2  # the occupancy query's answer for 8 warps and a 4-deep ring on H100/H200
 
 
 def decode_config(
@@ -76,14 +76,14 @@ def decode_config(
     k: int,
     *,
     num_sms: int = NUM_SMS_DEFAULT,
-    stages: int = 8,
-    warps: int = 4,
+    stages: int = 4,
+    warps: int = 8,
     blocks_per_sm=None,
 ) -> DecodeConfig:
     """Picks the K split that balances the code bytes over the SMs with few block start-ups.
 
-    A block streams ``k_split / 128`` steps of 2 KB per warp; with an 8-deep ring one block per SM
-    keeps enough bytes in flight, so what matters is the busiest SM: it runs
+    A block streams ``k_split / 128`` steps of 2 KB per warp; with a 4-deep ring and 8 warps one
+    block per SM keeps enough bytes in flight, so what matters is the busiest SM: it runs
     ``ceil(blocks / num_sms)`` blocks, ``blocks_per_sm`` at a time, and pays a start-up per round.
     The split minimizes ``ceil(blocks / num_sms) * steps_per_split + rounds * BLOCK_OVERHEAD_STEPS``
     (fewer splits when that ties: less partial-sum traffic), subject to the staged activations
@@ -245,7 +245,7 @@ def w4a16_decode(
 
 
 @functools.cache
-def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 8, warps: int = 4):
+def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps: int = 8):
     return blocks_per_sm_query(x_dtype, scale_dtype, m, group, stages, warps)
 
 

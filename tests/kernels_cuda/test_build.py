@@ -127,7 +127,7 @@ def test_decode_config_balances_the_sms_within_shared_memory(shape, m):
     assert (cfg.splits(shape.k) - 1) * cfg.k_split < shape.k  # no empty split
     blocks = -(-shape.n // (32 * cfg.warps)) * cfg.splits(shape.k)
     busiest = -(-blocks // 132) * (cfg.k_split // STEP_K)  # steps on the busiest SM
-    ideal = (shape.n / 128) * (shape.k / STEP_K) / 132
+    ideal = (shape.n / (32 * cfg.warps)) * (shape.k / STEP_K) / 132
     assert ideal / busiest >= 0.8, (cfg, busiest, ideal)
 
 
