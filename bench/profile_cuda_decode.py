@@ -24,8 +24,15 @@ def main(argv=None) -> int:
     p.add_argument("--once", action="store_true", help="one call per case (for ncu)")
     p.add_argument("--shapes", default="70b_o,8b_gate_up")
     p.add_argument("--ms", default="1,16")
+    p.add_argument(
+        "--no-math",
+        action="store_true",
+        help="also time a build with -DJQUANT_EXPERIMENT_NO_MATH (loads and staging only, wrong results)",
+    )
     args = p.parse_args(argv)
     rows = []
+    if args.no_math:
+        _register_no_math()
     for name in args.shapes.split(","):
         sh = SHAPES_BY_NAME[name]
         key = jax.random.PRNGKey(0)
@@ -45,6 +52,9 @@ def main(argv=None) -> int:
                 "op tiled": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, tiled=wt[1]),
                 "kernel tiled": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, tiled=wt[1], partials=True),
             }
+            if args.no_math:
+                variants["no-math kernel"] = lambda x, wt, cfg=cfg: _no_math_call(x, wt[0], cfg)
+                variants["no-math kernel tiled"] = lambda x, wt, cfg=cfg: _no_math_call(x, wt[0], cfg, wt[1])
             for vname, f in variants.items():
                 if args.once:
                     jax.block_until_ready(jax.jit(f)(x, tiled[0]))
@@ -55,6 +65,48 @@ def main(argv=None) -> int:
                 print(rows[-1], flush=True)
     print("\n".join(rows))
     return 0
+
+
+def _register_no_math() -> None:
+    """Builds the experiment variant of the library and registers it as ``jquant_w4a16_decode_nomath``."""
+    import ctypes
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import jax
+
+    from kernels_cuda import build
+
+    out = Path(tempfile.mkdtemp()) / "libjquant_cuda_nomath.so"
+    cmd = build.nvcc_command(out, extra=("-DJQUANT_EXPERIMENT_NO_MATH",))
+    subprocess.run(cmd, check=True, capture_output=True)
+    lib = ctypes.CDLL(str(out))
+    jax.ffi.register_ffi_target("jquant_w4a16_decode_nomath", jax.ffi.pycapsule(lib.JquantW4A16Decode), platform="CUDA")
+
+
+def _no_math_call(x, w, cfg, tiled=None):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    m, k = x.shape
+    call = jax.ffi.ffi_call(
+        "jquant_w4a16_decode_nomath", jax.ShapeDtypeStruct((cfg.splits(k), m, w.shape[0]), jnp.float32)
+    )
+    return call(
+        x,
+        w.data if tiled is None else tiled,
+        w.scale,
+        jnp.zeros((1,), jnp.uint8),
+        group=np.int64(min(w.block[1], k)),
+        k_split=np.int64(cfg.k_split),
+        bias=np.int64(8),
+        has_zero=np.int64(0),
+        stages=np.int64(cfg.stages),
+        warps=np.int64(cfg.warps),
+        tiled=np.int64(tiled is not None),
+    )
 
 
 if __name__ == "__main__":

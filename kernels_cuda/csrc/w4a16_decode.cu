@@ -291,6 +291,13 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
           w[j][3] = v.w;
         }
       }
+#ifdef JQUANT_EXPERIMENT_NO_MATH
+      // Timing experiment only (bench/profile_cuda_decode.py --no-math): consume the codes and
+      // scales without dequantizing or multiplying, to measure the memory side alone.
+      acc[0][0][0] += __uint_as_float((w[0][0] ^ w[1][1] ^ w[2][2] ^ w[3][3]) & 0x007FFFFFu) + to_float(s_cur[0]);
+      s_cur[0] = s_next[0];
+      continue;
+#endif
       {
         float sf[4], zf[4];
 #pragma unroll
