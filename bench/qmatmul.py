@@ -470,7 +470,7 @@ def plot(out: str, env: dict, results: list[dict]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("M (tokens)")
     ax.set_ylabel("speedup over torch bf16 (cuBLAS)")
-    ax.set_title(f"jquant W4A16 g128 Pallas vs bf16 - {env['card'].split(',')[0]}")
+    ax.set_title(f"jquant W4A16 g128 (dispatcher's kernel) vs bf16 - {env['card'].split(',')[0]}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
