@@ -27,8 +27,9 @@ def test_kernel_packages_load_on_their_platform():
     from jquant.ops.qmatmul import load_kernel_packages
 
     status = load_kernel_packages("gpu")
-    assert set(status) == {"jquant.pallas", "jquant.kernels_cuda"}
+    assert set(status) == {"jquant.pallas", "kernels_cuda"}
     assert all(v == "ok" or v.startswith("not loaded: ") for v in status.values())
+    assert status["kernels_cuda"] == "ok"  # importing needs neither a GPU nor nvcc (the build is lazy)
     assert load_kernel_packages("cpu") == {}
 
 
