@@ -142,3 +142,15 @@ def test_tile_codes_is_a_lossless_byte_permutation(n, k):
     rb, tt, j, r, q = 0, k // 128 - 1, 2, 5, 3
     tile = t[rb].reshape(k // 128, 4, 32, 16)[tt, j, 4 * r + q]
     np.testing.assert_array_equal(tile, data[32 * rb + 8 * j + r, 64 * tt + 16 * q : 64 * tt + 16 * q + 16])
+
+
+@needs_nvcc
+@pytest.mark.parametrize("m, bits, expect", [(1, 4, "cuda_w4a16_decode"), (16, 4, "cuda_w4a16_decode"),
+                                             (17, 4, "pallas_triton_wna16_decode"),
+                                             (1, 8, "pallas_triton_wna16_decode")])  # fmt: skip
+def test_dispatcher_prefers_the_cuda_kernel_where_it_applies(m, bits, expect):
+    from jquant.ops.qmatmul import select
+
+    w = make_weight(np.random.default_rng(0), 64, 256, bits=bits, group=128)
+    b, skipped = select(jax.ShapeDtypeStruct((m, 256), jnp.bfloat16), w, platform="gpu")
+    assert b.name == expect, skipped
