@@ -221,8 +221,11 @@ def device_weights(weights: Mapping, dtype):
     return DeviceWeights(weights, dtype, source="random weights (bench.decode_e2e)")
 
 
-def build_model(cfg, variant: str, seed: int = 0):
-    """The jquant `LlamaForCausalLM` with random weights of ``variant``, bf16 compute."""
+def build_model(cfg, variant: str, seed: int = 0, scan_layers: bool | None = None):
+    """The jquant `LlamaForCausalLM` with random weights of ``variant``, bf16 compute.
+
+    ``scan_layers``: the model's stacked-layers switch (None: stacked when possible).
+    """
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -230,7 +233,7 @@ def build_model(cfg, variant: str, seed: int = 0):
     from jquant.models.llama import LlamaForCausalLM
 
     w = device_weights(RandomWeights(cfg, variant, seed), jnp.bfloat16)
-    model = LlamaForCausalLM(cfg, w)
+    model = LlamaForCausalLM(cfg, w, scan_layers=scan_layers)
     if w.unused():
         raise RuntimeError(f"weights not used by the model: {w.unused()[:5]}")
     jax.block_until_ready(nnx.state(model))
@@ -372,6 +375,7 @@ def run(
     backends: list[str] | None = None,
     repeats: int = 3,
     seed: int = 0,
+    scan_layers: bool | None = None,
 ) -> dict:
     """Builds, runs and times both variants; returns the result dict written to JSON.
 
@@ -400,7 +404,7 @@ def run(
     rows = []
     for variant in VARIANTS:
         t0 = time.perf_counter()
-        model = build_model(cfg, variant, seed)
+        model = build_model(cfg, variant, seed, scan_layers)
         build_s = time.perf_counter() - t0
         held, _ = model_bytes(model)
         read = held - 2 * cfg.vocab_size * cfg.hidden_size  # a decode step reads every weight but the embedding
@@ -468,6 +472,9 @@ def run(
         explanation = explain_decode(cfg)
     return dict(
         preset=preset,
+        scan_layers={None: "auto (stacked under lax.scan)", True: "stacked under lax.scan", False: "unrolled"}[
+            scan_layers
+        ],
         config={
             k: getattr(cfg, k)
             for k in (
@@ -520,7 +527,8 @@ def write_report(out: str | os.PathLike, env: dict, result: dict) -> tuple[Path,
         f"python {env['python']}; commit {env['commit']}; {env['date_utc']} UTC",
         f"- model: vocab {c['vocab_size']}, hidden {c['hidden_size']}, intermediate {c['intermediate_size']}, "
         f"{c['num_hidden_layers']} layers, {c['num_attention_heads']} heads / {c['num_key_value_heads']} kv heads, "
-        f"head_dim {c['head_dim']}, rope {c['rope'].get('rope_type')}, untied lm_head",
+        f"head_dim {c['head_dim']}, rope {c['rope'].get('rope_type')}, untied lm_head; "
+        f"layers {result.get('scan_layers', 'auto')}",
         "- w4a16: block linears uint4b8 g128, fp16 scales; embeddings, norms, lm_head bf16."
         " bf16: every weight bf16 (XLA dot, f32 accumulation).",
         f"- {result['prompt_len']}-token random prompt, {result['tokens']} new tokens; warm-up call first, then"
@@ -578,11 +586,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed generate calls per row (median reported)")
     ap.add_argument("--backends", default="", help="comma-separated qmatmul backends: one w4a16 row each")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--scan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="layers stacked under lax.scan (auto: when possible) or unrolled",
+    )
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<card>/)")
     args = ap.parse_args(argv)
     env = env_info()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] or None
-    result = run(args.preset, args.tokens, args.prompt_len, args.layers, backends, args.repeats, args.seed)
+    scan = {"auto": None, "on": True, "off": False}[args.scan]
+    result = run(args.preset, args.tokens, args.prompt_len, args.layers, backends, args.repeats, args.seed, scan)
     md, js = write_report(args.out or default_out(env), env, result)
     _log(f"wrote {md} and {js}")
     _log(f"\n{env['card']} | jax {env['jax']} | commit {env['commit'][:12]} | {result['preset']}")
