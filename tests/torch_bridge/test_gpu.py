@@ -113,4 +113,7 @@ def test_quant_linear_compiles_with_inductor_on_gpu():
     eager = lin(x)
     assert lin.backend == "torch_triton_wxa16"
     compiled = torch.compile(lin, fullgraph=True)
-    torch.testing.assert_close(compiled(x), eager)
+    # Inductor fuses the bias add into one f32 epilogue where eager rounds the product to bf16 first,
+    # so outputs may differ by one bf16 ulp (seen on H200: 1.1% of elements, <= 0.0068 at |y| ~ 1).
+    y = compiled(x).float()
+    torch.testing.assert_close(y, eager.float(), rtol=2**-7, atol=2**-7 * float(eager.float().abs().max()))
