@@ -38,7 +38,12 @@ def default_dtype():
 
 
 def from_checkpoint(
-    ckpt: Checkpoint, *, dtype=None, strict: bool = False, scan_layers: bool | None = None
+    ckpt: Checkpoint,
+    *,
+    dtype=None,
+    strict: bool = False,
+    scan_layers: bool | None = None,
+    fuse_projections: bool = True,
 ) -> LlamaForCausalLM:
     """The Flax model for ``ckpt``'s architecture, with its weights on the default device.
 
@@ -53,6 +58,8 @@ def from_checkpoint(
             tensors such as KV-cache scales may be legitimate).
         scan_layers: run identical decoder layers under ``lax.scan`` (None: whenever they are
             identical in structure; see `LlamaForCausalLM`).
+        fuse_projections: q/k/v and gate/up as one stacked matmul each where their weights stack
+            losslessly (same code type and scale layout, same act-order permutation).
 
     Raises:
         UnsupportedFormatError / ConfigError: an architecture or config outside the Llama family.
@@ -60,7 +67,7 @@ def from_checkpoint(
     """
     cfg = DecoderConfig.from_hf(ckpt.config)
     w = Weights(ckpt.weights, dtype or default_dtype(), source=ckpt.metadata.get("source"))
-    model = LlamaForCausalLM(cfg, w, scan_layers=scan_layers)
+    model = LlamaForCausalLM(cfg, w, scan_layers=scan_layers, fuse_projections=fuse_projections)
     # Rotary tables recomputed by HF are sometimes saved; everything else must be used.
     left = [n for n in w.unused() if not n.endswith("rotary_emb.inv_freq")]
     if left:

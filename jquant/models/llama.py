@@ -27,13 +27,20 @@ _NEG_INF = -1e30  # finite "minus infinity": fully masked rows stay NaN-free
 class Attention(nnx.Module):
     """Rotary multi-head attention with grouped KV heads (HF ``LlamaAttention`` / ``Qwen3Attention``)."""
 
-    def __init__(self, cfg: DecoderConfig, w: Weights, prefix: str, layer: int):
+    def __init__(self, cfg: DecoderConfig, w: Weights, prefix: str, layer: int, *, fuse: bool = True):
         h, nh, nkv, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = nh, nkv, d
         self.window = cfg.layer_windows[layer]
-        self.q_proj = w.linear(f"{prefix}.q_proj", h, nh * d)
-        self.k_proj = w.linear(f"{prefix}.k_proj", h, nkv * d)
-        self.v_proj = w.linear(f"{prefix}.v_proj", h, nkv * d)
+        names = [f"{prefix}.{p}_proj" for p in "qkv"]
+        # q, k and v read the same input: one stacked matmul when their weights stack losslessly.
+        qkv = w.fused_linear(names, h, [nh * d, nkv * d, nkv * d]) if fuse else None
+        self.qkv_proj = nnx.data(None) if qkv is None else qkv
+        if qkv is None:
+            self.q_proj, self.k_proj, self.v_proj = (
+                w.linear(n, h, o) for n, o in zip(names, (nh * d, nkv * d, nkv * d))
+            )
+        else:
+            self.q_proj = self.k_proj = self.v_proj = nnx.data(None)
         self.o_proj = w.linear(f"{prefix}.o_proj", nh * d, h)
         has_qk_norm = f"{prefix}.q_norm.weight" in w
         self.q_norm = w.norm(f"{prefix}.q_norm.weight", d, cfg.rms_norm_eps) if has_qk_norm else nnx.data(None)
@@ -62,9 +69,15 @@ class Attention(nnx.Module):
             [B, T, hidden] and the updated buffers (None without a cache).
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x)
+            q, k, v = qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(b, t, self.num_heads, self.head_dim)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:  # Qwen3: RMSNorm over head_dim before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -92,25 +105,36 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, cfg: DecoderConfig, w: Weights, prefix: str):
+    def __init__(self, cfg: DecoderConfig, w: Weights, prefix: str, *, fuse: bool = True):
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = w.linear(f"{prefix}.gate_proj", h, i)
-        self.up_proj = w.linear(f"{prefix}.up_proj", h, i)
+        self.intermediate_size = i
+        names = [f"{prefix}.gate_proj", f"{prefix}.up_proj"]
+        gate_up = w.fused_linear(names, h, [i, i]) if fuse else None
+        self.gate_up_proj = nnx.data(None) if gate_up is None else gate_up
+        if gate_up is None:
+            self.gate_proj, self.up_proj = (w.linear(n, h, i) for n in names)
+        else:
+            self.gate_proj = self.up_proj = nnx.data(None)
         self.down_proj = w.linear(f"{prefix}.down_proj", i, h)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gu = self.gate_up_proj(x)
+            gate, up = gu[..., : self.intermediate_size], gu[..., self.intermediate_size :]
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: DecoderConfig, w: Weights, layer: int):
+    def __init__(self, cfg: DecoderConfig, w: Weights, layer: int, *, fuse: bool = True):
         p = f"model.layers.{layer}"
         self.input_layernorm = w.norm(f"{p}.input_layernorm.weight", cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, w, f"{p}.self_attn", layer)
+        self.self_attn = Attention(cfg, w, f"{p}.self_attn", layer, fuse=fuse)
         self.post_attention_layernorm = w.norm(
             f"{p}.post_attention_layernorm.weight", cfg.hidden_size, cfg.rms_norm_eps
         )
-        self.mlp = MLP(cfg, w, f"{p}.mlp")
+        self.mlp = MLP(cfg, w, f"{p}.mlp", fuse=fuse)
 
     def __call__(self, x, cos, sin, positions, kv, start):
         a, kv = self.self_attn(self.input_layernorm(x), cos, sin, positions, kv, start)
@@ -155,13 +179,17 @@ class LlamaForCausalLM(nnx.Module):
         cfg: the decoder geometry.
         w: the checkpoint's tensors (HF names), already bound to the compute dtype.
         scan_layers: True / False to force the stacked / unrolled form; None: stacked when possible.
+        fuse_projections: run q/k/v and gate/up as one stacked matmul each where their weights
+            stack losslessly (`jquant.core.concat`); the checkpoint's tensors are unchanged.
     """
 
-    def __init__(self, cfg: DecoderConfig, w: Weights, *, scan_layers: bool | None = None):
+    def __init__(
+        self, cfg: DecoderConfig, w: Weights, *, scan_layers: bool | None = None, fuse_projections: bool = True
+    ):
         self.config = cfg
         self.dtype = w.dtype
         self.embed_tokens = w.embed("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
-        layers = [DecoderLayer(cfg, w, i) for i in range(cfg.num_hidden_layers)]
+        layers = [DecoderLayer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
         same = _homogeneous(layers)
         if scan_layers and not same:
             raise ConfigError("scan_layers=True but the decoder layers differ in structure or weight types")

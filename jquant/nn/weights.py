@@ -92,6 +92,39 @@ class Weights:
             input_quant=self.get(f"{prefix}.input_quant") if f"{prefix}.input_quant" in self else None,
         )
 
+    def fused_linear(
+        self, prefixes: list[str], in_features: int, out_features: list[int], *, implementation=None
+    ) -> QuantLinear | None:
+        """One `QuantLinear` over ``<prefix>.weight`` of every prefix stacked along N, or None.
+
+        For projections that read the same input (q/k/v, gate/up): one matmul instead of several.
+        Returns None (and marks nothing used) when the weights do not stack losslessly
+        (`jquant.core.concat.why_not_concat`: different code types, per-tensor scales, different
+        act-order permutations, ...), when only some have a bias, or when any has an
+        input-activation recipe; the caller then builds the linears one by one.
+        """
+        from jquant.core.concat import concat_rows, why_not_concat
+
+        names = [f"{p}.weight" for p in prefixes]
+        if any(n not in self for n in names) or any(f"{p}.input_quant" in self for p in prefixes):
+            return None
+        biases = [f"{p}.bias" in self for p in prefixes]
+        if any(biases) and not all(biases):
+            return None
+        raw = [self._weights[n] for n in names]
+        for n, w, out in zip(names, raw, out_features):
+            if tuple(w.shape) != (out, in_features):
+                raise FormatError(f"shape {tuple(w.shape)}, expected {(out, in_features)}", file=self.source, tensor=n)
+        if why_not_concat(raw):
+            return None
+        weight = to_device(concat_rows([self.raw(n) for n in names]), self.dtype)
+        bias = None
+        if all(biases):
+            bias = jnp.concatenate([self.get(f"{p}.bias", (o,)) for p, o in zip(prefixes, out_features)])
+        return QuantLinear(
+            in_features, sum(out_features), dtype=self.dtype, implementation=implementation, weight=weight, bias=bias
+        )
+
     def embed(self, name: str, num_embeddings: int, features: int, *, implementation=None) -> QuantEmbed:
         return QuantEmbed(
             num_embeddings,

@@ -549,4 +549,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
                                   .Attr<int64_t>("has_zero")
                                   .Attr<int64_t>("stages")
                                   .Attr<int64_t>("warps")
-                                  .Attr<int64_t>("tiled"));
+                                  .Attr<int64_t>("tiled"),
+                              // Only stream work in the handler: XLA may record it into a CUDA graph
+                              // (command buffer) together with the neighbouring fusions.
+                              {ffi::Traits::kCmdBufferCompatible});
