@@ -32,6 +32,9 @@ def to_device(w: QArray | ActQuant | np.ndarray, dtype, device=None) -> QArray |
     """A `QArray` / `ActQuant` as a pytree of device arrays (dtypes kept), or a float array cast to ``dtype``."""
     if isinstance(w, (QArray, ActQuant)):
         return jax.device_put(w, device)
+    if isinstance(w, jax.Array):  # already on a device (e.g. stacked at load): no host round trip
+        w = w.astype(dtype) if jnp.issubdtype(w.dtype, jnp.floating) else w
+        return w if device is None else jax.device_put(w, device)
     a = np.asarray(w)
     if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16":
         return jax.device_put(jnp.asarray(a, dtype=dtype), device)
@@ -117,7 +120,8 @@ class Weights:
                 raise FormatError(f"shape {tuple(w.shape)}, expected {(out, in_features)}", file=self.source, tensor=n)
         if why_not_concat(raw):
             return None
-        weight = to_device(concat_rows([self.raw(n) for n in names]), self.dtype)
+        self.used.update(names)
+        weight = to_device(concat_rows(raw), self.dtype)
         bias = None
         if all(biases):
             bias = jnp.concatenate([self.get(f"{p}.bias", (o,)) for p, o in zip(prefixes, out_features)])
