@@ -1,8 +1,7 @@
-"""Profiles the CUDA W4A16 decode kernel (one kernel per call, split-K reduced inside): device time
-per shape, canonical vs tiled codes, and with ``--no-math`` a build without dequantization and mma
-(the memory side alone); ``--once`` runs each case once for ``ncu`` (results/<card>/cuda_decode.md).
+"""Profiles the CUDA W4A16 decode kernel alone: device time of the kernel without the split-K
+reduction, per config, for ``ncu`` runs and the reduction's share (bench/results/<card>/).
 
-    python -m bench.profile_cuda_decode --no-math
+    python -m bench.profile_cuda_decode            # table of kernel-only vs full op times
     ncu --clock-control none -k regex:w4a16 --launch-count 2 -c 2 python -m bench.profile_cuda_decode --once
 """
 
@@ -49,11 +48,13 @@ def main(argv=None) -> int:
             print(f"{name} M={m}: {cfg}, blocks/SM {occ(cfg.k_split) if occ else '?'}", flush=True)
             variants = {
                 "op": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg),
+                "kernel": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, partials=True),
                 "op tiled": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, tiled=wt[1]),
+                "kernel tiled": lambda x, wt, cfg=cfg: w4a16_decode(x, wt[0], cfg, tiled=wt[1], partials=True),
             }
             if args.no_math:
-                variants["no-math"] = lambda x, wt, cfg=cfg: _no_math_call(x, wt[0], cfg)
-                variants["no-math tiled"] = lambda x, wt, cfg=cfg: _no_math_call(x, wt[0], cfg, wt[1])
+                variants["no-math kernel"] = lambda x, wt, cfg=cfg: _no_math_call(x, wt[0], cfg)
+                variants["no-math kernel tiled"] = lambda x, wt, cfg=cfg: _no_math_call(x, wt[0], cfg, wt[1])
             for vname, f in variants.items():
                 if args.once:
                     jax.block_until_ready(jax.jit(f)(x, tiled[0]))
@@ -89,16 +90,10 @@ def _no_math_call(x, w, cfg, tiled=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from kernels_cuda.w4a16 import ROWS_PER_WARP
-
     m, k = x.shape
-    n = w.shape[0]
-    shapes = (
-        jax.ShapeDtypeStruct((m, n), x.dtype),
-        jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32),
-        jax.ShapeDtypeStruct((-(-n // (cfg.warps * ROWS_PER_WARP)),), jnp.int32),
+    call = jax.ffi.ffi_call(
+        "jquant_w4a16_decode_nomath", jax.ShapeDtypeStruct((cfg.splits(k), m, w.shape[0]), jnp.float32)
     )
-    call = jax.ffi.ffi_call("jquant_w4a16_decode_nomath", shapes)
     return call(
         x,
         w.data if tiled is None else tiled,

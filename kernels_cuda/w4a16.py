@@ -2,8 +2,8 @@
 
 The kernel reads jquant's canonical 4-bit `QArray` as it is: codes uint8 [N, K/2] (two codes per
 byte along K, low nibble first), scales [N, K/G] in f32/f16/bf16, optional uint8 zero points of the
-scale's shape. Split-K partial sums are reduced inside the kernel (the last block of each row block
-adds them in order), so the op is one kernel plus, with act-order, one gather of x.
+scale's shape. It computes f32 partial sums per K split; the op sums them and casts to the
+activation dtype. The act-order permutation, when present, is applied to x with one gather.
 """
 
 from __future__ import annotations
@@ -192,7 +192,9 @@ def why_not(x, w) -> str:
     return ""
 
 
-def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, num_sms: int | None = None):
+def w4a16_decode(
+    x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, num_sms: int | None = None, partials: bool = False
+):
     """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations with at most 16 rows.
 
     Args:
@@ -200,6 +202,7 @@ def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, n
         w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
         cfg: launch parameters; default `decode_config`.
         tiled: optional `tile_codes(w.data)`, read instead of the canonical codes.
+        partials: return the kernel's f32 partial sums [S, M, N] as they are (profiling).
 
     Returns:
         [..., N] in x's dtype (f32 accumulation).
@@ -222,16 +225,8 @@ def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, n
         cfg = decode_config(m, n, k, num_sms=num_sms or _num_sms(), blocks_per_sm=occupancy)
     offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
-    splits, row_blocks = cfg.splits(k), -(-n // (cfg.warps * ROWS_PER_WARP))
-    call = jax.ffi.ffi_call(
-        "jquant_w4a16_decode",
-        (
-            jax.ShapeDtypeStruct((m, n), x.dtype),
-            jax.ShapeDtypeStruct((splits, m, n), jnp.float32),  # workspace: partial sums per K split
-            jax.ShapeDtypeStruct((row_blocks,), jnp.int32),  # workspace: finished blocks per row block
-        ),
-    )
-    y, _, _ = call(
+    call = jax.ffi.ffi_call("jquant_w4a16_decode", jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32))
+    partial = call(
         x2,
         w.data if tiled is None else tiled,
         w.scale,
@@ -244,7 +239,9 @@ def w4a16_decode(x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, n
         warps=np.int64(cfg.warps),
         tiled=np.int64(tiled is not None),
     )
-    return y.reshape(*lead, n)
+    if partials:
+        return partial
+    return partial.sum(axis=0).astype(x.dtype).reshape(*lead, n)
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 // W4A16 decode GEMM for jquant's canonical int4 layout, exposed to JAX through the XLA FFI.
 //
-//   y[m, n] = sum_k x[m, k] * (v[n, k] - z[n, k/G]) * scale[n, k/G]      (f32 accumulation)
+//   partial[s, m, n] = sum_{k in split s} x[m, k] * (v[n, k] - z[n, k/G]) * scale[n, k/G]
 //
 // Shapes and dtypes (all row-major, as jquant's canonical QArray stores them; nothing is repacked):
 //   x      [M, K]      bf16 or f16 activations, M <= 16, K % 128 == 0
@@ -9,9 +9,7 @@
 //   scale  [N, K/G]    f32, f16 or bf16; G (the group) a multiple of 32 dividing K (G == K: per channel)
 //   zero   [N, K/G]    uint8 zero-point codes when `has_zero`, else ignored; without zeros the
 //                      code's bias (8 for GPTQ's uint4b8) plays the zero's role
-//   y      [M, N]      output in x's dtype
-//   partial [S, M, N]  f32 workspace: partial sums per K split (when S > 1)
-//   counters [N/rows]  int32 workspace: blocks finished per row block (zeroed before the launch)
+//   out    [S, M, N]   f32 partial sums, one slab per K split; the caller sums over S
 //
 // How the work is cut (a Marlin-style decode kernel without a repacked layout):
 //   * A warp owns 32 weight rows (two m16 tiles of mma.sync.m16n8k16) and walks its K split in
@@ -33,8 +31,8 @@
 //     pairs feed the A registers of mma 2i (pairs 0, 1) and 2i+1 (pairs 2, 3). The activations
 //     are staged once per block in shared memory in exactly that order (`stage_x`), so the B
 //     fragment of every mma is one conflict-free 8-byte shared load.
-//   * Split-K over blockIdx.y balances the SMs on small N; the last block of a row block to finish
-//     sums the partials in split order (deterministic), so the op is a single kernel.
+//   * Split-K over blockIdx.y keeps >= 4 blocks per SM on small N; the partials are summed by
+//     the caller (one small fused XLA reduction).
 // References: PTX ISA, "Matrix Fragments for mma.m16n8k16" (fragment ownership); the LOP3 magic
 // number conversion follows FasterTransformer / Marlin (IST-DASLab/marlin, `dequant`).
 
@@ -189,8 +187,7 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
                                                               const uint8_t* __restrict__ codes,
                                                               const ST* __restrict__ scale,
                                                               const uint8_t* __restrict__ zero,
-                                                              T* __restrict__ y, float* __restrict__ partial,
-                                                              int* __restrict__ counters, int m, int n, int k, int group,
+                                                              float* __restrict__ out, int m, int n, int k, int group,
                                                               int ks, int bias, int has_zero, int tiled) {
   using Tr = Half2Traits<T>;
   using T2 = typename Tr::T2;
@@ -382,57 +379,25 @@ __global__ void __launch_bounds__(256, 1) w4a16_decode_kernel(const T* __restric
   cp_async_wait<0>();
 
   // Accumulator fragment: c0, c1 -> (row r, cols 2q, 2q+1); c2, c3 -> (row r + 8, same cols).
-  const int splits = gridDim.y;
-  if (splits == 1) {  // no K split: write the output directly
+  float* o = out + static_cast<size_t>(split) * m * n;
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+  for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int row = row_base + 16 * mt + (c >= 2 ? 8 : 0);
-          const int col = nt * 8 + 2 * q + (c & 1);
-          if (row < n && col < m) y[static_cast<size_t>(col) * n + row] = static_cast<T>(acc[mt][nt][c]);
-        }
-    return;
-  }
-  // Split K: every block writes its f32 partial sums; the last block of each row block to finish
-  // (a counter per row block, zeroed by the host before the launch) adds the S partials in split
-  // order (deterministic) and writes the output, so the op is one kernel.
-  float* o = partial + static_cast<size_t>(split) * m * n;
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int row = row_base + 16 * mt + (c >= 2 ? 8 : 0);
         const int col = nt * 8 + 2 * q + (c & 1);
         if (row < n && col < m) o[static_cast<size_t>(col) * n + row] = acc[mt][nt][c];
       }
-  __shared__ int is_last;
-  __threadfence();  // this block's partials are visible device-wide before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(counters + blockIdx.x, 1) == splits - 1;
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  const int rows = (blockDim.x / 32) * kRowsPerWarp, row0 = blockIdx.x * rows;
-  for (int idx = threadIdx.x; idx < m * rows; idx += blockDim.x) {
-    const int col = idx / rows, row = row0 + idx % rows;
-    if (row >= n) continue;
-    float sum = 0.0f;
-    for (int s = 0; s < splits; ++s) sum += __ldcg(partial + (static_cast<size_t>(s) * m + col) * n + row);
-    y[static_cast<size_t>(col) * n + row] = static_cast<T>(sum);
+    }
   }
 }
 
 struct Launch {
   cudaStream_t stream;
   const void *x, *codes, *scale, *zero;
-  void* y;
-  float* partial;
-  int* counters;
+  float* out;
   int m, n, k, group, ks, bias, warps;
   bool has_zero, tiled;
   int* blocks_per_sm = nullptr;  // when set: report the kernel's occupancy instead of launching
@@ -445,27 +410,22 @@ size_t smem_bytes(int ks, int nt, int stages, int threads) {
 
 template <typename T, typename ST, int NT, int STAGES, bool ScaleOnAcc>
 cudaError_t launch_typed(const Launch& a) {
+  if (a.blocks_per_sm)
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(a.blocks_per_sm,
+                                                         w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc>,
+                                                         a.warps * 32, smem_bytes(a.ks, NT, STAGES, a.warps * 32));
+  const int splits = (a.k + a.ks - 1) / a.ks;
+  const int rows_per_block = a.warps * kRowsPerWarp;
+  dim3 grid((a.n + rows_per_block - 1) / rows_per_block, splits);
   const size_t smem = smem_bytes(a.ks, NT, STAGES, a.warps * 32);
-  if (smem > 48 * 1024) {  // opt in to more than 48 KB of dynamic shared memory (also for the query)
+  if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
-  if (a.blocks_per_sm)
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(a.blocks_per_sm,
-                                                         w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc>,
-                                                         a.warps * 32, smem);
-  const int splits = (a.k + a.ks - 1) / a.ks;
-  const int rows_per_block = a.warps * kRowsPerWarp;
-  dim3 grid((a.n + rows_per_block - 1) / rows_per_block, splits);
-  if (splits > 1) {
-    const cudaError_t err = cudaMemsetAsync(a.counters, 0, sizeof(int) * grid.x, a.stream);
-    if (err != cudaSuccess) return err;
-  }
   w4a16_decode_kernel<T, ST, NT, STAGES, ScaleOnAcc><<<grid, a.warps * 32, smem, a.stream>>>(
       static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes), static_cast<const ST*>(a.scale),
-      static_cast<const uint8_t*>(a.zero), static_cast<T*>(a.y), a.partial, a.counters, a.m, a.n, a.k, a.group,
-      a.ks, a.bias, a.has_zero ? 1 : 0,
+      static_cast<const uint8_t*>(a.zero), a.out, a.m, a.n, a.k, a.group, a.ks, a.bias, a.has_zero ? 1 : 0,
       a.tiled ? 1 : 0);
   return cudaGetLastError();
 }
@@ -507,13 +467,12 @@ std::string dims_str(ffi::AnyBuffer::Dimensions d) {
 }
 
 ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
-                           ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> partial,
-                           ffi::Result<ffi::AnyBuffer> counters, int64_t group, int64_t k_split,
+                           ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
                            int64_t bias, int64_t has_zero, int64_t stages, int64_t warps,
                            int64_t tiled) {
-  const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = partial->dimensions();
+  const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = out->dimensions();
   if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 3)
-    return ffi::Error::InvalidArgument("jquant_w4a16_decode: x, codes, scale must be 2-D and the workspace 3-D");
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: x, codes, scale must be 2-D and out 3-D");
   const int64_t m = xd[0], k = xd[1], n = sd[0];
   const auto xt = x.element_type();
   if (xt != ffi::DataType::BF16 && xt != ffi::DataType::F16)
@@ -539,27 +498,14 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: zero must be uint8 with the scale's shape");
   const int64_t splits = (k + k_split - 1) / k_split;
   const int nt = m > 8 ? 2 : 1;
-  if (od[0] != splits || od[1] != m || od[2] != n || partial->element_type() != ffi::DataType::F32)
-    return ffi::Error::InvalidArgument("jquant_w4a16_decode: workspace must be f32 [S, M, N] = (" +
+  if (od[0] != splits || od[1] != m || od[2] != n || out->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("jquant_w4a16_decode: out must be f32 [S, M, N] = (" +
                                        std::to_string(splits) + ", " + std::to_string(m) + ", " + std::to_string(n) +
                                        "), got " + dims_str(od));
-  const auto yd = y->dimensions();
-  const int64_t row_blocks = (n + warps * kRowsPerWarp - 1) / (warps * kRowsPerWarp);
-  if (yd.size() != 2 || yd[0] != m || yd[1] != n || y->element_type() != xt)
-    return ffi::Error::InvalidArgument("jquant_w4a16_decode: y must be [M, N] in x's dtype, got " + dims_str(yd));
-  if (counters->element_type() != ffi::DataType::S32 || counters->element_count() < size_t(row_blocks))
-    return ffi::Error::InvalidArgument("jquant_w4a16_decode: counters must be int32 [>= " +
-                                       std::to_string(row_blocks) + "]");
   if (smem_bytes(int(k_split), nt, 0, 0) > kMaxSplitBytes)
     return ffi::Error::InvalidArgument("jquant_w4a16_decode: k_split too large for shared memory");
-  Launch a{stream,
-           x.untyped_data(),
-           codes.untyped_data(),
-           scale.untyped_data(),
-           zero.untyped_data(),
-           y->untyped_data(),
-           static_cast<float*>(partial->untyped_data()),
-           static_cast<int*>(counters->untyped_data()),
+  Launch a{stream,         x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
+           static_cast<float*>(out->untyped_data()),
            int(m),         int(n),           int(k),               int(group),           int(k_split),
            int(bias),      int(warps),       has_zero != 0,        tiled != 0};
   const cudaError_t err =
@@ -596,9 +542,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
                                   .Arg<ffi::AnyBuffer>()  // codes
                                   .Arg<ffi::AnyBuffer>()  // scale
                                   .Arg<ffi::AnyBuffer>()  // zero (uint8, [N, K/G] or a 1-element dummy)
-                                  .Ret<ffi::AnyBuffer>()  // y [M, N] in x's dtype
-                                  .Ret<ffi::AnyBuffer>()  // workspace: partial sums [S, M, N] f32
-                                  .Ret<ffi::AnyBuffer>()  // workspace: int32 counters, one per row block
+                                  .Ret<ffi::AnyBuffer>()  // partial sums [S, M, N] f32
                                   .Attr<int64_t>("group")
                                   .Attr<int64_t>("k_split")
                                   .Attr<int64_t>("bias")
