@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 __all__ = ["CSRC", "BuildError", "nvcc_path", "nvcc_command", "library_path", "build", "load_library", "register"]
@@ -108,13 +109,17 @@ def build(*, force: bool = False, verbose: bool = False) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = nvcc_command(Path(tmp))
+    # A one-time wait of 30-60 s inside the first GPU qmatmul call: say so instead of looking hung.
+    print(f"jquant: building the CUDA kernels once ({', '.join(p.name for p in sources())}) -> {out}", file=sys.stderr)
     if verbose:
         print(" ".join(cmd), file=sys.stderr)
     try:
+        t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise BuildError(f"nvcc failed ({res.returncode}):\n{res.stderr[-4000:]}")
         os.replace(tmp, out)
+        print(f"jquant: CUDA kernels built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
