@@ -124,10 +124,15 @@ __device__ __forceinline__ void stage_x(uint2* xs, float* xsum, const T* __restr
     const int n = task % (NT * 8), t = task / (NT * 8);
     const int lane_n = (n % 8) * 4, nt = n / 8;
     float sum = 0.0f;
-#pragma unroll 4
+    // All 16 loads of the task are issued before any is used: one round trip to L2, not four
+    // (the first step's mma waits on this staging).
+    uint4 us[kStepK / 8];
+    const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<size_t>(n) * k + k0 + t * kStepK);
+#pragma unroll
+    for (int c = 0; c < kStepK / 8; ++c) us[c] = n < m ? __ldg(src + c) : make_uint4(0, 0, 0, 0);
+#pragma unroll
     for (int c = 0; c < kStepK / 8; ++c) {  // 16 chunks of 8 values
-      uint4 u = make_uint4(0, 0, 0, 0);
-      if (n < m) u = *reinterpret_cast<const uint4*>(x + static_cast<size_t>(n) * k + k0 + t * kStepK + c * 8);
+      const uint4 u = us[c];
       const int q = c / 4, i = c % 4;
       const int base = (((t * 4 + i) * 2) * NT + nt) * 32 + lane_n + q;
       xs[base] = make_uint2(__byte_perm(u.x, u.z, 0x5410), __byte_perm(u.x, u.z, 0x7632));
