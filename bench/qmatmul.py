@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import zlib
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the card
@@ -35,10 +34,10 @@ import numpy as np  # noqa: E402
 
 from bench.env import _log, card_slug, env_info  # noqa: E402
 from bench.shapes import M_TABLE, M_VALUES, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
+from bench.timing import REL_ERR_OK, check_then_time, rel_err  # noqa: E402
 
 # Relative L2 error accepted for bf16 outputs of a K-long f32-accumulated dot (bf16 rounding of
 # the output alone is 2^-9 = 2e-3; bf16 weights add about as much).
-REL_ERR_OK = 1e-2
 
 
 @dataclasses.dataclass
@@ -80,14 +79,6 @@ def make_qarray(key, n: int, k: int, bits: int, group: int, zero: bool):
         qt = int_type(bits, bias=1 << (bits - 1))
         z = None
     return QArray(data=data, scale=scale, zero=z, qtype=qt, shape=(n, k), block=block)
-
-
-def rel_err(y, ref) -> float:
-    y = np.asarray(y, np.float64)
-    ref = np.asarray(ref, np.float64)
-    if not np.isfinite(y).all():
-        return float("inf")
-    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +133,7 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
         "copies_dense": n_d,
     }
 
-    def check(name, y):
+    def error(y) -> float:
         nonlocal ref_full
         if hasattr(y, "detach"):  # torch tensor
             y = y.detach().float().cpu().numpy()
@@ -151,24 +142,11 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
         if m <= 16:
             if ref_full is None:
                 ref_full = np.asarray(reference_qmatmul(x, w0).astype(jnp.float32))
-            e = rel_err(y, ref_full)
-        else:
-            e = rel_err(y[rows], ref)
-        res[f"{name}_err"] = e
-        return e <= REL_ERR_OK
+            return rel_err(y, ref_full)
+        return rel_err(y[rows], ref)
 
-    def timed(name, check_fn, time_fn):
-        try:
-            if not check(name, check_fn()):
-                res[name] = "WRONG"
-                _log(f"  {name}: WRONG rel err {res[name + '_err']:.3e}")
-                return
-            res[name] = time_fn()
-            _log(f"  {name}: {res[name]:.1f} us (err {res[name + '_err']:.1e})")
-        except Exception as e:  # noqa: BLE001
-            res[name] = f"ERROR {type(e).__name__}"
-            _log(f"  {name}: ERROR {type(e).__name__}: {str(e)[:300]}")
-            traceback.print_exc(file=sys.stdout)
+    def timed(name, run_once, time_fn):
+        check_then_time(res, name, lambda: error(run_once()), time_fn)
 
     if "jquant" in methods:
         backend, _ = select(x, w0, platform="gpu")

@@ -11,8 +11,20 @@
 from __future__ import annotations
 
 import statistics
+import sys
+import traceback
 
-__all__ = ["jax_time_us", "torch_time_us", "copies_for", "L2_BYTES_DEFAULT"]
+import numpy as np
+
+__all__ = [
+    "jax_time_us",
+    "torch_time_us",
+    "copies_for",
+    "rel_err",
+    "check_then_time",
+    "L2_BYTES_DEFAULT",
+    "REL_ERR_OK",
+]
 
 # H100 50 MB, H200 60 MB (KINDS.md); the larger keeps the rotation honest on both.
 L2_BYTES_DEFAULT = 60 * 2**20
@@ -50,3 +62,39 @@ def torch_time_us(fn, *, warmup_ms: int = 25, rep_ms: int = 100) -> float:
     import triton.testing
 
     return 1e3 * triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+# A method whose output is further than this from the spec (relative L2) is reported WRONG, not timed.
+REL_ERR_OK = 1e-2
+
+
+def rel_err(y, ref) -> float:
+    """||y - ref|| / ||ref|| in float64; inf when y has a non-finite value."""
+    y = np.asarray(y, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if not np.isfinite(y).all():
+        return float("inf")
+    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def check_then_time(res: dict, name: str, error, time_us) -> None:
+    """Checks one method against the spec, then times it; the outcome goes into ``res``.
+
+    ``res[name]`` becomes the time in microseconds, ``"WRONG"`` when ``error()`` exceeds
+    `REL_ERR_OK` (the method is then not timed), or ``"ERROR <type>"`` when either call raises
+    (traceback on stdout); ``res[name + "_err"]`` holds the relative error.
+    """
+    from bench.env import _log
+
+    try:
+        e = res[f"{name}_err"] = error()
+        if e > REL_ERR_OK:
+            res[name] = "WRONG"
+            _log(f"  {name}: WRONG rel err {e:.3e}")
+            return
+        res[name] = time_us()
+        _log(f"  {name}: {res[name]:.1f} us (err {e:.1e})")
+    except Exception as ex:  # noqa: BLE001  (reported in the table)
+        res[name] = f"ERROR {type(ex).__name__}"
+        _log(f"  {name}: ERROR {type(ex).__name__}: {str(ex)[:300]}")
+        traceback.print_exc(file=sys.stdout)

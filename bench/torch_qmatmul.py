@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import zlib
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the card
@@ -45,8 +44,7 @@ from bench.env import _log, env_info  # noqa: E402
 from bench.qmatmul import Case as WCase  # noqa: E402  (the weight-only case, shared with the Pallas bench)
 from bench.qmatmul import make_qarray  # noqa: E402
 from bench.shapes import M_TABLE, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
-
-REL_ERR_OK = 1e-2
+from bench.timing import check_then_time, rel_err  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +56,6 @@ class ACase:
     @property
     def label(self) -> str:
         return f"{self.shape.name} M={self.m} w8a8-{self.scheme}"
-
-
-def rel_err(y, ref) -> float:
-    y = np.asarray(y, np.float64)
-    ref = np.asarray(ref, np.float64)
-    if not np.isfinite(y).all():
-        return float("inf")
-    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def time_graph_us(fn, copies: int, dry: bool) -> float:
@@ -116,22 +106,12 @@ def run_weight_only(case: WCase, dev, iters: int, dry: bool, pallas: bool) -> di
     del wd0
     res: dict = {"case": case.label, "m": m, "n": n, "k": k, "weight_bytes": w0.nbytes, "copies": nq}
 
+    def error(y) -> float:
+        y = y.detach().float().cpu().numpy() if hasattr(y, "detach") else np.asarray(y, dtype=np.float32)
+        return rel_err(y[rows], ref)
+
     def timed(name, run_once, run_all, copies):
-        try:
-            y = run_once()
-            y = y.detach().float().cpu().numpy() if hasattr(y, "detach") else np.asarray(y, dtype=np.float32)
-            e = rel_err(y[rows], ref)
-            res[f"{name}_err"] = e
-            if e > REL_ERR_OK:
-                res[name] = "WRONG"
-                _log(f"  {name}: WRONG rel err {e:.3e}")
-                return
-            res[name] = run_all(copies)
-            _log(f"  {name}: {res[name]:.1f} us (err {e:.1e})")
-        except Exception as ex:  # noqa: BLE001  (reported in the table)
-            res[name] = f"ERROR {type(ex).__name__}"
-            _log(f"  {name}: ERROR {type(ex).__name__}: {str(ex)[:300]}")
-            traceback.print_exc(file=sys.stdout)
+        check_then_time(res, name, lambda: error(run_once()), lambda: run_all(copies))
 
     lin = torch.nn.functional.linear
     timed(
@@ -210,20 +190,7 @@ def run_w8a8(case: ACase, dev, dry: bool) -> dict:
     res: dict = {"case": case.label, "m": m, "n": n, "k": k, "copies": nq}
 
     def timed(name, run_once, run_all):
-        try:
-            y = run_once().float().cpu().numpy()
-            e = rel_err(y[rows], ref)
-            res[f"{name}_err"] = e
-            if e > REL_ERR_OK:
-                res[name] = "WRONG"
-                _log(f"  {name}: WRONG rel err {e:.3e}")
-                return
-            res[name] = run_all()
-            _log(f"  {name}: {res[name]:.1f} us (err {e:.1e})")
-        except Exception as ex:  # noqa: BLE001
-            res[name] = f"ERROR {type(ex).__name__}"
-            _log(f"  {name}: ERROR {type(ex).__name__}: {str(ex)[:300]}")
-            traceback.print_exc(file=sys.stdout)
+        check_then_time(res, name, lambda: rel_err(run_once().float().cpu().numpy()[rows], ref), run_all)
 
     impl = f"torch_triton_w8a8_{case.scheme}"
     prepared = [prepare(w, dev, torch.bfloat16, act_quant=case.scheme, implementation=impl) for w in ws]
