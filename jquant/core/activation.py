@@ -237,8 +237,12 @@ def _pow2_round(amax: np.ndarray) -> np.ndarray:
     return ((bits + add) & mask).astype(np.uint32).view(np.float32)
 
 
-def _unit_view(x: np.ndarray, act: ActQuant) -> np.ndarray:
-    """x reshaped so that the last axis is one scale unit: [..., units, G] / [..., 1, K] / [1, size]."""
+def unit_view(x, act: ActQuant):
+    """x reshaped so that the last axis is one scale unit: [..., units, G] / [..., 1, K] / [1, size].
+
+    Shape logic only: works on numpy and jnp arrays alike (the jnp twin in `jquant.ops.act_quant`
+    uses it too).
+    """
     if act.granularity == "group":
         g = act.group_size
         if x.shape[-1] % g:
@@ -288,7 +292,7 @@ def quantize_activations(x: np.ndarray, act: ActQuant) -> tuple[np.ndarray, np.n
         [..., units, 1] (units = 1 for tensor / token); z the zero point like s, or None.
     """
     xf = np.asarray(x, dtype=np.float32)
-    xu = _unit_view(xf, act)
+    xu = unit_view(xf, act)
     if act.dynamic:
         s, z = _dynamic_scale(xu, act)
     else:
@@ -307,7 +311,7 @@ def fake_quantize(x: np.ndarray, act: ActQuant) -> np.ndarray:
     """Quantize-dequantize activations exactly as the serving engine would: float32 [..., K]."""
     xf = np.asarray(x, dtype=np.float32)
     q, s, z = quantize_activations(xf, act)
-    qu = _unit_view(q, act)
+    qu = unit_view(q, act)
     out = (qu - z) * s if z is not None else qu * s
     return out.astype(np.float32).reshape(xf.shape)
 

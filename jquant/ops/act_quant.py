@@ -18,6 +18,7 @@ from jquant.core.activation import (
     ActQuant,
     register_pytree,
     scale_divisor,
+    unit_view,
 )
 
 __all__ = ["fake_quantize"]
@@ -64,17 +65,6 @@ def _pow2_round(amax: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type((bits + add) & mask, jnp.float32)
 
 
-def _unit_view(x: jax.Array, act: ActQuant) -> jax.Array:
-    if act.granularity == "group":
-        g = act.group_size
-        if x.shape[-1] % g:
-            raise ValueError(f"activation width {x.shape[-1]} is not a multiple of group_size {g}")
-        return x.reshape(*x.shape[:-1], x.shape[-1] // g, g)
-    if act.granularity == "token":
-        return x.reshape(*x.shape[:-1], 1, x.shape[-1])
-    return x.reshape(1, 1, -1)
-
-
 def _dynamic_scale(xu: jax.Array, act: ActQuant):
     f32 = jnp.float32
     if not act.symmetric:
@@ -107,7 +97,7 @@ def fake_quantize(x: jax.Array, act: ActQuant) -> jax.Array:
         act: the `ActQuant` recipe (arrays may be JAX arrays).
     """
     xf = x.astype(jnp.float32)
-    xu = _unit_view(xf, act)
+    xu = unit_view(xf, act)
     if act.dynamic:
         s, z = _dynamic_scale(xu, act)
     else:
