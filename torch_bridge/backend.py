@@ -21,11 +21,11 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-import os
 from typing import ClassVar
 
 import torch
 
+from jquant.core.dispatch import choose, env_names
 from jquant.core.qarray import QArray
 from torch_bridge import act_quant as aq
 from torch_bridge.tensor import describe
@@ -117,10 +117,6 @@ def register_backend(backend: TorchBackend) -> TorchBackend:
     return backend
 
 
-def _env_names(var: str) -> list[str]:
-    return [s.strip() for s in os.environ.get(var, "").split(",") if s.strip().startswith("torch_")]
-
-
 def select(
     w: QArray,
     device: torch.device | str,
@@ -140,31 +136,19 @@ def select(
     """
     device = torch.device(device)
     act_quant = aq.resolve(act_quant, w.k, w.block[1])
-    skipped: list[str] = []
-    forced = [implementation] if implementation else _env_names("JQUANT_KERNELS")
-    if forced:
-        for name in forced:
-            b = BACKENDS.get(name)
-            if b is None:
-                skipped.append(f"{name}: unknown torch backend (known: {sorted(BACKENDS)})")
-                continue
-            ok, why = b.supports(w, device, dtype, act_quant)
-            if ok:
-                return b, skipped
-            skipped.append(f"{name}: {why}")
-        raise ValueError(
-            f"requested torch backend(s) {forced} cannot run {describe(w)} for {dtype} on {device}: {skipped}"
-        )
-    disabled = set(_env_names("JQUANT_DISABLED_KERNELS"))
-    for b in sorted(BACKENDS.values(), key=lambda b: -b.priority):
-        if b.name in disabled:
-            skipped.append(f"{b.name}: disabled by JQUANT_DISABLED_KERNELS")
-            continue
-        ok, why = b.supports(w, device, dtype, act_quant)
-        if ok:
-            return b, skipped
-        skipped.append(f"{b.name}: {why}")
-    raise ValueError(f"no torch backend runs {describe(w)} for {dtype} on {device}: {skipped}")
+    call = f"{describe(w)} for {dtype} on {device}"
+    b, skipped = choose(
+        BACKENDS,
+        sorted(BACKENDS.values(), key=lambda b: -b.priority),
+        lambda b: b.supports(w, device, dtype, act_quant),
+        forced=[implementation] if implementation else env_names("JQUANT_KERNELS", "torch_"),
+        disabled=env_names("JQUANT_DISABLED_KERNELS", "torch_"),
+        what="torch",
+        call=call,
+    )
+    if b is None:
+        raise ValueError(f"no torch backend runs {call}: {skipped}")
+    return b, skipped
 
 
 def explain(w: QArray, device: torch.device | str, dtype: torch.dtype, *, act_quant: str | None = None) -> str:

@@ -8,12 +8,12 @@ weight); kernel backends (`jquant.pallas`, `kernels_cuda`) register themselves a
 from __future__ import annotations
 
 import importlib
-import os
 
 import jax
 import jax.numpy as jnp
 
 from jquant.core import jnp_dequant
+from jquant.core.dispatch import choose, env_names
 from jquant.core.qarray import QArray
 from jquant.ops.backend import BACKENDS, Backend, available_backends, register_backend
 
@@ -80,10 +80,6 @@ def load_kernel_packages(platform: str) -> dict[str, str]:
     return _LOADED[platform]
 
 
-def _env_list(var: str) -> list[str]:
-    return [s.strip() for s in os.environ.get(var, "").split(",") if s.strip()]
-
-
 def select(
     x, w: QArray, *, implementation: str | None = None, platform: str | None = None
 ) -> tuple[Backend, list[str]]:
@@ -95,31 +91,16 @@ def select(
     """
     platform = platform or jax.default_backend()
     load_kernel_packages(platform)
-    skipped: list[str] = []
-    forced = [implementation] if implementation else _env_list("JQUANT_KERNELS")
-    if forced:
-        for name in forced:
-            b = BACKENDS.get(name)
-            if b is None:
-                skipped.append(f"{name}: unknown backend (known: {sorted(BACKENDS)})")
-                continue
-            ok, why = b.supports(x, w)
-            if ok:
-                return b, skipped
-            skipped.append(f"{name}: {why}")
-        raise ValueError(
-            f"requested qmatmul backend(s) {forced} cannot run {w!r} with x {x.shape} {x.dtype}: {skipped}"
-        )
-    disabled = set(_env_list("JQUANT_DISABLED_KERNELS"))
-    for b in available_backends(platform):
-        if b.name in disabled:
-            skipped.append(f"{b.name}: disabled by JQUANT_DISABLED_KERNELS")
-            continue
-        ok, why = b.supports(x, w)
-        if ok:
-            return b, skipped
-        skipped.append(f"{b.name}: {why}")
-    return BACKENDS["xla_reference"], skipped
+    b, skipped = choose(
+        BACKENDS,
+        available_backends(platform),
+        lambda b: b.supports(x, w),
+        forced=[implementation] if implementation else env_names("JQUANT_KERNELS"),
+        disabled=env_names("JQUANT_DISABLED_KERNELS"),
+        what="qmatmul",
+        call=f"{w!r} with x {x.shape} {x.dtype}",
+    )
+    return (b or BACKENDS["xla_reference"]), skipped
 
 
 def qmatmul(x: jax.Array, w: QArray | jax.Array, *, implementation: str | None = None) -> jax.Array:
