@@ -158,6 +158,15 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
         if col in methods and m <= 16 and BACKENDS.get(impl) is not None and BACKENDS[impl].supports(x, w0)[0]:
             f = lambda x, w, impl=impl: ops_qmatmul(x, w, implementation=impl)  # noqa: E731
             timed(col, lambda f=f: jax.jit(f)(x, w0), lambda f=f: jax_time_us(f, x, qcopies, iterations=iters))
+    if "cuda_gemm" in methods and m > 16 and BACKENDS.get("cuda_w4a16_gemm") is not None:
+        from kernels_cuda.w4a16_gemm import w4a16_gemm, why_not
+
+        if not why_not(x, w0):  # timed at every M > 16, also past the dispatcher's range (crossover)
+            timed(
+                "cuda_gemm",
+                lambda: jax.jit(w4a16_gemm)(x, w0),
+                lambda: jax_time_us(w4a16_gemm, x, qcopies, iterations=iters),
+            )
     if "pallas_prefill" in methods and m > 64:  # the fused kernel, also where the dispatcher prefers two-stage
         f = lambda x, w: ops_qmatmul(x, w, implementation="pallas_triton_wna16_prefill")  # noqa: E731
         timed("pallas_prefill", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
@@ -235,7 +244,8 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
 def sweep(
     shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group: int = 128, kernel: str = "pallas"
 ) -> list[dict]:
-    """Times ``kernel`` ("pallas": `wna16_qmatmul`, "cuda": `kernels_cuda.w4a16_decode`) per config."""
+    """Times ``kernel`` per config: "pallas" (`wna16_qmatmul`), "cuda" (`kernels_cuda.w4a16_decode`) or
+    "cuda_gemm" (`kernels_cuda.w4a16_gemm.w4a16_gemm`)."""
     import jax
     import jax.numpy as jnp
 
@@ -244,6 +254,8 @@ def sweep(
 
     if kernel == "cuda":
         from kernels_cuda import w4a16_decode as wna16_qmatmul
+    elif kernel == "cuda_gemm":
+        from kernels_cuda.w4a16_gemm import w4a16_gemm as wna16_qmatmul
     else:
         from jquant.pallas import wna16_qmatmul
 
@@ -298,6 +310,23 @@ def cuda_sweep_configs(m: int, n: int, k: int):
                 continue
             out += [(DecodeConfig(k_split=ks, stages=st, warps=warps), t) for st in (4, 8) for t in (False, True)]
     return out
+
+
+def gemm_sweep_configs(m: int, n: int, k: int):
+    """Launch configs of the CUDA GEMM kernel tried by ``--gemm-sweep``: every block shape with
+    M / 4 < bm <= M, both ring depths, and 1, 2, 4, 8 K splits (plus the heuristic's)."""
+    from kernels_cuda.w4a16_gemm import STEP_K, TILES, GemmConfig, gemm_config
+
+    steps = k // STEP_K
+    splits = sorted({1, 2, 4, 8, gemm_config(m, n, k).splits(k)})
+    return [
+        GemmConfig(bm=bm, wm=wm, k_split=-(-steps // s) * STEP_K, stages=st)
+        for bm, wm in TILES
+        if bm <= max(32, m) and (bm * 4 > m or bm == 128)
+        for st in (3, 4)
+        for s in splits
+        if s <= steps
+    ]
 
 
 def sweep_configs(m: int):
@@ -368,6 +397,7 @@ COLS = (
     "pallas_prefill",
     "pallas_decode",
     "cuda_decode",
+    "cuda_gemm",
     "jquant",
 )
 
@@ -457,13 +487,14 @@ def plot(out: str, env: dict, results: list[dict]) -> None:
 
 
 def short_table(results: list[dict]) -> str:
-    rows = ["case                          torch_bf16  xla_deq  tinygemm  pallas_d   cuda_d   jquant   x/bf16"]
+    rows = ["case                          torch_bf16  xla_deq  tinygemm  pallas_d   cuda_d   cuda_g   jquant   x/bf16"]
     for r in results:
         j, t = r.get("jquant"), r.get("torch_bf16")
         ratio = f"{t / j:6.2f}" if isinstance(j, float) and isinstance(t, float) else "     -"
         rows.append(
             f"{r['case'][:29]:29s} {_fmt(r.get('torch_bf16')):>10s} {_fmt(r.get('xla_deq')):>8s} "
             f"{_fmt(r.get('tinygemm')):>9s} {_fmt(r.get('pallas_decode')):>9s} {_fmt(r.get('cuda_decode')):>8s} "
+            f"{_fmt(r.get('cuda_gemm')):>8s} "
             f"{_fmt(r.get('jquant')):>8s} {ratio}"
         )
     return "\n".join(rows)
@@ -494,11 +525,13 @@ def main(argv=None) -> int:
     p.add_argument("--ms", default="", help="comma list of M (default bench.shapes.M_TABLE)")
     p.add_argument(
         "--methods",
-        default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,pallas_prefill,pallas_decode,cuda_decode,jquant",
+        default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,pallas_prefill,pallas_decode,cuda_decode,"
+        "cuda_gemm,jquant",
     )
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--sweep", action="store_true", help="also sweep Pallas tile configs on 70b_o / 8b_gate_up")
     p.add_argument("--cuda-sweep", action="store_true", help="sweep the CUDA decode kernel's launch configs")
+    p.add_argument("--gemm-sweep", action="store_true", help="sweep the CUDA GEMM kernel's launch configs")
     p.add_argument("--no-extras", action="store_true", help="skip the M sweep / group / 8-bit cases")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this many seconds")
     args = p.parse_args(argv)
@@ -532,6 +565,20 @@ def main(argv=None) -> int:
                 break
             sh = SHAPES_BY_NAME[shape]
             sweeps += sweep(sh, m, cuda_sweep_configs(m, sh.n, sh.k), iters=10, group=g, kernel="cuda")
+
+    if args.gemm_sweep:
+        for shape, m in (
+            ("70b_o", 32),
+            ("70b_o", 64),
+            ("70b_o", 128),
+            ("8b_qkv", 128),
+            ("70b_o", 256),
+            ("70b_o", 1024),
+        ):
+            if time.time() - t0 > args.budget_s:
+                break
+            sh = SHAPES_BY_NAME[shape]
+            sweeps += sweep(sh, m, gemm_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda_gemm")
 
     methods = args.methods.split(",")
     results = []

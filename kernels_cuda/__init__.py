@@ -10,6 +10,9 @@ Backends (platform ``"gpu"``):
   compressed-tensors int4, symmetric or with zero points, act-order), group sizes that are
   multiples of 32 and per-channel scales, bf16/f16 activations, M <= 16. mma.sync with the weight
   dequantized into registers, activations staged in shared memory in fragment order, split-K.
+* ``cuda_w4a16_gemm`` (priority 30): the same weights for 16 < M <= 256 (batched decode, chunked
+  prefill): 128 x BM block tiles, a cp.async shared-memory ring for codes and activations,
+  ldmatrix B fragments from activations gathered once into fragment order, split-K.
 """
 
 from jquant.core.qarray import register_pytree
@@ -18,7 +21,18 @@ register_pytree()
 
 from jquant.ops.backend import register_backend  # noqa: E402
 from kernels_cuda.w4a16 import DecodeConfig, W4A16DecodeBackend, decode_config, w4a16_decode  # noqa: E402
+from kernels_cuda.w4a16_gemm import GemmConfig, W4A16GemmBackend, gemm_config, w4a16_gemm  # noqa: E402
 
 register_backend(W4A16DecodeBackend())
+register_backend(W4A16GemmBackend())
 
-__all__ = ["DecodeConfig", "W4A16DecodeBackend", "decode_config", "w4a16_decode"]
+__all__ = [
+    "DecodeConfig",
+    "GemmConfig",
+    "W4A16DecodeBackend",
+    "W4A16GemmBackend",
+    "decode_config",
+    "gemm_config",
+    "w4a16_decode",
+    "w4a16_gemm",
+]

@@ -33,7 +33,7 @@ ARCH_FLAGS = (
 COMMON_FLAGS = ("-O3", "-std=c++17", "-diag-suppress=940,2473", "-Xcompiler=-fPIC", "--threads=0")
 
 # FFI targets this library defines: registered name -> exported handler symbol.
-TARGETS = {"jquant_w4a16_decode": "JquantW4A16Decode"}
+TARGETS = {"jquant_w4a16_decode": "JquantW4A16Decode", "jquant_w4a16_gemm": "JquantW4A16Gemm"}
 
 
 class BuildError(RuntimeError):
@@ -56,11 +56,16 @@ def _include_dir() -> str:
 
 
 def sources() -> list[Path]:
+    """The translation units (one per kernel family)."""
     return sorted(CSRC.glob("*.cu"))
 
 
-def nvcc_command(out: Path, *, arch_flags=ARCH_FLAGS, extra=()) -> list[str]:
-    """The nvcc command line that builds the shared library into ``out``."""
+def headers() -> list[Path]:
+    return sorted(CSRC.glob("*.cuh"))
+
+
+def nvcc_command(out: Path, *, arch_flags=ARCH_FLAGS, extra=(), srcs=None) -> list[str]:
+    """The nvcc command line that builds the shared library (of ``srcs``, default all sources) into ``out``."""
     nvcc = nvcc_path()
     if nvcc is None:
         raise BuildError("nvcc not found (looked on PATH, $CUDA_HOME, $CUDA_PATH, /usr/local/cuda)")
@@ -71,7 +76,7 @@ def nvcc_command(out: Path, *, arch_flags=ARCH_FLAGS, extra=()) -> list[str]:
         *arch_flags,
         *extra,
         f"-I{_include_dir()}",
-        *map(str, sources()),
+        *map(str, srcs if srcs is not None else sources()),
         "-o",
         str(out),
     ]
@@ -86,7 +91,7 @@ def library_path() -> Path:
     import jaxlib
 
     h = hashlib.sha256()
-    for p in sources():
+    for p in sources() + headers():
         h.update(p.name.encode())
         h.update(p.read_bytes())
     nvcc = nvcc_path() or "none"

@@ -27,6 +27,7 @@ __all__ = [
     "untile_codes",
     "w4a16_decode",
     "why_not",
+    "why_not_operands",
     "MAX_M",
 ]
 
@@ -159,6 +160,17 @@ def untile_codes(tiled, n: int, k: int) -> np.ndarray:
 
 def why_not(x, w) -> str:
     """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
+    why = why_not_operands(x, w)
+    if why:
+        return why
+    m = math.prod(x.shape[:-1])
+    if not 1 <= m <= MAX_M:
+        return f"M={m} outside 1..{MAX_M} (decode kernel)"
+    return ""
+
+
+def why_not_operands(x, w) -> str:
+    """The checks every W4A16 kernel here shares (weight format, dtypes, K), whatever M is."""
     if not isinstance(w, QArray):
         return f"not a QArray ({type(w).__name__})"
     q = w.qtype
@@ -186,9 +198,6 @@ def why_not(x, w) -> str:
         return f"activation dtype {np.dtype(x.dtype).name} (kernel takes bf16/f16)"
     if x.shape[-1] != k:
         return f"x has K={x.shape[-1]}, weight has K={k}"
-    m = math.prod(x.shape[:-1])
-    if not 1 <= m <= MAX_M:
-        return f"M={m} outside 1..{MAX_M} (decode kernel)"
     return ""
 
 
@@ -222,7 +231,7 @@ def w4a16_decode(
     group = min(w.block[1], k)
     if cfg is None:
         occupancy = _occupancy(x.dtype, w.scale.dtype, m, group) if jax.default_backend() == "gpu" else None
-        cfg = decode_config(m, n, k, num_sms=num_sms or _num_sms(), blocks_per_sm=occupancy)
+        cfg = decode_config(m, n, k, num_sms=num_sms or device_num_sms(), blocks_per_sm=occupancy)
     offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
     call = jax.ffi.ffi_call("jquant_w4a16_decode", jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32))
@@ -250,7 +259,7 @@ def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps:
 
 
 @functools.cache
-def _num_sms() -> int:
+def device_num_sms() -> int:
     try:
         return int(getattr(jax.devices()[0], "core_count", 0)) or NUM_SMS_DEFAULT
     except Exception:

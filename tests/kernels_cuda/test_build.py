@@ -28,6 +28,7 @@ from kernels_cuda.w4a16 import (
     w4a16_decode,
     why_not,
 )
+from kernels_cuda.w4a16_gemm import TILES, GemmConfig, w4a16_gemm
 from tests.pallas.helpers import make_weight
 
 needs_nvcc = pytest.mark.skipif(build.nvcc_path() is None, reason="nvcc not installed on this host")
@@ -44,44 +45,66 @@ def _cuobjdump() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def sm90_cubin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cubin") / "w4a16.cubin"
-    cmd = build.nvcc_command(out, arch_flags=("-gencode=arch=compute_90,code=sm_90",), extra=("-cubin", "-Xptxas=-v"))
-    cmd.remove("--shared")
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out, res.stderr
+def sm90_cubins(tmp_path_factory):
+    """{source stem: (cubin path, ptxas -v log)} for sm_90, one cubin per translation unit."""
+    out = {}
+    for src in build.sources():
+        cubin = tmp_path_factory.mktemp("cubin") / f"{src.stem}.cubin"
+        cmd = build.nvcc_command(
+            cubin, arch_flags=("-gencode=arch=compute_90,code=sm_90",), extra=("-cubin", "-Xptxas=-v"), srcs=[src]
+        )
+        cmd.remove("--shared")
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        out[src.stem] = (cubin, res.stderr)
+    return out
 
 
-@needs_nvcc
-def test_no_spills_or_stack(sm90_cubin):
-    _, log = sm90_cubin
+def _ptxas_entries(log: str) -> list[tuple[str, tuple[str, str, str], int]]:
     kernels = re.findall(r"Compiling entry function '(\w+)'", log)
     frames = re.findall(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
     regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-    # 2 activation dtypes x 3 scale dtypes x 2 n8 tiles x 2 ring depths x 2 scale placements
-    assert len(kernels) == len(frames) == len(regs) == 48, log[-2000:]
-    assert all(f == ("0", "0", "0") for f in frames), [k for k, f in zip(kernels, frames) if f != ("0", "0", "0")]
-    assert max(regs) <= 255
+    assert len(kernels) == len(frames) == len(regs), log[-2000:]
+    return list(zip(kernels, frames, regs))
+
+
+@needs_nvcc
+def test_no_spills_or_stack(sm90_cubins):
+    decode = _ptxas_entries(sm90_cubins["w4a16_decode"][1])
+    gemm = _ptxas_entries(sm90_cubins["w4a16_gemm"][1])
+    # decode: 2 activation dtypes x 3 scale dtypes x 2 n8 tiles x 2 ring depths x 2 scale placements
+    assert len(decode) == 48
+    # gemm: 2 activation dtypes x 3 scale dtypes x 2 output dtypes x 4 block shapes x 2 ring depths
+    assert len(gemm) == 2 * 3 * 2 * len(TILES) * 2
+    for name, frame, regs in decode + gemm:
+        assert frame == ("0", "0", "0"), (name, frame)
+        assert regs <= 255
+    # the block shapes built for two blocks per SM fit their 128 registers without spilling
+    for name, _, regs in gemm:
+        bm, wm, _stages = map(int, re.search(r"Li(\d+)ELi(\d+)ELi(\d+)EEEv", name).groups())
+        assert regs * 256 * TILES[bm, wm] <= 65536, (name, regs)
 
 
 @needs_nvcc
 @pytest.mark.skipif(_cuobjdump() is None, reason="no cuobjdump (triton's) to read SASS")
-def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubin):
-    cubin, _ = sm90_cubin
+@pytest.mark.parametrize("stem", ["w4a16_decode", "w4a16_gemm"])
+def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubins, stem):
+    cubin, _ = sm90_cubins[stem]
     sass = subprocess.run([_cuobjdump(), "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
     assert "HMMA.16816.F32.BF16" in sass and "HMMA.16816.F32 " in sass  # bf16 and f16 mma.sync
-    assert re.search(r"LDG\.E\.(EF\.)?(NA\.)?.*128", sass), "16-byte weight loads missing"
+    assert "LDGSTS.E.BYPASS.LTC256B.128" in sass, "16-byte cp.async weight copies missing"
     assert "LOP3.LUT" in sass
     assert not re.search(r"\b(LDL|STL)\b", sass), "local memory traffic"
+    if stem == "w4a16_gemm":
+        assert "LDSM.16.M88.4" in sass, "ldmatrix.x4 B fragments missing"
 
 
 @needs_nvcc
 def test_builds_and_registers_targets():
     lib = build.build()
     assert lib.is_file() and lib.stat().st_size > 0
-    assert build.register() == ("jquant_w4a16_decode",)
-    assert hasattr(build.load_library(), "JquantW4A16Decode")
+    assert build.register() == ("jquant_w4a16_decode", "jquant_w4a16_gemm")
+    assert hasattr(build.load_library(), "JquantW4A16Decode") and hasattr(build.load_library(), "JquantW4A16Gemm")
 
 
 @needs_nvcc
@@ -99,6 +122,24 @@ def test_lowers_for_cuda(m, zero, perm):
     for attr in ("group = 64", "k_split = 256", f"has_zero = {int(zero)}", f"bias = {0 if zero else 8}"):
         assert attr in call, (attr, call)
     assert ("stablehlo.gather" in text or "dynamic_gather" in text or "gather" in text) == perm
+
+
+@needs_nvcc
+@pytest.mark.parametrize("m, zero, perm, k_split", [(40, False, False, 1024), (130, True, True, 256)])
+def test_gemm_lowers_for_cuda(m, zero, perm, k_split):
+    w = make_weight(np.random.default_rng(m), 512, 1024, bits=4, group=64, zero=zero, perm=perm)
+    wd = jax.tree_util.tree_map(jnp.asarray, w)
+    x = jnp.zeros((m, 1024), jnp.bfloat16)
+    cfg = GemmConfig(bm=64, wm=2, k_split=k_split, stages=3)
+    text = jax.jit(lambda x, w: w4a16_gemm(x, w, cfg)).trace(x, wd).lower(lowering_platforms=("cuda",)).as_text()
+    call = next(line for line in text.splitlines() if "custom_call @jquant_w4a16_gemm" in line)
+    assert f"tensor<{m}x1024xbf16>, tensor<512x512xui8>, tensor<512x16xf16>" in call
+    splits = 1024 // k_split
+    # one split: the kernel writes bf16 itself; several: f32 partial slabs summed by XLA
+    assert f"-> tensor<{splits}x{m}x512x{'bf16' if splits == 1 else 'f32'}>" in call
+    for attr in ("bm = 64", "wm = 2", "stages = 3", f"k_split = {k_split}", f"has_zero = {int(zero)}"):
+        assert attr in call, (attr, call)
+    assert "gather" in text  # fragment order (fused with act-order when present): always one gather
 
 
 @pytest.mark.parametrize(
@@ -146,7 +187,8 @@ def test_tile_codes_is_a_lossless_byte_permutation(n, k):
 
 @needs_nvcc
 @pytest.mark.parametrize("m, bits, expect", [(1, 4, "cuda_w4a16_decode"), (16, 4, "cuda_w4a16_decode"),
-                                             (17, 4, "pallas_triton_wna16_decode"),
+                                             (17, 4, "cuda_w4a16_gemm"), (128, 4, "cuda_w4a16_gemm"),
+                                             (129, 4, "xla_dequant_dot"),
                                              (1, 8, "pallas_triton_wna16_decode")])  # fmt: skip
 def test_dispatcher_prefers_the_cuda_kernel_where_it_applies(m, bits, expect):
     from jquant.ops.qmatmul import select
