@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--once", action="store_true", help="one call per case (for ncu)")
     p.add_argument("--shapes", default="70b_o")
     p.add_argument("--ms", default="32,64,128")
-    p.add_argument("--configs", default="", help="comma list of bm:wm:k_split:stages (default: the heuristic)")
+    p.add_argument("--configs", default="", help="comma list of bm:wm:splits:stages (default: the heuristic)")
     args = p.parse_args(argv)
     rows = []
     for name in args.shapes.split(","):
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
             x = jax.random.normal(key, (m, sh.k), jnp.float32).astype(jnp.bfloat16)
             cfgs = [gemm_config(m, sh.n, sh.k)]
             if args.configs:
-                cfgs = [_parse(c) for c in args.configs.split(",")]
+                cfgs = [_parse(c, sh.k) for c in args.configs.split(",")]
             for cfg in cfgs:
                 f = lambda x, w, cfg=cfg: w4a16_gemm(x, w, cfg)  # noqa: E731
                 if args.once:
@@ -51,11 +51,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _parse(spec: str):
-    from kernels_cuda.w4a16_gemm import GemmConfig
+def _parse(spec: str, k: int):
+    from kernels_cuda.w4a16_gemm import STEP_K, GemmConfig
 
-    bm, wm, ks, st = (int(v) for v in spec.split(":"))
-    return GemmConfig(bm=bm, wm=wm, k_split=ks, stages=st)
+    bm, wm, splits, st = (int(v) for v in spec.split(":"))
+    return GemmConfig(bm=bm, wm=wm, k_split=-(-(k // STEP_K) // splits) * STEP_K, stages=st)
 
 
 if __name__ == "__main__":

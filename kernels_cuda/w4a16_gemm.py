@@ -39,7 +39,7 @@ BLOCK_MS = (32, 64, 128)
 # block covers 256 / wm weight rows. Tiles with 32 activation rows per warp are built for two
 # blocks per SM (128 registers; a 4-stage ring of 96 KB at most); the others take up to 255
 # registers, one block per SM (tests/kernels_cuda/test_build.py checks both).
-TILES = {(32, 1): 2, (64, 1): 1, (64, 2): 2, (128, 2): 1}
+TILES = {(32, 1): 2, (64, 1): 1, (64, 2): 2, (128, 1): 1, (128, 2): 1}
 # Largest M the dispatcher sends here; above it XLA's dequantize -> cuBLAS dot (`xla_dequant_dot`)
 # is faster (crossover measured on H200: bench/results/nvidia_h200/qmatmul_gemm.md).
 MAX_M = 128
@@ -76,11 +76,11 @@ class GemmConfig:
 
 # Block shape by M (first row whose bound covers M), from the sweeps of `bench.qmatmul --gemm-sweep`
 # on H200 (bench/results/nvidia_h200/qmatmul_gemm.md).
-TILE_FOR_M = ((32, (32, 1)), (64, (64, 1)), (None, (128, 2)))
+TILE_FOR_M = ((32, (32, 1)), (64, (64, 1)), (None, (128, 1)))
 # Cost model of a launch, calibrated on H200 (same sweeps): microseconds per block per 128-column
 # step when the SM is full, and the bandwidth at which the f32 partial slabs of a split launch are
 # written and read back by the reduction.
-STEP_US = {(32, 1): 1.4, (64, 1): 2.05, (64, 2): 1.4, (128, 2): 1.95}
+STEP_US = {(32, 1): 1.4, (64, 1): 2.05, (64, 2): 1.4, (128, 1): 3.2, (128, 2): 1.95}
 PARTIALS_BYTES_PER_US = 3.0e6
 
 

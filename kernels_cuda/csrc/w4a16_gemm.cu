@@ -153,13 +153,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, WM>) w4a16_gemm_kerne
 #pragma unroll
   for (int j = 0; j < 4; ++j) srow[j] = min(n0 + wn * 32 + r + 8 * j, n - 1) * groups;
   ST s_next[4];
-  uint8_t z_next[4];
+  uint32_t z_next;  // the 4 rows' zero points, one per byte (one register, not four)
   auto load_scales = [&](int step) {
     const int g = (k0 + step * kBK + 32 * q) / group;
+    z_next = 0;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       s_next[j] = __ldg(scale + srow[j] + g);
-      z_next[j] = has_zero ? __ldg(zero + srow[j] + g) : uint8_t(0);
+      if (has_zero) z_next |= static_cast<uint32_t>(__ldg(zero + srow[j] + g)) << (8 * j);
     }
   };
 
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<BM, WM>) w4a16_gemm_kerne
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       s2[j] = Tr::from_float(to_float(s_next[j]));
-      z2[j] = Tr::from_float(Tr::kMagicF + static_cast<float>(static_cast<int>(z_next[j]) + bias));
+      z2[j] = Tr::from_float(Tr::kMagicF + static_cast<float>(static_cast<int>((z_next >> (8 * j)) & 0xFF) + bias));
     }
     if (step + 1 < steps) load_scales(step + 1);
 
@@ -298,7 +299,7 @@ template <typename T, typename ST, typename OutT>
 cudaError_t launch_bm(const Launch& a) {
   if (a.bm == 32) return launch_stages<T, ST, OutT, 32, 1>(a);
   if (a.bm == 64) return a.wm == 1 ? launch_stages<T, ST, OutT, 64, 1>(a) : launch_stages<T, ST, OutT, 64, 2>(a);
-  return launch_stages<T, ST, OutT, 128, 2>(a);
+  return a.wm == 1 ? launch_stages<T, ST, OutT, 128, 1>(a) : launch_stages<T, ST, OutT, 128, 2>(a);
 }
 
 template <typename T, typename ST>
@@ -335,7 +336,7 @@ ffi::Error W4A16GemmImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer c
   if (st != ffi::DataType::F32 && st != ffi::DataType::F16 && st != ffi::DataType::BF16)
     return ffi::Error::InvalidArgument(std::string(kName) + "scale must be f32, f16 or bf16");
   if (m < 1 || k % kBK != 0 || group % 32 != 0 || k % group != 0 || k_split % kBK != 0 || k_split < kBK ||
-      !((bm == 32 && wm == 1) || (bm == 64 && (wm == 1 || wm == 2)) || (bm == 128 && wm == 2)) || stages < 3 ||
+      !(bm == 32 ? wm == 1 : ((bm == 64 || bm == 128) && (wm == 1 || wm == 2))) || stages < 3 ||
       stages > 4)
     return ffi::Error::InvalidArgument(std::string(kName) + "unsupported M=" + std::to_string(m) + " K=" +
                                        std::to_string(k) + " group=" + std::to_string(group) + " k_split=" +
