@@ -53,7 +53,7 @@ def test_gpu_matches_spec(m, wid, wkw, dt):
     assert_close(np.asarray(y.astype(jnp.float32)), np.asarray(xd.astype(jnp.float32)), w, what=f"{wid} m={m}")
     y2 = jax.jit(functools.partial(qmatmul, implementation=b.name))(xd, wd)  # same kernel via the public entry
     np.testing.assert_array_equal(np.asarray(y2.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)))
-    y3 = jax.jit(qmatmul)(xd, wd)  # whatever the dispatcher picks (two-stage for M >= 128)
+    y3 = jax.jit(qmatmul)(xd, wd)  # whatever the dispatcher picks (CUDA kernels, Pallas or two-stage)
     assert_close(np.asarray(y3.astype(jnp.float32)), np.asarray(xd.astype(jnp.float32)), w, what=f"auto m={m}")
 
 
