@@ -155,7 +155,7 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
         f = lambda x, w: ops_qmatmul(x, w)  # noqa: E731
         timed("jquant", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
     for col, impl in (("pallas_decode", "pallas_triton_wna16_decode"), ("cuda_decode", "cuda_w4a16_decode")):
-        if col in methods and m <= 16 and BACKENDS.get(impl) is not None and BACKENDS[impl].supports(x, w0)[0]:
+        if col in methods and BACKENDS.get(impl) is not None and BACKENDS[impl].supports(x, w0)[0]:
             f = lambda x, w, impl=impl: ops_qmatmul(x, w, implementation=impl)  # noqa: E731
             timed(col, lambda f=f: jax.jit(f)(x, w0), lambda f=f: jax_time_us(f, x, qcopies, iterations=iters))
     if "cuda_gemm" in methods and m > 16 and BACKENDS.get("cuda_w4a16_gemm") is not None:
