@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
-from jquant.ops.backend import Backend
+from kernels_cuda.backend import CudaBackend
 
 __all__ = [
     "DecodeConfig",
@@ -266,28 +266,13 @@ def device_num_sms() -> int:
         return NUM_SMS_DEFAULT
 
 
-class W4A16DecodeBackend(Backend):
-    """`qmatmul` backend ``cuda_w4a16_decode``: 4-bit integer weights, M <= 16, bf16/f16 activations.
-
-    Declines (with the reason) when the CUDA library cannot be built here, so the dispatcher falls
-    back to the Pallas kernels instead of failing.
-    """
+class W4A16DecodeBackend(CudaBackend):
+    """`qmatmul` backend ``cuda_w4a16_decode``: 4-bit integer weights, M <= 16, bf16/f16 activations."""
 
     name = "cuda_w4a16_decode"
-    platforms = ("gpu",)
-    priority = 30
 
-    def supports(self, x, w, **kw) -> tuple[bool, str]:
-        why = why_not(x, w)
-        if why:
-            return False, why
-        from kernels_cuda.build import BuildError, register
-
-        try:
-            register()
-        except BuildError as e:
-            return False, f"CUDA library unavailable: {str(e).splitlines()[0]}"
-        return True, ""
+    def why_not(self, x, w) -> str:
+        return why_not(x, w)
 
     def __call__(self, x, w, **kw):
         return w4a16_decode(x, w)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
-from jquant.ops.backend import Backend
+from kernels_cuda.backend import CudaBackend
 from kernels_cuda.w4a16 import MAX_M as DECODE_MAX_M
 from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_num_sms, why_not_operands
 
@@ -185,31 +185,17 @@ def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | No
     return y.reshape(*lead, n)
 
 
-class W4A16GemmBackend(Backend):
-    """`qmatmul` backend ``cuda_w4a16_gemm``: 4-bit integer weights, 17 <= M <= `MAX_M`, bf16/f16.
-
-    Declines (with the reason) outside that M range, for formats the kernel does not read, and
-    when the CUDA library cannot be built here.
-    """
+class W4A16GemmBackend(CudaBackend):
+    """`qmatmul` backend ``cuda_w4a16_gemm``: 4-bit integer weights, 16 < M <= `MAX_M`, bf16/f16."""
 
     name = "cuda_w4a16_gemm"
-    platforms = ("gpu",)
-    priority = 30
 
-    def supports(self, x, w, **kw) -> tuple[bool, str]:
+    def why_not(self, x, w) -> str:
         why = why_not(x, w)
-        if why:
-            return False, why
         m = math.prod(x.shape[:-1])
-        if not DECODE_MAX_M < m <= MAX_M:
-            return False, f"M={m} outside {DECODE_MAX_M + 1}..{MAX_M} (GEMM kernel's range)"
-        from kernels_cuda.build import BuildError, register
-
-        try:
-            register()
-        except BuildError as e:
-            return False, f"CUDA library unavailable: {str(e).splitlines()[0]}"
-        return True, ""
+        if not why and not DECODE_MAX_M < m <= MAX_M:
+            why = f"M={m} outside {DECODE_MAX_M + 1}..{MAX_M} (GEMM kernel's range)"
+        return why
 
     def __call__(self, x, w, **kw):
         return w4a16_gemm(x, w)
