@@ -2,7 +2,9 @@
 decode step (``hidden_states`` + ``logits`` for one token with a KV cache), timed with CUPTI, grouped
 by kernel name, for the bf16 and W4A16 variants of `bench.decode_e2e`'s Llama-3-8B-shaped model.
 
-    python -m bench.profile_decode_step [--layers 32] [--scan auto|on|off] [--top 12]
+    python -m bench.profile_decode_step [--layers 32] [--scan auto|on|off] [--top 12] [--tokens 1]
+
+``--tokens T`` profiles a prefill step of T prompt tokens instead (M = T in every linear layer).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import collections
 import sys
 
 
-def profile(variant: str, layers: int | None, scan: bool | None, top: int) -> list[str]:
+def profile(variant: str, layers: int | None, scan: bool | None, top: int, tokens: int = 1) -> list[str]:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -31,14 +33,15 @@ def profile(variant: str, layers: int | None, scan: bool | None, top: int) -> li
         return m.logits(h[:, -1]), cache
 
     f = jax.jit(step)
-    ids = jnp.zeros((1, 1), jnp.int32)
+    ids = jnp.zeros((1, tokens), jnp.int32)
     jax.block_until_ready(f(state, ids, cache))
     _, kernels = profiler.measure(f, aggregate=False)(state, ids, cache)
     by_name: dict[str, list[float]] = collections.defaultdict(list)
     for name, ms in kernels:
         by_name[name].append(ms)
     total = sum(ms for _, ms in kernels)
-    rows = [f"## {variant}: {len(kernels)} kernels, {total:.3f} ms of GPU time per decode step", ""]
+    what = "decode step" if tokens == 1 else f"{tokens}-token prefill step"
+    rows = [f"## {variant}: {len(kernels)} kernels, {total:.3f} ms of GPU time per {what}", ""]
     rows += ["| kernel | calls | ms | share |", "|---|---|---|---|"]
     for name, ts in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
         rows.append(f"| `{name[:90]}` | {len(ts)} | {sum(ts):.3f} | {100 * sum(ts) / total:.0f}% |")
@@ -51,11 +54,13 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--scan", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--tokens", type=int, default=1, help="tokens per step (> 1: a prefill step)")
+    p.add_argument("--variants", default="bf16,w4a16")
     args = p.parse_args(argv)
     scan = {"auto": None, "on": True, "off": False}[args.scan]
     lines = []
-    for variant in ("bf16", "w4a16"):
-        lines += profile(variant, args.layers, scan, args.top) + [""]
+    for variant in args.variants.split(","):
+        lines += profile(variant, args.layers, scan, args.top, args.tokens) + [""]
         print("\n".join(lines[-args.top - 6 :]), flush=True)
     print("\n".join(lines))
     return 0
