@@ -33,7 +33,14 @@ ARCH_FLAGS = (
 COMMON_FLAGS = ("-O3", "-std=c++17", "-diag-suppress=940,2473", "-Xcompiler=-fPIC", "--threads=0")
 
 # FFI targets this library defines: registered name -> exported handler symbol.
-TARGETS = {"jquant_w4a16_decode": "JquantW4A16Decode", "jquant_w4a16_gemm": "JquantW4A16Gemm"}
+# ``<name>_poisoned`` takes the output buffer as one more operand, aliased to the result (tests fill
+# it with NaN to catch outputs a kernel never writes: `kernels_cuda.backend.call_kernel`).
+TARGETS = {
+    "jquant_w4a16_decode": "JquantW4A16Decode",
+    "jquant_w4a16_decode_poisoned": "JquantW4A16DecodePoisoned",
+    "jquant_w4a16_gemm": "JquantW4A16Gemm",
+    "jquant_w4a16_gemm_poisoned": "JquantW4A16GemmPoisoned",
+}
 
 
 class BuildError(RuntimeError):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
-from kernels_cuda.backend import CudaBackend
+from kernels_cuda.backend import CudaBackend, call_kernel
 
 __all__ = [
     "DecodeConfig",
@@ -202,7 +202,14 @@ def why_not_operands(x, w) -> str:
 
 
 def w4a16_decode(
-    x, w: QArray, cfg: DecodeConfig | None = None, *, tiled=None, num_sms: int | None = None, partials: bool = False
+    x,
+    w: QArray,
+    cfg: DecodeConfig | None = None,
+    *,
+    tiled=None,
+    num_sms: int | None = None,
+    partials: bool = False,
+    poison: bool = False,
 ):
     """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations with at most 16 rows.
 
@@ -212,6 +219,7 @@ def w4a16_decode(
         cfg: launch parameters; default `decode_config`.
         tiled: optional `tile_codes(w.data)`, read instead of the canonical codes.
         partials: return the kernel's f32 partial sums [S, M, N] as they are (profiling).
+        poison: the kernel writes into a NaN-filled buffer (tests: unwritten outputs stay NaN).
 
     Returns:
         [..., N] in x's dtype (f32 accumulation).
@@ -234,12 +242,11 @@ def w4a16_decode(
         cfg = decode_config(m, n, k, num_sms=num_sms or device_num_sms(), blocks_per_sm=occupancy)
     offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
-    call = jax.ffi.ffi_call("jquant_w4a16_decode", jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32))
-    partial = call(
-        x2,
-        w.data if tiled is None else tiled,
-        w.scale,
-        zero,
+    partial = call_kernel(
+        "jquant_w4a16_decode",
+        jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32),
+        (x2, w.data if tiled is None else tiled, w.scale, zero),
+        poison=poison,
         group=np.int64(group),
         k_split=np.int64(cfg.k_split),
         bias=np.int64(offset),

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
-from kernels_cuda.backend import CudaBackend
+from kernels_cuda.backend import CudaBackend, call_kernel
 from kernels_cuda.w4a16 import MAX_M as DECODE_MAX_M
 from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_num_sms, why_not_operands
 
@@ -138,13 +138,14 @@ def why_not(x, w) -> str:
     return ""
 
 
-def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | None = None):
+def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | None = None, poison: bool = False):
     """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations (any M; built for 17..256).
 
     Args:
         x: [..., K] bf16 or f16.
         w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
         cfg: launch parameters; default `gemm_config`.
+        poison: the kernel writes into a NaN-filled buffer (tests: unwritten outputs stay NaN).
 
     Returns:
         [..., N] in x's dtype (f32 accumulation; one rounding of each dequantized weight to x's dtype).
@@ -167,12 +168,11 @@ def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | No
     splits = cfg.splits(k)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
     out_dtype = jnp.float32 if splits > 1 else x.dtype
-    call = jax.ffi.ffi_call("jquant_w4a16_gemm", jax.ShapeDtypeStruct((splits, m, n), out_dtype))
-    y = call(
-        xf,
-        w.data,
-        w.scale,
-        zero,
+    y = call_kernel(
+        "jquant_w4a16_gemm",
+        jax.ShapeDtypeStruct((splits, m, n), out_dtype),
+        (xf, w.data, w.scale, zero),
+        poison=poison,
         group=np.int64(group),
         k_split=np.int64(cfg.k_split),
         bias=np.int64(int(w.qtype.bias)),

@@ -36,6 +36,8 @@
 // References: PTX ISA, "Matrix Fragments for mma.m16n8k16" (fragment ownership); the LOP3 magic
 // number conversion follows FasterTransformer / Marlin (IST-DASLab/marlin, `dequant`).
 
+#include <utility>
+
 #include "common.cuh"
 
 namespace ffi = xla::ffi;
@@ -418,6 +420,39 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
   return ffi::Error::Success();
 }
 
+// Tests pass the output buffer in as an extra operand aliased to the result
+// (`input_output_aliases`), filled with NaN, to catch outputs the kernel never writes.
+ffi::Error W4A16DecodePoisonedImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
+                                   ffi::AnyBuffer zero, ffi::AnyBuffer /*poisoned out*/,
+                                   ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split, int64_t bias,
+                                   int64_t has_zero, int64_t stages, int64_t warps, int64_t tiled) {
+  return W4A16DecodeImpl(stream, x, codes, scale, zero, out, group, k_split, bias, has_zero, stages, warps, tiled);
+}
+
+// x [M, K], codes (canonical [N, K/2] or tiled), scale [N, K/G], zero (uint8 [N, K/G] or a 1-element
+// dummy) -> partial sums [S, M, N] f32, plus the launch attributes.
+template <typename B>
+auto decode_binding(B&& args) {
+  return std::forward<B>(args)
+      .template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("group")
+      .template Attr<int64_t>("k_split")
+      .template Attr<int64_t>("bias")
+      .template Attr<int64_t>("has_zero")
+      .template Attr<int64_t>("stages")
+      .template Attr<int64_t>("warps")
+      .template Attr<int64_t>("tiled");
+}
+
+auto decode_args() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>();
+}
+
 }  // namespace
 
 // Blocks of the kernel one SM holds at once for a launch configuration (for the host-side choice
@@ -439,21 +474,10 @@ extern "C" int JquantW4A16BlocksPerSM(int x_dtype, int scale_dtype, int m, int g
   return err == cudaSuccess ? blocks : -1;
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()  // x
-                                  .Arg<ffi::AnyBuffer>()  // codes
-                                  .Arg<ffi::AnyBuffer>()  // scale
-                                  .Arg<ffi::AnyBuffer>()  // zero (uint8, [N, K/G] or a 1-element dummy)
-                                  .Ret<ffi::AnyBuffer>()  // partial sums [S, M, N] f32
-                                  .Attr<int64_t>("group")
-                                  .Attr<int64_t>("k_split")
-                                  .Attr<int64_t>("bias")
-                                  .Attr<int64_t>("has_zero")
-                                  .Attr<int64_t>("stages")
-                                  .Attr<int64_t>("warps")
-                                  .Attr<int64_t>("tiled"),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl, decode_binding(decode_args()),
                               // Only stream work in the handler: XLA may record it into a CUDA graph
                               // (command buffer) together with the neighbouring fusions.
+                              {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16DecodePoisoned, W4A16DecodePoisonedImpl,
+                              decode_binding(decode_args().Arg<ffi::AnyBuffer>()),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -33,6 +33,8 @@
 // References: PTX ISA "Matrix Fragments for mma.m16n8k16" and "ldmatrix"; the cp.async multi-stage
 // ring and the swizzle follow CUTLASS's SM80 GEMMs; the magic-number dequant Marlin's.
 
+#include <utility>
+
 #include "common.cuh"
 
 namespace ffi = xla::ffi;
@@ -363,21 +365,43 @@ ffi::Error W4A16GemmImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer c
   return ffi::Error::Success();
 }
 
+// Tests pass the output buffer in as an extra operand aliased to the result
+// (`input_output_aliases`), filled with NaN, to catch outputs the kernel never writes.
+ffi::Error W4A16GemmPoisonedImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
+                                 ffi::AnyBuffer zero, ffi::AnyBuffer /*poisoned out*/, ffi::Result<ffi::AnyBuffer> out,
+                                 int64_t group, int64_t k_split, int64_t bias, int64_t has_zero, int64_t bm, int64_t wm,
+                                 int64_t stages) {
+  return W4A16GemmImpl(stream, x, codes, scale, zero, out, group, k_split, bias, has_zero, bm, wm, stages);
+}
+
+// x in fragment order [M, K], codes [N, K/2], scale [N, K/G], zero (uint8 [N, K/G] or a 1-element
+// dummy) -> [S, M, N] (f32 partials, or x's dtype when S == 1), plus the launch attributes.
+template <typename B>
+auto gemm_binding(B&& args) {
+  return std::forward<B>(args)
+      .template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("group")
+      .template Attr<int64_t>("k_split")
+      .template Attr<int64_t>("bias")
+      .template Attr<int64_t>("has_zero")
+      .template Attr<int64_t>("bm")
+      .template Attr<int64_t>("wm")
+      .template Attr<int64_t>("stages");
+}
+
+auto gemm_args() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>();
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Gemm, W4A16GemmImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()  // x in fragment order [M, K]
-                                  .Arg<ffi::AnyBuffer>()  // codes [N, K/2]
-                                  .Arg<ffi::AnyBuffer>()  // scale [N, K/G]
-                                  .Arg<ffi::AnyBuffer>()  // zero (uint8, [N, K/G] or a 1-element dummy)
-                                  .Ret<ffi::AnyBuffer>()  // [S, M, N]: f32 partials, or x's dtype when S == 1
-                                  .Attr<int64_t>("group")
-                                  .Attr<int64_t>("k_split")
-                                  .Attr<int64_t>("bias")
-                                  .Attr<int64_t>("has_zero")
-                                  .Attr<int64_t>("bm")
-                                  .Attr<int64_t>("wm")
-                                  .Attr<int64_t>("stages"),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Gemm, W4A16GemmImpl, gemm_binding(gemm_args()),
+                              {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16GemmPoisoned, W4A16GemmPoisonedImpl,
+                              gemm_binding(gemm_args().Arg<ffi::AnyBuffer>()),
                               {ffi::Traits::kCmdBufferCompatible});

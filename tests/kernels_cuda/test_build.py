@@ -103,8 +103,14 @@ def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubins, stem):
 def test_builds_and_registers_targets():
     lib = build.build()
     assert lib.is_file() and lib.stat().st_size > 0
-    assert build.register() == ("jquant_w4a16_decode", "jquant_w4a16_gemm")
-    assert hasattr(build.load_library(), "JquantW4A16Decode") and hasattr(build.load_library(), "JquantW4A16Gemm")
+    assert set(build.register()) == {
+        "jquant_w4a16_decode",
+        "jquant_w4a16_decode_poisoned",
+        "jquant_w4a16_gemm",
+        "jquant_w4a16_gemm_poisoned",
+    }
+    for symbol in ("JquantW4A16Decode", "JquantW4A16DecodePoisoned", "JquantW4A16Gemm", "JquantW4A16GemmPoisoned"):
+        assert hasattr(build.load_library(), symbol)
 
 
 @needs_nvcc
@@ -140,6 +146,19 @@ def test_gemm_lowers_for_cuda(m, zero, perm, k_split):
     for attr in ("bm = 64", "wm = 2", "stages = 3", f"k_split = {k_split}", f"has_zero = {int(zero)}"):
         assert attr in call, (attr, call)
     assert "gather" in text  # fragment order (fused with act-order when present): always one gather
+
+
+@needs_nvcc
+@pytest.mark.parametrize("kernel", ["decode", "gemm"])
+def test_poisoned_call_aliases_a_nan_buffer_to_the_output(kernel):
+    w = jax.tree_util.tree_map(jnp.asarray, make_weight(np.random.default_rng(0), 256, 512, bits=4, group=128))
+    m = 4 if kernel == "decode" else 40
+    x = jnp.zeros((m, 512), jnp.bfloat16)
+    f = w4a16_decode if kernel == "decode" else w4a16_gemm
+    text = jax.jit(lambda x, w: f(x, w, poison=True)).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    call = next(line for line in text.splitlines() if f"custom_call @jquant_w4a16_{kernel}_poisoned" in line)
+    assert "output_operand_aliases" in call and "operand_index = 4" in call, call
+    assert re.search(r"dense<0x7FC0+>", text, re.IGNORECASE), "no NaN fill"
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def test_matches_spec(m, wid, wkw, dt):
     n, k = 1003, 2176
     w = make_weight(rng, n, k, bits=4, **wkw)
     x = jnp.asarray(rng.standard_normal((m, k)), dt)
-    y = jax.jit(w4a16_gemm)(x, _dev(w))
+    y = jax.jit(functools.partial(w4a16_gemm, poison=True))(x, _dev(w))
     assert y.shape == (m, n) and y.dtype == dt
     _check(y, x, w, f"{wid} m={m}")
 
@@ -48,7 +48,7 @@ def test_launch_configs(bm, wm, stages, k_split):
     cfg = GemmConfig(bm=bm, wm=wm, k_split=k_split, stages=stages)
     for m in (20, 130):
         x = jnp.asarray(rng.standard_normal((m, w.shape[1])), jnp.bfloat16)
-        y = jax.jit(functools.partial(w4a16_gemm, cfg=cfg))(x, _dev(w))
+        y = jax.jit(functools.partial(w4a16_gemm, cfg=cfg, poison=True))(x, _dev(w))
         _check(y, x, w, f"{cfg} m={m}")
 
 
@@ -56,7 +56,7 @@ def test_batched_leading_dims():
     rng = np.random.default_rng(3)
     w = make_weight(rng, 512, 1024, bits=4, group=128)
     x = jnp.asarray(rng.standard_normal((3, 11, 1024)), jnp.bfloat16)
-    y = jax.jit(w4a16_gemm)(x, _dev(w))
+    y = jax.jit(functools.partial(w4a16_gemm, poison=True))(x, _dev(w))
     assert y.shape == (3, 11, 512)
     _check(y.reshape(33, 512), x.reshape(33, 1024), w, "leading dims")
 

@@ -49,7 +49,7 @@ def test_matches_spec(m, wid, wkw, dt):
     n, k = 1003, 2176  # odd N; K = 17 steps of 128 (not a multiple of any split)
     w = make_weight(rng, n, k, bits=4, **wkw)
     x = jnp.asarray(rng.standard_normal((m, k)), dt)
-    y = jax.jit(w4a16_decode)(x, _dev(w))
+    y = jax.jit(functools.partial(w4a16_decode, poison=True))(x, _dev(w))
     _check(y, x, w, f"{wid} m={m}")
     t = tile_codes(jnp.asarray(w.data), *w.shape)
     y2 = jax.jit(functools.partial(w4a16_decode, tiled=t))(x, _dev(w))
@@ -65,7 +65,7 @@ def test_launch_configs(stages, warps, k_split):
     for m in (3, 12):
         x = jnp.asarray(rng.standard_normal((m, w.shape[1])), jnp.bfloat16)
         cfg = DecodeConfig(k_split=k_split, stages=stages, warps=warps)
-        y = jax.jit(functools.partial(w4a16_decode, cfg=cfg))(x, _dev(w))
+        y = jax.jit(functools.partial(w4a16_decode, cfg=cfg, poison=True))(x, _dev(w))
         _check(y, x, w, f"{cfg} m={m}")
 
 
