@@ -90,3 +90,14 @@ def test_gemm_config_is_valid_and_near_the_best_split(shape, m):
 def test_gemm_config_rejects_unbuilt_tiles():
     with pytest.raises(ValueError, match="no kernel for bm=32, wm=2"):
         GemmConfig(bm=32, wm=2, k_split=128)
+
+
+@pytest.mark.parametrize("m", [32, 64, 128, 256, 1024])
+def test_bench_sweep_configs_are_buildable_and_include_the_heuristic(m):
+    from bench.qmatmul import gemm_sweep_configs
+
+    k = n = 8192
+    cfgs = gemm_sweep_configs(m, n, k)
+    assert cfgs and all((c.bm, c.wm) in TILES and c.k_split % STEP_K == 0 for c in cfgs)
+    pick = gemm_config(m, n, k)
+    assert any(c.bm == pick.bm and c.wm == pick.wm and c.splits(k) == pick.splits(k) for c in cfgs), pick
