@@ -99,4 +99,14 @@ inline std::string dims_str(xla::ffi::AnyBuffer::Dimensions d) {
   return s + ")";
 }
 
+// The start of every handler binding here: the CUDA stream, then x, codes, scale, zero.
+inline auto bind_stream_and_4_buffers() {
+  return xla::ffi::Ffi::Bind()
+      .Ctx<xla::ffi::PlatformStream<cudaStream_t>>()
+      .Arg<xla::ffi::AnyBuffer>()
+      .Arg<xla::ffi::AnyBuffer>()
+      .Arg<xla::ffi::AnyBuffer>()
+      .Arg<xla::ffi::AnyBuffer>();
+}
+
 }  // namespace jquant

@@ -444,15 +444,6 @@ auto decode_binding(B&& args) {
       .template Attr<int64_t>("tiled");
 }
 
-auto decode_args() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::PlatformStream<cudaStream_t>>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>();
-}
-
 }  // namespace
 
 // Blocks of the kernel one SM holds at once for a launch configuration (for the host-side choice
@@ -474,10 +465,11 @@ extern "C" int JquantW4A16BlocksPerSM(int x_dtype, int scale_dtype, int m, int g
   return err == cudaSuccess ? blocks : -1;
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl, decode_binding(decode_args()),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Decode, W4A16DecodeImpl,
+                              decode_binding(bind_stream_and_4_buffers()),
                               // Only stream work in the handler: XLA may record it into a CUDA graph
                               // (command buffer) together with the neighbouring fusions.
                               {ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16DecodePoisoned, W4A16DecodePoisonedImpl,
-                              decode_binding(decode_args().Arg<ffi::AnyBuffer>()),
+                              decode_binding(bind_stream_and_4_buffers().Arg<ffi::AnyBuffer>()),
                               {ffi::Traits::kCmdBufferCompatible});

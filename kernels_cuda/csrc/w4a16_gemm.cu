@@ -389,19 +389,10 @@ auto gemm_binding(B&& args) {
       .template Attr<int64_t>("stages");
 }
 
-auto gemm_args() {
-  return ffi::Ffi::Bind()
-      .Ctx<ffi::PlatformStream<cudaStream_t>>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>()
-      .Arg<ffi::AnyBuffer>();
-}
-
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Gemm, W4A16GemmImpl, gemm_binding(gemm_args()),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Gemm, W4A16GemmImpl, gemm_binding(bind_stream_and_4_buffers()),
                               {ffi::Traits::kCmdBufferCompatible});
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16GemmPoisoned, W4A16GemmPoisonedImpl,
-                              gemm_binding(gemm_args().Arg<ffi::AnyBuffer>()),
+                              gemm_binding(bind_stream_and_4_buffers().Arg<ffi::AnyBuffer>()),
                               {ffi::Traits::kCmdBufferCompatible});
