@@ -10,9 +10,10 @@ Backends (platform ``"gpu"``):
   compressed-tensors int4, symmetric or with zero points, act-order), group sizes that are
   multiples of 32 and per-channel scales, bf16/f16 activations, M <= 16. mma.sync with the weight
   dequantized into registers, activations staged in shared memory in fragment order, split-K.
-* ``cuda_w4a16_gemm`` (priority 30): the same weights for 16 < M <= 256 (batched decode, chunked
-  prefill): 128 x BM block tiles, a cp.async shared-memory ring for codes and activations,
-  ldmatrix B fragments from activations gathered once into fragment order, split-K.
+* ``cuda_w4a16_gemm`` (priority 30): the same weights for 16 < M <= 128 (batched decode, chunked
+  prefill): 256 (or 128) weight rows x 32/64/128 activation rows per block, a cp.async
+  shared-memory ring for codes and activations, ldmatrix B fragments from activations gathered once
+  into fragment order, split-K.
 """
 
 from jquant.core.qarray import register_pytree

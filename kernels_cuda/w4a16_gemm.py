@@ -1,7 +1,7 @@
 """The W4A16 GEMM kernel (`csrc/w4a16_gemm.cu`) as a JAX op and a `qmatmul` backend.
 
-For the M the decode kernel does not take (17 rows up to a few hundred: batched decode, chunked
-prefill). Reads the canonical 4-bit `QArray` as stored (codes uint8 [N, K/2], low nibble first;
+For the M the decode kernel does not take (batched decode, chunked prefill; the dispatcher sends
+17 <= M <= `MAX_M` here, the op itself takes any M). Reads the canonical 4-bit `QArray` as stored (codes uint8 [N, K/2], low nibble first;
 scales [N, K/G]; optional uint8 zero points). The activations are gathered once into *fragment
 order* (`fragment_order`, fused with the act-order permutation when there is one), so the kernel's
 B operand is a plain ldmatrix while each thread dequantizes the 16 contiguous code bytes it loaded.
@@ -139,7 +139,7 @@ def why_not(x, w) -> str:
 
 
 def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | None = None, poison: bool = False):
-    """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations (any M; built for 17..256).
+    """``x @ dequantize(w).T`` on the GPU for [..., K] bf16/f16 activations (any M; dispatched for 17..128).
 
     Args:
         x: [..., K] bf16 or f16.

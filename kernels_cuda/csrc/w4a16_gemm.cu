@@ -1,4 +1,4 @@
-// W4A16 GEMM for batched decode and chunked prefill (M from 17 to a few hundred rows), on jquant's
+// W4A16 GEMM for batched decode and chunked prefill (the dispatcher sends it 16 < M <= 128), on jquant's
 // canonical int4 layout, exposed to JAX through the XLA FFI.
 //
 //   out[s, m, n] = sum_{k in split s} xf[m, k] * (v[n, k] - z[n, k/G]) * scale[n, k/G]
