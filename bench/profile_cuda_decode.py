@@ -15,9 +15,9 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from bench.qmatmul import make_qarray
+    from bench.qmatmul import make_qarray_copies
     from bench.shapes import SHAPES_BY_NAME
-    from bench.timing import copies_for, jax_time_us
+    from bench.timing import jax_time_us
     from kernels_cuda.w4a16 import blocks_per_sm_query, decode_config, tile_codes, w4a16_decode
 
     p = argparse.ArgumentParser()
@@ -36,10 +36,8 @@ def main(argv=None) -> int:
     for name in args.shapes.split(","):
         sh = SHAPES_BY_NAME[name]
         key = jax.random.PRNGKey(0)
-        w = make_qarray(key, sh.n, sh.k, 4, 128, False)
-        copies = [w] + [
-            make_qarray(jax.random.fold_in(key, i), sh.n, sh.k, 4, 128, False) for i in range(1, copies_for(w.nbytes))
-        ]
+        copies = make_qarray_copies(key, sh.n, sh.k, 4, 128, False)
+        w = copies[0]
         tiled = [(c, tile_codes(c.data, sh.n, sh.k)) for c in copies]
         for m in map(int, args.ms.split(",")):
             x = jax.random.normal(key, (m, sh.k), jnp.float32).astype(jnp.bfloat16)

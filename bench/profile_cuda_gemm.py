@@ -15,9 +15,9 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from bench.qmatmul import make_qarray
+    from bench.qmatmul import make_qarray_copies
     from bench.shapes import SHAPES_BY_NAME
-    from bench.timing import copies_for, jax_time_us
+    from bench.timing import jax_time_us
     from kernels_cuda.w4a16_gemm import gemm_config, w4a16_gemm
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -30,9 +30,7 @@ def main(argv=None) -> int:
     for name in args.shapes.split(","):
         sh = SHAPES_BY_NAME[name]
         key = jax.random.PRNGKey(0)
-        w = make_qarray(key, sh.n, sh.k, 4, 128, False)
-        n_copies = 1 if args.once else copies_for(w.nbytes)
-        copies = [w] + [make_qarray(jax.random.fold_in(key, i), sh.n, sh.k, 4, 128, False) for i in range(1, n_copies)]
+        copies = make_qarray_copies(key, sh.n, sh.k, 4, 128, False, count=1 if args.once else None)
         for m in map(int, args.ms.split(",")):
             x = jax.random.normal(key, (m, sh.k), jnp.float32).astype(jnp.bfloat16)
             cfgs = [gemm_config(m, sh.n, sh.k)]

@@ -81,6 +81,19 @@ def make_qarray(key, n: int, k: int, bits: int, group: int, zero: bool):
     return QArray(data=data, scale=scale, zero=z, qtype=qt, shape=(n, k), block=block)
 
 
+def make_qarray_copies(key, n: int, k: int, bits: int, group: int, zero: bool, count: int | None = None) -> list:
+    """``count`` independent random QArrays to rotate through while timing (default: enough to
+    exceed L2, `bench.timing.copies_for`); the first is ``make_qarray(key, ...)``, checked against
+    the spec by the callers."""
+    import jax
+
+    from bench.timing import copies_for
+
+    w0 = make_qarray(key, n, k, bits, group, zero)
+    count = copies_for(w0.nbytes) if count is None else count
+    return [w0] + [make_qarray(jax.random.fold_in(key, i), n, k, bits, group, zero) for i in range(1, count)]
+
+
 # ---------------------------------------------------------------------------------------------
 # one case: every method, checked then timed
 # ---------------------------------------------------------------------------------------------
@@ -105,13 +118,10 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
     key = jax.random.PRNGKey(zlib.crc32(case.label.encode()))
     kx, kw = jax.random.split(key)
     x = jax.random.normal(kx, (m, k), jnp.float32).astype(jnp.bfloat16)
-    w0 = make_qarray(kw, n, k, case.bits, case.group, case.zero)
+    qcopies = make_qarray_copies(kw, n, k, case.bits, case.group, case.zero)
+    w0, n_q = qcopies[0], len(qcopies)
     qbytes = w0.nbytes
-    n_q = copies_for(qbytes)
     n_d = copies_for(2 * n * k)
-    qcopies = [w0] + [
-        make_qarray(jax.random.fold_in(kw, i), n, k, case.bits, case.group, case.zero) for i in range(1, n_q)
-    ]
     deq = jax.jit(lambda w: jnp_dequant.dequantize(w, jnp.bfloat16))
     dense = [deq(w) for w in qcopies[: min(n_d, n_q)]]
     while len(dense) < n_d:
@@ -249,7 +259,7 @@ def sweep(
     import jax
     import jax.numpy as jnp
 
-    from bench.timing import copies_for, jax_time_us
+    from bench.timing import jax_time_us
     from jquant.ops import reference_qmatmul
 
     if kernel == "cuda":
@@ -262,10 +272,8 @@ def sweep(
     n, k = shape.n, shape.k
     key = jax.random.PRNGKey(7)
     x = jax.random.normal(key, (m, k), jnp.float32).astype(jnp.bfloat16)
-    w0 = make_qarray(jax.random.fold_in(key, 1), n, k, bits, group, False)
-    copies = [w0] + [
-        make_qarray(jax.random.fold_in(key, 2 + i), n, k, bits, group, False) for i in range(copies_for(w0.nbytes) - 1)
-    ]
+    copies = make_qarray_copies(jax.random.fold_in(key, 1), n, k, bits, group, False)
+    w0 = copies[0]
     rows = np.arange(min(m, 16))
     ref = np.asarray(reference_qmatmul(x[rows], w0).astype(jnp.float32))
     out = []

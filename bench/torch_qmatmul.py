@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from bench.env import _log, env_info  # noqa: E402
 from bench.qmatmul import Case as WCase  # noqa: E402  (the weight-only case, shared with the Pallas bench)
-from bench.qmatmul import make_qarray  # noqa: E402
+from bench.qmatmul import make_qarray_copies  # noqa: E402
 from bench.shapes import M_TABLE, SHAPES, SHAPES_BY_NAME, LinearShape  # noqa: E402
 from bench.timing import check_then_time, rel_err  # noqa: E402
 
@@ -89,12 +89,9 @@ def run_weight_only(case: WCase, dev, iters: int, dry: bool, pallas: bool) -> di
     key = jax.random.PRNGKey(zlib.crc32(case.label.encode()))
     kx, kw = jax.random.split(key)
     x = jax.random.normal(kx, (m, k), jnp.float32).astype(jnp.bfloat16)
-    w0 = make_qarray(kw, n, k, case.bits, case.group, case.zero)
-    nq = _copies(w0.nbytes, dry)
+    jcopies = make_qarray_copies(kw, n, k, case.bits, case.group, case.zero, count=2 if dry else None)
+    w0, nq = jcopies[0], len(jcopies)
     nd = _copies(2 * n * k, dry)
-    jcopies = [w0] + [
-        make_qarray(jax.random.fold_in(kw, i), n, k, case.bits, case.group, case.zero) for i in range(1, nq)
-    ]
     xt = torch.from_dlpack(x).to(dev)
     tcopies = [tb.to_torch(w, dev) for w in jcopies]  # DLPack: the JAX buffers themselves on the GPU
     rows = np.unique(np.linspace(0, m - 1, num=min(m, 16)).astype(int))

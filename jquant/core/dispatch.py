@@ -47,24 +47,25 @@ def choose(
         ValueError: none of the forced backends exists or takes the call.
     """
     skipped: list[str] = []
+
+    def takes(b) -> bool:
+        ok, why = supports(b)
+        if not ok:
+            skipped.append(f"{b.name}: {why}")
+        return ok
+
     if forced:
         for name in forced:
             b = registry.get(name)
             if b is None:
                 skipped.append(f"{name}: unknown backend (known: {sorted(registry)})")
-                continue
-            ok, why = supports(b)
-            if ok:
+            elif takes(b):
                 return b, skipped
-            skipped.append(f"{name}: {why}")
         raise ValueError(f"requested {what} backend(s) {forced} cannot run {call}: {skipped}")
     disabled = set(disabled)
     for b in candidates:
         if b.name in disabled:
             skipped.append(f"{b.name}: disabled by JQUANT_DISABLED_KERNELS")
-            continue
-        ok, why = supports(b)
-        if ok:
+        elif takes(b):
             return b, skipped
-        skipped.append(f"{b.name}: {why}")
     return None, skipped

@@ -99,6 +99,22 @@ inline std::string dims_str(xla::ffi::AnyBuffer::Dimensions d) {
   return s + ")";
 }
 
+// A handler with one more buffer before its result — the NaN-filled output that tests alias to it
+// (`kernels_cuda.backend.call_kernel(..., poison=True)`) — that otherwise calls `Impl` unchanged.
+template <auto Impl>
+struct WithPoisonedOut;
+
+template <typename... Attrs,
+          xla::ffi::Error (*Impl)(cudaStream_t, xla::ffi::AnyBuffer, xla::ffi::AnyBuffer, xla::ffi::AnyBuffer,
+                                  xla::ffi::AnyBuffer, xla::ffi::Result<xla::ffi::AnyBuffer>, Attrs...)>
+struct WithPoisonedOut<Impl> {
+  static xla::ffi::Error Call(cudaStream_t stream, xla::ffi::AnyBuffer x, xla::ffi::AnyBuffer codes,
+                              xla::ffi::AnyBuffer scale, xla::ffi::AnyBuffer zero, xla::ffi::AnyBuffer /*poisoned*/,
+                              xla::ffi::Result<xla::ffi::AnyBuffer> out, Attrs... attrs) {
+    return Impl(stream, x, codes, scale, zero, out, attrs...);
+  }
+};
+
 // The start of every handler binding here: the CUDA stream, then x, codes, scale, zero.
 inline auto bind_stream_and_4_buffers() {
   return xla::ffi::Ffi::Bind()

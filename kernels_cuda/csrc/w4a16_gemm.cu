@@ -365,15 +365,6 @@ ffi::Error W4A16GemmImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer c
   return ffi::Error::Success();
 }
 
-// Tests pass the output buffer in as an extra operand aliased to the result
-// (`input_output_aliases`), filled with NaN, to catch outputs the kernel never writes.
-ffi::Error W4A16GemmPoisonedImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
-                                 ffi::AnyBuffer zero, ffi::AnyBuffer /*poisoned out*/, ffi::Result<ffi::AnyBuffer> out,
-                                 int64_t group, int64_t k_split, int64_t bias, int64_t has_zero, int64_t bm, int64_t wm,
-                                 int64_t stages) {
-  return W4A16GemmImpl(stream, x, codes, scale, zero, out, group, k_split, bias, has_zero, bm, wm, stages);
-}
-
 // x in fragment order [M, K], codes [N, K/2], scale [N, K/G], zero (uint8 [N, K/G] or a 1-element
 // dummy) -> [S, M, N] (f32 partials, or x's dtype when S == 1), plus the launch attributes.
 template <typename B>
@@ -393,6 +384,6 @@ auto gemm_binding(B&& args) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Gemm, W4A16GemmImpl, gemm_binding(bind_stream_and_4_buffers()),
                               {ffi::Traits::kCmdBufferCompatible});
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16GemmPoisoned, W4A16GemmPoisonedImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16GemmPoisoned, WithPoisonedOut<W4A16GemmImpl>::Call,
                               gemm_binding(bind_stream_and_4_buffers().Arg<ffi::AnyBuffer>()),
                               {ffi::Traits::kCmdBufferCompatible});
