@@ -177,6 +177,17 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
                 lambda: jax.jit(w4a16_gemm)(x, w0),
                 lambda: jax_time_us(w4a16_gemm, x, qcopies, iterations=iters),
             )
+    if "cuda_wgmma" in methods and m > 16 and BACKENDS.get("cuda_w4a16_wgmma") is not None:
+        from kernels_cuda.w4a16 import device_compute_capability
+        from kernels_cuda.w4a16_wgmma import w4a16_wgmma
+        from kernels_cuda.w4a16_wgmma import why_not as wgmma_why_not
+
+        if device_compute_capability() == "9.0" and not wgmma_why_not(x, w0):  # also below its dispatched range
+            timed(
+                "cuda_wgmma",
+                lambda: jax.jit(w4a16_wgmma)(x, w0),
+                lambda: jax_time_us(w4a16_wgmma, x, qcopies, iterations=iters),
+            )
     if "pallas_prefill" in methods and m > 64:  # the fused kernel, also where the dispatcher prefers two-stage
         f = lambda x, w: ops_qmatmul(x, w, implementation="pallas_triton_wna16_prefill")  # noqa: E731
         timed("pallas_prefill", lambda: jax.jit(f)(x, w0), lambda: jax_time_us(f, x, qcopies, iterations=iters))
@@ -255,7 +266,7 @@ def sweep(
     shape: LinearShape, m: int, configs, iters: int, bits: int = 4, group: int = 128, kernel: str = "pallas"
 ) -> list[dict]:
     """Times ``kernel`` per config: "pallas" (`wna16_qmatmul`), "cuda" (`kernels_cuda.w4a16_decode`) or
-    "cuda_gemm" (`kernels_cuda.w4a16_gemm.w4a16_gemm`)."""
+    "cuda_gemm" (`kernels_cuda.w4a16_gemm.w4a16_gemm`) or "cuda_wgmma" (`kernels_cuda.w4a16_wgmma.w4a16_wgmma`)."""
     import jax
     import jax.numpy as jnp
 
@@ -266,6 +277,8 @@ def sweep(
         from kernels_cuda import w4a16_decode as wna16_qmatmul
     elif kernel == "cuda_gemm":
         from kernels_cuda.w4a16_gemm import w4a16_gemm as wna16_qmatmul
+    elif kernel == "cuda_wgmma":
+        from kernels_cuda.w4a16_wgmma import w4a16_wgmma as wna16_qmatmul
     else:
         from jquant.pallas import wna16_qmatmul
 
@@ -337,6 +350,24 @@ def gemm_sweep_configs(m: int, n: int, k: int):
     ]
 
 
+def wgmma_sweep_configs(m: int, n: int, k: int):
+    """Launch configs of the wgmma kernel tried by ``--wgmma-sweep``: every block height up to M
+    (at least 64) with 1, 2, 4, 8 K splits (plus the heuristic's choice)."""
+    from kernels_cuda.w4a16_gemm import STEP_K
+    from kernels_cuda.w4a16_wgmma import STAGES, WgmmaConfig, wgmma_config
+
+    steps = k // STEP_K
+    best = wgmma_config(m, n, k)
+    cfgs = {best} | {
+        WgmmaConfig(bm=bm, k_split=-(-steps // s) * STEP_K)
+        for bm in STAGES
+        if bm <= max(64, m)
+        for s in (1, 2, 4, 8)
+        if s <= steps
+    }
+    return sorted(cfgs, key=lambda c: (c.bm, c.k_split))
+
+
 def sweep_configs(m: int):
     """Tile configs tried by ``--sweep`` (all must lower: tests/pallas/test_wna16_lowering.py).
 
@@ -406,6 +437,7 @@ COLS = (
     "pallas_decode",
     "cuda_decode",
     "cuda_gemm",
+    "cuda_wgmma",
     "jquant",
 )
 
@@ -495,14 +527,16 @@ def plot(out: str, env: dict, results: list[dict]) -> None:
 
 
 def short_table(results: list[dict]) -> str:
-    rows = ["case                          torch_bf16  xla_deq  tinygemm  pallas_d   cuda_d   cuda_g   jquant   x/bf16"]
+    rows = [
+        "case                          torch_bf16  xla_deq  tinygemm  pallas_d   cuda_d   cuda_g  cuda_wg   jquant   x/bf16"
+    ]
     for r in results:
         j, t = r.get("jquant"), r.get("torch_bf16")
         ratio = f"{t / j:6.2f}" if isinstance(j, float) and isinstance(t, float) else "     -"
         rows.append(
             f"{r['case'][:29]:29s} {_fmt(r.get('torch_bf16')):>10s} {_fmt(r.get('xla_deq')):>8s} "
             f"{_fmt(r.get('tinygemm')):>9s} {_fmt(r.get('pallas_decode')):>9s} {_fmt(r.get('cuda_decode')):>8s} "
-            f"{_fmt(r.get('cuda_gemm')):>8s} "
+            f"{_fmt(r.get('cuda_gemm')):>8s} {_fmt(r.get('cuda_wgmma')):>8s} "
             f"{_fmt(r.get('jquant')):>8s} {ratio}"
         )
     return "\n".join(rows)
@@ -534,12 +568,13 @@ def main(argv=None) -> int:
     p.add_argument(
         "--methods",
         default="torch_bf16,xla_bf16,xla_deq,xla_ref,gemlite,tinygemm,pallas_prefill,pallas_decode,cuda_decode,"
-        "cuda_gemm,jquant",
+        "cuda_gemm,cuda_wgmma,jquant",
     )
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--sweep", action="store_true", help="also sweep Pallas tile configs on 70b_o / 8b_gate_up")
     p.add_argument("--cuda-sweep", action="store_true", help="sweep the CUDA decode kernel's launch configs")
     p.add_argument("--gemm-sweep", action="store_true", help="sweep the CUDA GEMM kernel's launch configs")
+    p.add_argument("--wgmma-sweep", action="store_true", help="sweep the wgmma kernel's launch configs")
     p.add_argument("--no-extras", action="store_true", help="skip the M sweep / group / 8-bit cases")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this many seconds")
     args = p.parse_args(argv)
@@ -587,6 +622,20 @@ def main(argv=None) -> int:
                 break
             sh = SHAPES_BY_NAME[shape]
             sweeps += sweep(sh, m, gemm_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda_gemm")
+
+    if args.wgmma_sweep:
+        for shape, m in (
+            ("70b_o", 128),
+            ("8b_qkv", 256),
+            ("70b_o", 256),
+            ("70b_o", 1024),
+            ("8b_gate_up", 1024),
+            ("70b_o", 4096),
+        ):
+            if time.time() - t0 > args.budget_s:
+                break
+            sh = SHAPES_BY_NAME[shape]
+            sweeps += sweep(sh, m, wgmma_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda_wgmma")
 
     methods = args.methods.split(",")
     results = []

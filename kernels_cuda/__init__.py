@@ -14,6 +14,10 @@ Backends (platform ``"gpu"``):
   prefill): 256 (or 128) weight rows x 32/64/128 activation rows per block, a cp.async
   shared-memory ring for codes and activations, ldmatrix B fragments from activations gathered once
   into fragment order, split-K.
+* ``cuda_w4a16_wgmma`` (priority 30): the same weights for M > 128 (prefill) on compute capability
+  9.0 (H100/H200): Hopper's asynchronous wgmma with the dequantized weight as the register operand
+  and the activations in 128B-swizzled shared memory, 128 weight rows x 64/128/256 activation rows
+  per block, split-K.
 """
 
 from jquant.core.qarray import register_pytree
@@ -23,17 +27,23 @@ register_pytree()
 from jquant.ops.backend import register_backend  # noqa: E402
 from kernels_cuda.w4a16 import DecodeConfig, W4A16DecodeBackend, decode_config, w4a16_decode  # noqa: E402
 from kernels_cuda.w4a16_gemm import GemmConfig, W4A16GemmBackend, gemm_config, w4a16_gemm  # noqa: E402
+from kernels_cuda.w4a16_wgmma import W4A16WgmmaBackend, WgmmaConfig, w4a16_wgmma, wgmma_config  # noqa: E402
 
 register_backend(W4A16DecodeBackend())
 register_backend(W4A16GemmBackend())
+register_backend(W4A16WgmmaBackend())
 
 __all__ = [
     "DecodeConfig",
     "GemmConfig",
     "W4A16DecodeBackend",
     "W4A16GemmBackend",
+    "W4A16WgmmaBackend",
+    "WgmmaConfig",
     "decode_config",
     "gemm_config",
     "w4a16_decode",
     "w4a16_gemm",
+    "w4a16_wgmma",
+    "wgmma_config",
 ]

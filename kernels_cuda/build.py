@@ -19,9 +19,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["CSRC", "BuildError", "nvcc_path", "nvcc_command", "library_path", "build", "load_library", "register"]
+__all__ = [
+    "CSRC",
+    "BuildError",
+    "source_arch_flags",
+    "nvcc_path",
+    "nvcc_command",
+    "library_path",
+    "build",
+    "load_library",
+    "register",
+]
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 
@@ -30,6 +41,9 @@ ARCH_FLAGS = (
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_90,code=[sm_90,compute_90]",
 )
+# Sources whose kernels exist for one architecture only: wgmma is sm_90a machine code (no PTX: the
+# arch-specific features do not carry over to later GPUs).
+SOURCE_ARCH_FLAGS = {"w4a16_wgmma.cu": ("-gencode=arch=compute_90a,code=sm_90a",)}
 COMMON_FLAGS = ("-O3", "-std=c++17", "-diag-suppress=940,2473", "-Xcompiler=-fPIC", "--threads=0")
 
 # FFI targets this library defines: registered name -> exported handler symbol.
@@ -40,6 +54,8 @@ TARGETS = {
     "jquant_w4a16_decode_poisoned": "JquantW4A16DecodePoisoned",
     "jquant_w4a16_gemm": "JquantW4A16Gemm",
     "jquant_w4a16_gemm_poisoned": "JquantW4A16GemmPoisoned",
+    "jquant_w4a16_wgmma": "JquantW4A16Wgmma",
+    "jquant_w4a16_wgmma_poisoned": "JquantW4A16WgmmaPoisoned",
 }
 
 
@@ -71,22 +87,29 @@ def headers() -> list[Path]:
     return sorted(CSRC.glob("*.cuh"))
 
 
-def nvcc_command(out: Path, *, arch_flags=ARCH_FLAGS, extra=(), srcs=None) -> list[str]:
-    """The nvcc command line that builds the shared library (of ``srcs``, default all sources) into ``out``."""
+def source_arch_flags(src: Path) -> tuple[str, ...]:
+    """The -gencode flags ``src`` is compiled with."""
+    return SOURCE_ARCH_FLAGS.get(Path(src).name, ARCH_FLAGS)
+
+
+def _nvcc() -> str:
     nvcc = nvcc_path()
     if nvcc is None:
         raise BuildError("nvcc not found (looked on PATH, $CUDA_HOME, $CUDA_PATH, /usr/local/cuda)")
-    return [
-        nvcc,
-        *COMMON_FLAGS,
-        "--shared",
-        *arch_flags,
-        *extra,
-        f"-I{_include_dir()}",
-        *map(str, srcs if srcs is not None else sources()),
-        "-o",
-        str(out),
-    ]
+    return nvcc
+
+
+def nvcc_command(out: Path, *, arch_flags=None, extra=(), srcs=None) -> list[str]:
+    """The nvcc command compiling ``srcs`` (default: all sources) into ``out``.
+
+    ``extra`` selects what is built (``-c`` objects, ``-cubin``; default a shared library);
+    ``arch_flags`` defaults to those of the first source (`source_arch_flags`).
+    """
+    srcs = list(srcs if srcs is not None else sources())
+    if arch_flags is None:
+        arch_flags = source_arch_flags(srcs[0])
+    kind = () if {"-c", "-cubin", "-ptx"} & set(extra) else ("--shared",)
+    return [_nvcc(), *COMMON_FLAGS, *kind, *arch_flags, *extra, f"-I{_include_dir()}", *map(str, srcs), "-o", str(out)]
 
 
 def _cache_dir() -> Path:
@@ -103,7 +126,8 @@ def library_path() -> Path:
         h.update(p.read_bytes())
     nvcc = nvcc_path() or "none"
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout if nvcc != "none" else ""
-    for part in (version, jaxlib.__version__, *ARCH_FLAGS, *COMMON_FLAGS):
+    flags = [f for src in sources() for f in source_arch_flags(src)]
+    for part in (version, jaxlib.__version__, *flags, *COMMON_FLAGS):
         h.update(part.encode())
     return _cache_dir() / f"libjquant_cuda-{h.hexdigest()[:16]}.so"
 
@@ -118,24 +142,33 @@ def build(*, force: bool = False, verbose: bool = False) -> Path:
     if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    cmd = nvcc_command(Path(tmp))
-    # A one-time wait of 30-60 s inside the first GPU qmatmul call: say so instead of looking hung.
+    # A one-time wait of 1-2 minutes inside the first GPU qmatmul call: say so instead of looking hung.
     print(f"jquant: building the CUDA kernels once ({', '.join(p.name for p in sources())}) -> {out}", file=sys.stderr)
-    if verbose:
-        print(" ".join(cmd), file=sys.stderr)
-    try:
-        t0 = time.perf_counter()
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise BuildError(f"nvcc failed ({res.returncode}):\n{res.stderr[-4000:]}")
-        os.replace(tmp, out)
-        print(f"jquant: CUDA kernels built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        # One object per source (each with its own -gencode flags), compiled in parallel, then linked.
+        objs = [Path(tmp) / f"{src.stem}.o" for src in sources()]
+        cmds = [nvcc_command(obj, extra=("-c",), srcs=[src]) for src, obj in zip(sources(), objs)]
+        lib = Path(tmp) / out.name
+        cmds.append([_nvcc(), "--shared", *map(str, objs), "-o", str(lib)])
+        with ThreadPoolExecutor(max_workers=len(objs)) as pool:
+            _run_all(pool.map(_run, cmds[:-1]), verbose)
+        _run_all([_run(cmds[-1])], verbose)
+        os.replace(lib, out)  # atomic: a failed or interrupted build leaves nothing at `out`
+    print(f"jquant: CUDA kernels built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return out
+
+
+def _run(cmd: list[str]) -> tuple[list[str], subprocess.CompletedProcess]:
+    return cmd, subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _run_all(results, verbose: bool) -> None:
+    for cmd, res in results:
+        if verbose:
+            print(" ".join(cmd), file=sys.stderr)
+        if res.returncode != 0:
+            raise BuildError(f"nvcc failed ({res.returncode}): {' '.join(cmd[-3:])}\n{res.stderr[-4000:]}")
 
 
 @functools.cache

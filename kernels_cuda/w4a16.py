@@ -22,6 +22,7 @@ from kernels_cuda.backend import CudaBackend, call_kernel
 __all__ = [
     "DecodeConfig",
     "W4A16DecodeBackend",
+    "device_compute_capability",
     "decode_config",
     "tile_codes",
     "untile_codes",
@@ -266,6 +267,15 @@ def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps:
 
 
 @functools.cache
+def device_compute_capability() -> str | None:
+    """The default GPU's compute capability ("9.0"), or None when there is no CUDA device."""
+    try:
+        dev = jax.devices("gpu")[0]
+    except Exception:
+        return None
+    return getattr(dev, "compute_capability", None)
+
+
 def device_num_sms() -> int:
     try:
         return int(getattr(jax.devices()[0], "core_count", 0)) or NUM_SMS_DEFAULT

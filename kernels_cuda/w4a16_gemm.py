@@ -27,7 +27,10 @@ __all__ = [
     "W4A16GemmBackend",
     "fragment_order",
     "gemm_config",
+    "call_gemm_kernel",
     "gemm_cost_us",
+    "launch_cost_us",
+    "split_candidates",
     "w4a16_gemm",
     "why_not",
     "MAX_M",
@@ -84,28 +87,43 @@ STEP_US = {(32, 1): 1.4, (64, 1): 2.05, (64, 2): 1.4, (128, 1): 3.2, (128, 2): 1
 PARTIALS_BYTES_PER_US = 3.0e6
 
 
-def gemm_cost_us(m: int, n: int, k: int, cfg: GemmConfig, *, num_sms: int = NUM_SMS_DEFAULT) -> float:
-    """Modelled time of one launch: the busiest SM's block-steps, plus the split-K partial traffic.
+def launch_cost_us(
+    m: int, n: int, k: int, *, bm: int, block_n: int, k_split: int, step_us: float, num_sms: int
+) -> float:
+    """Modelled time of one launch of a split-K GEMM kernel: the busiest SM's block-steps, plus the
+    split-K partial traffic.
 
     An SM gets ``ceil(blocks / num_sms)`` blocks of ``k_split / 128`` steps each (run concurrently
-    up to the tile's blocks per SM, which `STEP_US` already folds in); every split beyond one
-    writes and reads back an f32 [M, N] slab.
+    up to the tile's blocks per SM, which ``step_us`` — microseconds per block per 128-column step
+    on a full SM — already folds in); every split beyond one writes and reads back an f32 [M, N]
+    slab at `PARTIALS_BYTES_PER_US`.
     """
-    steps = -(-cfg.k_split // STEP_K)
-    splits = cfg.splits(k)
-    blocks = -(-n // cfg.block_n) * -(-m // cfg.bm) * splits
-    compute = -(-blocks // num_sms) * steps * STEP_US[cfg.bm, cfg.wm]
+    steps = -(-k_split // STEP_K)
+    splits = -(-k // k_split)
+    blocks = -(-n // block_n) * -(-m // bm) * splits
+    compute = -(-blocks // num_sms) * steps * step_us
     partials = 2 * splits * m * n * 4 / PARTIALS_BYTES_PER_US if splits > 1 else 0.0
     return compute + partials
+
+
+def split_candidates(k: int) -> list[int]:
+    """K columns per split for 1..16 splits (multiples of 128, no empty split), largest first."""
+    steps = k // STEP_K
+    return [per * STEP_K for per in sorted({-(-steps // s) for s in range(1, min(steps, 16) + 1)}, reverse=True)]
+
+
+def gemm_cost_us(m: int, n: int, k: int, cfg: GemmConfig, *, num_sms: int = NUM_SMS_DEFAULT) -> float:
+    """`launch_cost_us` of the mma.sync GEMM kernel with ``cfg``."""
+    return launch_cost_us(
+        m, n, k, bm=cfg.bm, block_n=cfg.block_n, k_split=cfg.k_split, step_us=STEP_US[cfg.bm, cfg.wm], num_sms=num_sms
+    )
 
 
 def gemm_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT) -> GemmConfig:
     """The block shape for M (`TILE_FOR_M`) and the K split of least modelled time (`gemm_cost_us`;
     ties go to fewer splits)."""
     bm, wm = next(t for bound, t in TILE_FOR_M if bound is None or m <= bound)
-    steps = k // STEP_K
-    cands = {-(-steps // s) for s in range(1, min(steps, 16) + 1)}  # steps per split, no empty split
-    cfgs = [GemmConfig(bm=bm, wm=wm, k_split=per * STEP_K) for per in sorted(cands, reverse=True)]
+    cfgs = [GemmConfig(bm=bm, wm=wm, k_split=ks) for ks in split_candidates(k)]
     return min(cfgs, key=lambda c: (gemm_cost_us(m, n, k, c, num_sms=num_sms), c.splits(k)))
 
 
@@ -150,36 +168,44 @@ def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | No
     Returns:
         [..., N] in x's dtype (f32 accumulation; one rounding of each dequantized weight to x's dtype).
     """
-    from kernels_cuda.build import register
-
     why = why_not(x, w)
     if why:
         raise ValueError(f"w4a16_gemm: {why}")
+    m, k = math.prod(x.shape[:-1]), x.shape[-1]
+    cfg = cfg or gemm_config(m, w.shape[0], k, num_sms=num_sms or device_num_sms())
+    return call_gemm_kernel(
+        "jquant_w4a16_gemm", x, w, cfg.k_split, poison=poison, bm=cfg.bm, wm=cfg.wm, stages=cfg.stages
+    )
+
+
+def call_gemm_kernel(target: str, x, w: QArray, k_split: int, *, poison: bool = False, **tile_attrs):
+    """Runs a GEMM-style kernel of the library (operands as in `w4a16_gemm`) on ``x @ dequantize(w).T``.
+
+    Gathers x into fragment order (fused with act-order), passes codes, scales and zeros as stored,
+    and sums the f32 partial slabs when K is split (one split: the kernel writes x's dtype).
+    """
+    from kernels_cuda.build import register
+
     register()
     lead, k = x.shape[:-1], x.shape[-1]
     n = w.shape[0]
     m = math.prod(lead)
-    cfg = cfg or gemm_config(m, n, k, num_sms=num_sms or device_num_sms())
     order = fragment_order(k)
     if w.perm is not None:  # one gather for both permutations: x_frag[:, j] = x[:, perm[order[j]]]
         order = jnp.asarray(w.perm)[order]
     xf = jnp.take(x.reshape(m, k), order, axis=-1)
-    group = min(w.block[1], k)
-    splits = cfg.splits(k)
+    splits = -(-k // k_split)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
-    out_dtype = jnp.float32 if splits > 1 else x.dtype
     y = call_kernel(
-        "jquant_w4a16_gemm",
-        jax.ShapeDtypeStruct((splits, m, n), out_dtype),
+        target,
+        jax.ShapeDtypeStruct((splits, m, n), jnp.float32 if splits > 1 else x.dtype),
         (xf, w.data, w.scale, zero),
         poison=poison,
-        group=np.int64(group),
-        k_split=np.int64(cfg.k_split),
+        group=np.int64(min(w.block[1], k)),
+        k_split=np.int64(k_split),
         bias=np.int64(int(w.qtype.bias)),
         has_zero=np.int64(w.zero is not None),
-        bm=np.int64(cfg.bm),
-        wm=np.int64(cfg.wm),
-        stages=np.int64(cfg.stages),
+        **{name: np.int64(v) for name, v in tile_attrs.items()},
     )
     y = y[0] if splits == 1 else y.sum(axis=0).astype(x.dtype)
     return y.reshape(*lead, n)

@@ -93,10 +93,94 @@ __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, int shift, typename
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// Epilogue stores: 4 f32 accumulators -> 4 consecutive outputs (one 16- or 8-byte vector store).
+template <typename OutT>
+__device__ __forceinline__ void store4(OutT* p, float4 v);
+template <>
+__device__ __forceinline__ void store4<float>(float* p, float4 v) {
+  *reinterpret_cast<float4*>(p) = v;
+}
+template <>
+__device__ __forceinline__ void store4<__nv_bfloat16>(__nv_bfloat16* p, float4 v) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  *reinterpret_cast<uint2*>(p) = make_uint2(*reinterpret_cast<uint32_t*>(&lo), *reinterpret_cast<uint32_t*>(&hi));
+}
+template <>
+__device__ __forceinline__ void store4<__half>(__half* p, float4 v) {
+  __half2 lo = __floats2half2_rn(v.x, v.y), hi = __floats2half2_rn(v.z, v.w);
+  *reinterpret_cast<uint2*>(p) = make_uint2(*reinterpret_cast<uint32_t*>(&lo), *reinterpret_cast<uint32_t*>(&hi));
+}
+template <typename OutT>
+__device__ __forceinline__ OutT from_f32(float v) {
+  return static_cast<OutT>(v);
+}
+
+// The epilogue's second half: a block's f32 tile, staged in shared memory as os[BM][LD] (activation
+// row, weight row), to out[split, m0 + i, n0 + j] of the row-major [S, M, N] output, 4 consecutive outputs
+// along N per thread and store; rows and columns past M or N are dropped.
+template <int BM, int BN, int LD, int THREADS, typename OutT>
+__device__ __forceinline__ void store_out_tile(const float* os, OutT* out, int split, int m0, int n0, int m, int n) {
+  OutT* o = out + static_cast<size_t>(split) * m * n;
+  const bool vec = (n % 4) == 0;
+#pragma unroll
+  for (int it = 0; it < BM * BN / 4 / THREADS; ++it) {
+    const int idx = threadIdx.x + it * THREADS;
+    const int mcol = idx / (BN / 4), nq = (idx % (BN / 4)) * 4;
+    const int gm = m0 + mcol, gn = n0 + nq;
+    if (gm >= m || gn >= n) continue;
+    const float4 v = *reinterpret_cast<const float4*>(os + mcol * LD + nq);
+    OutT* dst = o + static_cast<size_t>(gm) * n + gn;
+    if (vec && gn + 4 <= n) {
+      store4<OutT>(dst, v);
+    } else {
+      const float e[4] = {v.x, v.y, v.z, v.w};
+      for (int u = 0; u < 4 && gn + u < n; ++u) dst[u] = from_f32<OutT>(e[u]);
+    }
+  }
+}
+
 inline std::string dims_str(xla::ffi::AnyBuffer::Dimensions d) {
   std::string s = "(";
   for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
   return s + ")";
+}
+
+// Sizes of a GEMM-style call (x [M, K], codes [N, K/2], scale [N, K/G], out [S, M, N]).
+struct GemmDims {
+  int64_t m, n, k, splits;
+  bool f32_out;
+};
+
+// The operand checks the GEMM kernels' handlers share: "" and `d` filled in, or what is wrong.
+// out is f32 partial slabs, one per K split, or x's dtype when there is a single split.
+inline std::string check_gemm_operands(xla::ffi::AnyBuffer x, xla::ffi::AnyBuffer codes, xla::ffi::AnyBuffer scale,
+                                       xla::ffi::AnyBuffer zero, const xla::ffi::AnyBuffer& out, int64_t group,
+                                       int64_t k_split, int64_t has_zero, int step_k, GemmDims& d) {
+  using xla::ffi::DataType;
+  const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = out.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 3)
+    return "x, codes, scale must be 2-D and out 3-D";
+  const int64_t m = xd[0], k = xd[1], n = sd[0];
+  const auto xt = x.element_type(), st = scale.element_type();
+  if (xt != DataType::BF16 && xt != DataType::F16) return "x must be bf16 or f16";
+  if (codes.element_type() != DataType::U8 || wd[0] != n || wd[1] * 2 != k)
+    return "codes must be uint8 [N, K/2], got " + dims_str(wd) + " for N=" + std::to_string(n) +
+           ", K=" + std::to_string(k);
+  if (st != DataType::F32 && st != DataType::F16 && st != DataType::BF16) return "scale must be f32, f16 or bf16";
+  if (m < 1 || k % step_k != 0 || group % 32 != 0 || group < 1 || k % group != 0 || k_split % step_k != 0 ||
+      k_split < step_k)
+    return "unsupported M=" + std::to_string(m) + " K=" + std::to_string(k) + " group=" + std::to_string(group) +
+           " k_split=" + std::to_string(k_split);
+  if (sd[1] != k / group) return "scale " + dims_str(sd) + " does not match K/G=" + std::to_string(k / group);
+  if (has_zero && (zero.element_type() != DataType::U8 || zero.element_count() != size_t(n * (k / group))))
+    return "zero must be uint8 with the scale's shape";
+  const int64_t splits = (k + k_split - 1) / k_split;
+  const bool f32_out = out.element_type() == DataType::F32;
+  if (od[0] != splits || od[1] != m || od[2] != n || !(f32_out || (splits == 1 && out.element_type() == xt)))
+    return "out must be [S, M, N] = (" + std::to_string(splits) + ", " + std::to_string(m) + ", " +
+           std::to_string(n) + "), f32 (or x's dtype when S == 1), got " + dims_str(od);
+  d = GemmDims{m, n, k, splits, f32_out};
+  return "";
 }
 
 // A handler with one more buffer before its result — the NaN-filled output that tests alias to it

@@ -1,0 +1,317 @@
+// W4A16 GEMM on Hopper's asynchronous warpgroup MMA (wgmma, sm_90a) for prefill-sized M, on jquant's
+// canonical int4 layout, exposed to JAX through the XLA FFI.
+//
+//   out[s, m, n] = sum_{k in split s} xf[m, k] * (v[n, k] - z[n, k/G]) * scale[n, k/G]
+//
+// Operands and output as in w4a16_gemm.cu (xf: x with the columns of every 128-column block in
+// fragment order; codes [N, K/2] uint8 low nibble first; scale [N, K/G]; optional uint8 zeros;
+// out [S, M, N] f32 partials, or x's dtype when S == 1).
+//
+// How the work is cut:
+//   * A block computes a 128 (N) x BM (M) tile of out^T = W x^T with two warpgroups, 64 weight rows
+//     each: wgmma.m64nBMk16 with the dequantized weight as the *register* A operand and the x tile
+//     as the shared-memory B operand (K-major, 128-byte swizzle). Each weight is dequantized once
+//     per block and feeds BM activation rows.
+//   * Per warp the A fragment of wgmma.m64nNk16 is mma.m16n8k16's, so a thread dequantizes what it
+//     does in w4a16_gemm.cu: 16 code bytes of each of its 2 weight rows per 128-column step (one
+//     LOP3 per pair, exact zero subtraction, one scale multiply), and x arrives in fragment order.
+//   * Each step's x tile (BM rows x 128 columns) is stored as two 64-column halves, each BM rows of
+//     128 bytes with 16-byte chunk c of row r at chunk c ^ (r % 8) — the layout a 128B-swizzle
+//     wgmma descriptor describes (8-row core groups 1024 bytes apart); k16 slice j of a half starts
+//     32 j bytes into it. x and codes come through a STAGES-deep cp.async ring.
+//   * Per step a warpgroup waits for its previous wgmmas (wgmma.wait_group 0), dequantizes the
+//     step's 8 k16 slices into registers, then issues the 8 wgmmas asynchronously and goes on to the
+//     next step's barrier and copies. One __syncthreads per step makes the copies visible and frees
+//     the ring slot of step - 1 (both warpgroups have retired its wgmmas).
+//     Double-buffering the A registers, so that the dequantization of step s + 1 overlaps the wgmmas
+//     of step s within a warpgroup, made ptxas serialize every wgmma (C7513, "non wgmma instructions
+//     defining input registers of a wgmma between start and end of the pipeline stage"), so the
+//     overlap here is across the two warpgroups and with the copies only.
+//   * Split-K over blockIdx.z, the f32 partials summed by the caller, as in w4a16_gemm.cu.
+// References: PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-Accumulate" (register fragments
+// for .m64nNk16, the matrix descriptor, the 128B swizzle) and "Asynchronous proxy"; CUTLASS's SM90
+// RS (register-A) GMMA mainloops; the magic-number dequant Marlin's.
+
+#include <utility>
+
+#include "common.cuh"
+#include "wgmma.cuh"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using namespace jquant;
+
+constexpr int kBK = 128;      // K columns per pipeline stage
+constexpr int kBN = 128;      // weight rows per block: 2 warpgroups x 64
+constexpr int kThreads = 256;
+constexpr int kOutPad = 4;    // f32 padding of the epilogue's shared rows
+constexpr int kMaxSmem = 227 * 1024;
+
+template <int BM>
+struct WTile {
+  static constexpr int kHalfBytes = BM * 128;        // one 64-column half of the x tile
+  static constexpr int kXBytes = 2 * kHalfBytes;
+  static constexpr int kWBytes = kBN * kBK / 2;      // code tile, 64 B per weight row
+  static constexpr int kStageBytes = kXBytes + kWBytes;
+  static constexpr int kOutBytes = BM * (kBN + kOutPad) * 4;
+  static constexpr int kAcc = BM / 2;                // f32 accumulators per thread
+  static_assert(kStageBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
+};
+
+template <int BM>
+constexpr size_t wgmma_smem_bytes(int stages) {
+  const size_t ring = static_cast<size_t>(stages) * WTile<BM>::kStageBytes;
+  return ring > WTile<BM>::kOutBytes ? ring : WTile<BM>::kOutBytes;
+}
+
+// Byte offset of 16-byte chunk `ch` (0..15, along K) of activation row `row` in a step's x tile.
+template <int BM>
+__device__ __forceinline__ int x_offset(int row, int ch) {
+  return (ch >> 3) * WTile<BM>::kHalfBytes + row * 128 + (((ch & 7) ^ (row & 7)) << 4);
+}
+
+// wgmma descriptor of a K-major 128B-swizzled operand at shared address `addr`: leading byte offset
+// unused for swizzled K-major layouts (1 by convention), stride byte offset 1024 (8 rows x 128 B),
+// swizzle mode 1 (128B) in bits 62-63.
+__device__ __forceinline__ uint64_t desc_128b(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) |
+         (1ull << 62);
+}
+
+template <typename T, typename ST, typename OutT, int BM, int STAGES>
+__global__ void __launch_bounds__(kThreads, 1) w4a16_wgmma_kernel(const T* __restrict__ x,
+                                                                 const uint8_t* __restrict__ codes,
+                                                                 const ST* __restrict__ scale,
+                                                                 const uint8_t* __restrict__ zero,
+                                                                 OutT* __restrict__ out, int m, int n, int k,
+                                                                 int group, int ks, int bias, int has_zero) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tr = Half2Traits<T>;
+  using T2 = typename Tr::T2;
+  using Tl = WTile<BM>;
+  constexpr int kAcc = Tl::kAcc;
+  constexpr int kXChunks = Tl::kXBytes / 16 / kThreads;
+  constexpr int kWChunks = Tl::kWBytes / 16 / kThreads;
+  static_assert(kXChunks * kThreads * 16 == Tl::kXBytes && kWChunks * kThreads * 16 == Tl::kWBytes);
+  extern __shared__ __align__(1024) uint8_t smem[];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int q = lane & 3, r = lane >> 2;
+  const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * BM;
+  const int split = blockIdx.z, k0 = split * ks;
+  const int steps = min(ks, k - k0) / kBK;
+  const int groups = k / group;
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+
+  // cp.async chunks of a stage: x rows xr0 + 16 i (chunk xch), code rows wr0 + 64 i (chunk wch);
+  // rows past M or N are clamped (computed on a duplicate, never stored).
+  const int xr0 = threadIdx.x >> 4, xch = threadIdx.x & 15;
+  const int wr0 = threadIdx.x >> 2, wch = threadIdx.x & 3;
+  auto issue = [&](int step) {
+    if (step < steps) {
+      uint8_t* st = smem + (step % STAGES) * Tl::kStageBytes;
+      const int kc = k0 + step * kBK;
+#pragma unroll
+      for (int i = 0; i < kXChunks; ++i) {
+        const int row = xr0 + 16 * i;
+        cp_async16(st + x_offset<BM>(row, xch), x + static_cast<size_t>(min(m0 + row, m - 1)) * k + kc + xch * 8);
+      }
+#pragma unroll
+      for (int i = 0; i < kWChunks; ++i) {
+        const int row = wr0 + 64 * i;
+        cp_async16(st + Tl::kXBytes + (row * 4 + wch) * 16,
+                   codes + static_cast<size_t>(min(n0 + row, n - 1)) * (k / 2) + kc / 2 + wch * 16);
+      }
+    }
+    cp_async_commit();  // an empty group past the end keeps the group count uniform
+  };
+
+  // This thread's weight rows: warp * 16 + r and + 8 (warp 0-3: warpgroup 0's 64 rows, 4-7: group 1's).
+  const int wrow = warp * 16 + r;
+  int srow[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) srow[j] = min(n0 + wrow + 8 * j, n - 1) * groups;
+  ST s_next[2];
+  uint32_t z_next;
+  auto load_scales = [&](int step) {
+    const int g = (k0 + step * kBK + 32 * q) / group;
+    z_next = 0;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      s_next[j] = __ldg(scale + srow[j] + g);
+      if (has_zero) z_next |= static_cast<uint32_t>(__ldg(zero + srow[j] + g)) << (8 * j);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) issue(s);
+  load_scales(0);
+
+  float acc[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+  uint32_t a[kBK / 16][4];  // A fragments of the step's 8 k16 slices
+
+  for (int step = 0; step < steps; ++step) {
+    cp_async_wait<STAGES - 2>();  // this thread's copies of this step's stage have landed
+    fence_proxy_async_shared();    // ... and are visible to wgmma's async proxy
+    wgmma_wait<0>();               // this warpgroup's wgmmas of step - 1 are done (a[] and the slot are free)
+    __syncthreads();               // ... in both warpgroups, and everyone's copies have landed
+    issue(step + STAGES - 1);      // into step - 1's slot
+    T2 s2[2], z2[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      s2[j] = Tr::from_float(to_float(s_next[j]));
+      z2[j] = Tr::from_float(Tr::kMagicF + static_cast<float>(static_cast<int>((z_next >> (8 * j)) & 0xFF) + bias));
+    }
+    if (step + 1 < steps) load_scales(step + 1);
+    const uint32_t st = smem_base + (step % STAGES) * Tl::kStageBytes;
+    const uint8_t* wst = smem + (step % STAGES) * Tl::kStageBytes + Tl::kXBytes;
+    uint4 w[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) w[j] = *reinterpret_cast<const uint4*>(wst + (wrow + 8 * j) * 64 + q * 16);
+#pragma unroll
+    for (int sl = 0; sl < kBK / 16; ++sl) {
+      const int i = sl >> 1, h = sl & 1;
+      const uint32_t w0 = i == 0 ? w[0].x : i == 1 ? w[0].y : i == 2 ? w[0].z : w[0].w;
+      const uint32_t w1 = i == 0 ? w[1].x : i == 1 ? w[1].y : i == 2 ? w[1].z : w[1].w;
+      a[sl][0] = dequant_pair<T>(w0, 8 * h, z2[0], s2[0]);
+      a[sl][1] = dequant_pair<T>(w1, 8 * h, z2[1], s2[1]);
+      a[sl][2] = dequant_pair<T>(w0, 8 * h + 4, z2[0], s2[0]);
+      a[sl][3] = dequant_pair<T>(w1, 8 * h + 4, z2[1], s2[1]);
+    }
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
+    wgmma_fence();
+#pragma unroll
+    for (int sl = 0; sl < kBK / 16; ++sl)
+      WgmmaRS<T, BM>::mma(acc, a[sl], desc_128b(st + (sl >> 2) * Tl::kHalfBytes + (sl & 3) * 32));
+    wgmma_commit();
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Epilogue: acc[4 j + c] is weight row wrow (+ 8 for c >= 2), activation row 8 j + 2 q + (c & 1).
+  float* os = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      os[(8 * j + 2 * q + (c & 1)) * (kBN + kOutPad) + wrow + (c >= 2 ? 8 : 0)] = acc[4 * j + c];
+  __syncthreads();
+  store_out_tile<BM, kBN, kBN + kOutPad, kThreads>(os, out, split, m0, n0, m, n);
+#else
+  __trap();  // built for sm_90a only (build.py); never launched elsewhere (the host checks the device)
+#endif
+}
+
+struct Launch {
+  cudaStream_t stream;
+  const void *x, *codes, *scale, *zero;
+  void* out;
+  int m, n, k, group, ks, bias, bm, stages;
+  bool has_zero, f32_out;
+};
+
+template <typename T, typename ST, typename OutT, int BM, int STAGES>
+cudaError_t launch_typed(const Launch& a) {
+  auto kernel = w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES>;
+  const size_t smem = wgmma_smem_bytes<BM>(STAGES);
+  static_assert(wgmma_smem_bytes<BM>(STAGES) <= kMaxSmem, "stage ring exceeds shared memory");
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (err != cudaSuccess) return err;
+  const dim3 grid((a.n + kBN - 1) / kBN, (a.m + BM - 1) / BM, (a.k + a.ks - 1) / a.ks);
+  kernel<<<grid, kThreads, smem, a.stream>>>(static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes),
+                                             static_cast<const ST*>(a.scale), static_cast<const uint8_t*>(a.zero),
+                                             static_cast<OutT*>(a.out), a.m, a.n, a.k, a.group, a.ks, a.bias,
+                                             a.has_zero ? 1 : 0);
+  return cudaGetLastError();
+}
+
+// The configurations instantiated (w4a16_wgmma.py `STAGES`): bm -> the deepest ring that fits.
+template <typename T, typename ST, typename OutT>
+cudaError_t launch_cfg(const Launch& a) {
+  if (a.bm == 64) return launch_typed<T, ST, OutT, 64, 6>(a);
+  if (a.bm == 128) return launch_typed<T, ST, OutT, 128, 5>(a);
+  return launch_typed<T, ST, OutT, 256, 3>(a);
+}
+
+bool config_built(int64_t bm, int64_t stages) {
+  return (bm == 64 && stages == 6) || (bm == 128 && stages == 5) || (bm == 256 && stages == 3);
+}
+
+template <typename T, typename ST>
+cudaError_t launch_out(const Launch& a) {
+  return a.f32_out ? launch_cfg<T, ST, float>(a) : launch_cfg<T, ST, T>(a);
+}
+
+template <typename T>
+cudaError_t launch_scale(ffi::DataType sdt, const Launch& a) {
+  switch (sdt) {
+    case ffi::DataType::F32:
+      return launch_out<T, float>(a);
+    case ffi::DataType::F16:
+      return launch_out<T, __half>(a);
+    default:
+      return launch_out<T, __nv_bfloat16>(a);
+  }
+}
+
+// sm_90a code runs on compute capability 9.0 only (H100, H200, GH200).
+std::string device_problem() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev))
+    return "cannot query the device";
+  if (major != 9 || minor != 0)
+    return "needs compute capability 9.0 (sm_90a), device has " + std::to_string(major) + "." + std::to_string(minor);
+  return "";
+}
+
+ffi::Error W4A16WgmmaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
+                          ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
+                          int64_t bias, int64_t has_zero, int64_t bm, int64_t stages) {
+  constexpr const char* kName = "jquant_w4a16_wgmma: ";
+  GemmDims d;
+  std::string why = check_gemm_operands(x, codes, scale, zero, *out, group, k_split, has_zero, kBK, d);
+  if (why.empty() && !config_built(bm, stages))
+    why = "no kernel for bm=" + std::to_string(bm) + " stages=" + std::to_string(stages);
+  if (why.empty()) why = device_problem();
+  if (!why.empty()) return ffi::Error::InvalidArgument(kName + why);
+  Launch a{stream,       x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
+           out->untyped_data(),
+           int(d.m),     int(d.n),         int(d.k),             int(group),           int(k_split),
+           int(bias),    int(bm),          int(stages),          has_zero != 0,
+           d.f32_out};
+  const cudaError_t err = x.element_type() == ffi::DataType::BF16 ? launch_scale<__nv_bfloat16>(scale.element_type(), a)
+                                                                  : launch_scale<__half>(scale.element_type(), a);
+  if (err != cudaSuccess) return ffi::Error::Internal(std::string(kName) + cudaGetErrorString(err));
+  return ffi::Error::Success();
+}
+
+template <typename B>
+auto wgmma_binding(B&& args) {
+  return std::forward<B>(args)
+      .template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("group")
+      .template Attr<int64_t>("k_split")
+      .template Attr<int64_t>("bias")
+      .template Attr<int64_t>("has_zero")
+      .template Attr<int64_t>("bm")
+      .template Attr<int64_t>("stages");
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16Wgmma, W4A16WgmmaImpl, wgmma_binding(bind_stream_and_4_buffers()),
+                              {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantW4A16WgmmaPoisoned, WithPoisonedOut<W4A16WgmmaImpl>::Call,
+                              wgmma_binding(bind_stream_and_4_buffers().Arg<ffi::AnyBuffer>()),
+                              {ffi::Traits::kCmdBufferCompatible});

@@ -1,0 +1,130 @@
+"""The Hopper W4A16 GEMM kernel (`csrc/w4a16_wgmma.cu`, wgmma, sm_90a) as a JAX op and a `qmatmul` backend.
+
+For prefill-sized M on compute capability 9.0 (H100, H200). Same operands as `w4a16_gemm` (the
+canonical 4-bit `QArray` as stored, x gathered once into fragment order): the wgmma A fragment of
+each warp is the mma.m16n8k16 A fragment, so the same per-thread dequantization feeds
+``wgmma.m64nNk16`` with the weight in registers and the x tile in 128B-swizzled shared memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jquant.core.qarray import QArray
+from kernels_cuda.backend import CudaBackend
+from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_compute_capability, device_num_sms, why_not_operands
+from kernels_cuda.w4a16_gemm import MAX_M as GEMM_MAX_M
+from kernels_cuda.w4a16_gemm import call_gemm_kernel, launch_cost_us, split_candidates
+
+__all__ = [
+    "WgmmaConfig",
+    "W4A16WgmmaBackend",
+    "wgmma_config",
+    "wgmma_cost_us",
+    "w4a16_wgmma",
+    "why_not",
+    "MIN_M",
+    "MAX_M",
+]
+
+BLOCK_N = 128  # weight rows per block: two warpgroups x 64 (csrc: kBN)
+# Activation rows per block (the wgmma's N) -> depth of the cp.async ring compiled for it (the
+# deepest that fits 227 KB of shared memory; csrc `launch_cfg`).
+STAGES = {64: 6, 128: 5, 256: 3}
+# Microseconds per block per 128-column step on a full SM (one block per SM), by bm, calibrated on
+# H200 (`bench.qmatmul --wgmma-sweep`, bench/results/nvidia_h200/cuda_wgmma.md; the model then
+# lands within 3% of every swept launch): about twice the wgmma time of 128 x bm x 128 MACs at the
+# dense bf16 peak, the rest being the dequantization and barrier the warpgroups do not overlap.
+STEP_US = {64: 0.86, 128: 1.25, 256: 2.2}
+# The M range the dispatcher sends here: below, the mma.sync kernels; above, XLA's dequantize ->
+# cuBLAS dot is faster (bench/results/nvidia_h200/qmatmul_wgmma.md).
+MIN_M = GEMM_MAX_M + 1
+MAX_M = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class WgmmaConfig:
+    """Launch parameters of the wgmma kernel.
+
+    Attributes:
+        bm: activation rows per block (the wgmma's N: 64, 128 or 256); the block covers 128 weight
+            rows and the grid is ceil(N / 128) x ceil(M / bm) x splits.
+        k_split: K columns per split (a multiple of 128).
+    """
+
+    bm: int
+    k_split: int
+
+    def __post_init__(self):
+        if self.bm not in STAGES:
+            raise ValueError(f"no wgmma kernel for bm={self.bm}; built: {sorted(STAGES)}")
+
+    @property
+    def stages(self) -> int:
+        return STAGES[self.bm]
+
+    def splits(self, k: int) -> int:
+        return -(-k // self.k_split)
+
+
+def wgmma_cost_us(m: int, n: int, k: int, cfg: WgmmaConfig, *, num_sms: int = NUM_SMS_DEFAULT) -> float:
+    """`launch_cost_us` of the wgmma kernel with ``cfg``."""
+    return launch_cost_us(
+        m, n, k, bm=cfg.bm, block_n=BLOCK_N, k_split=cfg.k_split, step_us=STEP_US[cfg.bm], num_sms=num_sms
+    )
+
+
+def wgmma_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT) -> WgmmaConfig:
+    """The block shape and K split of least modelled time (`wgmma_cost_us`; ties go to fewer splits,
+    then to the larger block)."""
+    cfgs = [WgmmaConfig(bm=bm, k_split=ks) for bm in sorted(STAGES, reverse=True) for ks in split_candidates(k)]
+    return min(cfgs, key=lambda c: (wgmma_cost_us(m, n, k, c, num_sms=num_sms), c.splits(k)))
+
+
+def why_not(x, w) -> str:
+    """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
+    why = why_not_operands(x, w)
+    if not why and math.prod(x.shape[:-1]) < 1:
+        why = "empty activations"
+    return why
+
+
+def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | None = None, poison: bool = False):
+    """``x @ dequantize(w).T`` with Hopper wgmma for [..., K] bf16/f16 activations (any M; dispatched for 128 < M <= 512).
+
+    Args:
+        x: [..., K] bf16 or f16.
+        w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
+        cfg: launch parameters; default `wgmma_config`.
+        poison: the kernel writes into a NaN-filled buffer (tests: unwritten outputs stay NaN).
+
+    Returns:
+        [..., N] in x's dtype (f32 accumulation; one rounding of each dequantized weight to x's dtype).
+        Runs on compute capability 9.0 only; elsewhere the call fails with the reason.
+    """
+    why = why_not(x, w)
+    if why:
+        raise ValueError(f"w4a16_wgmma: {why}")
+    m, k = math.prod(x.shape[:-1]), x.shape[-1]
+    cfg = cfg or wgmma_config(m, w.shape[0], k, num_sms=num_sms or device_num_sms())
+    return call_gemm_kernel("jquant_w4a16_wgmma", x, w, cfg.k_split, poison=poison, bm=cfg.bm, stages=cfg.stages)
+
+
+class W4A16WgmmaBackend(CudaBackend):
+    """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit integer weights, `MIN_M` <= M <= `MAX_M`, bf16/f16, sm_90."""
+
+    name = "cuda_w4a16_wgmma"
+
+    def why_not(self, x, w) -> str:
+        why = why_not(x, w)
+        m = math.prod(x.shape[:-1])
+        if not why and not MIN_M <= m <= MAX_M:
+            why = f"M={m} outside {MIN_M}..{MAX_M} (wgmma kernel's range)"
+        cc = device_compute_capability()
+        if not why and cc != "9.0":
+            why = f"needs compute capability 9.0 (sm_90a wgmma), the device has {cc or 'none'}"
+        return why
+
+    def __call__(self, x, w, **kw):
+        return w4a16_wgmma(x, w)
