@@ -37,6 +37,8 @@ STAGES = {64: 6, 128: 5, 256: 3}
 # lands within 3% of every swept launch): about twice the wgmma time of 128 x bm x 128 MACs at the
 # dense bf16 peak, the rest being the dequantization and barrier the warpgroups do not overlap.
 STEP_US = {64: 0.86, 128: 1.25, 256: 2.2}
+# The variant `wgmma_config` picks (measured: bench/results/nvidia_h200/cuda_wgmma.md).
+WS = False
 # The M range the dispatcher sends here: below, the mma.sync kernels; above, XLA's dequantize ->
 # cuBLAS dot is faster (bench/results/nvidia_h200/qmatmul_wgmma.md).
 MIN_M = GEMM_MAX_M + 1
@@ -51,10 +53,14 @@ class WgmmaConfig:
         bm: activation rows per block (the wgmma's N: 64, 128 or 256); the block covers 128 weight
             rows and the grid is ceil(N / 128) x ceil(M / bm) x splits.
         k_split: K columns per split (a multiple of 128).
+        ws: warp-specialized variant (a producer warpgroup copying, two consumer warpgroups taking
+            turns on the tensor cores) instead of the two-warpgroup lockstep one (all threads copy and
+            compute, one barrier per step).
     """
 
     bm: int
     k_split: int
+    ws: bool = False
 
     def __post_init__(self):
         if self.bm not in STAGES:
@@ -78,7 +84,7 @@ def wgmma_cost_us(m: int, n: int, k: int, cfg: WgmmaConfig, *, num_sms: int = NU
 def wgmma_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT) -> WgmmaConfig:
     """The block shape and K split of least modelled time (`wgmma_cost_us`; ties go to fewer splits,
     then to the larger block)."""
-    cfgs = [WgmmaConfig(bm=bm, k_split=ks) for bm in sorted(STAGES, reverse=True) for ks in split_candidates(k)]
+    cfgs = [WgmmaConfig(bm=bm, k_split=ks, ws=WS) for bm in sorted(STAGES, reverse=True) for ks in split_candidates(k)]
     return min(cfgs, key=lambda c: (wgmma_cost_us(m, n, k, c, num_sms=num_sms), c.splits(k)))
 
 
@@ -108,7 +114,9 @@ def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | 
         raise ValueError(f"w4a16_wgmma: {why}")
     m, k = math.prod(x.shape[:-1]), x.shape[-1]
     cfg = cfg or wgmma_config(m, w.shape[0], k, num_sms=num_sms or device_num_sms())
-    return call_gemm_kernel("jquant_w4a16_wgmma", x, w, cfg.k_split, poison=poison, bm=cfg.bm, stages=cfg.stages)
+    return call_gemm_kernel(
+        "jquant_w4a16_wgmma", x, w, cfg.k_split, poison=poison, bm=cfg.bm, stages=cfg.stages, ws=int(cfg.ws)
+    )
 
 
 class W4A16WgmmaBackend(CudaBackend):

@@ -117,14 +117,15 @@ __device__ __forceinline__ OutT from_f32(float v) {
 
 // The epilogue's second half: a block's f32 tile, staged in shared memory as os[BM][LD] (activation
 // row, weight row), to out[split, m0 + i, n0 + j] of the row-major [S, M, N] output, 4 consecutive outputs
-// along N per thread and store; rows and columns past M or N are dropped.
+// along N per thread `tid` (0..THREADS-1) and store; rows and columns past M or N are dropped.
 template <int BM, int BN, int LD, int THREADS, typename OutT>
-__device__ __forceinline__ void store_out_tile(const float* os, OutT* out, int split, int m0, int n0, int m, int n) {
+__device__ __forceinline__ void store_out_tile(const float* os, OutT* out, int split, int m0, int n0, int m, int n,
+                                               int tid) {
   OutT* o = out + static_cast<size_t>(split) * m * n;
   const bool vec = (n % 4) == 0;
 #pragma unroll
   for (int it = 0; it < BM * BN / 4 / THREADS; ++it) {
-    const int idx = threadIdx.x + it * THREADS;
+    const int idx = tid + it * THREADS;
     const int mcol = idx / (BN / 4), nq = (idx % (BN / 4)) * 4;
     const int gm = m0 + mcol, gn = n0 + nq;
     if (gm >= m || gn >= n) continue;

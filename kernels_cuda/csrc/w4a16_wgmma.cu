@@ -61,7 +61,7 @@ struct WTile {
 };
 
 template <int BM>
-constexpr size_t wgmma_smem_bytes(int stages) {
+__host__ __device__ constexpr size_t wgmma_smem_bytes(int stages) {
   const size_t ring = static_cast<size_t>(stages) * WTile<BM>::kStageBytes;
   return ring > WTile<BM>::kOutBytes ? ring : WTile<BM>::kOutBytes;
 }
@@ -78,6 +78,38 @@ __device__ __forceinline__ int x_offset(int row, int ch) {
 __device__ __forceinline__ uint64_t desc_128b(uint32_t addr) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (1ull << 16) | (static_cast<uint64_t>(1024 >> 4) << 32) |
          (1ull << 62);
+}
+
+// The A fragments of one 128-column step (8 k16 slices) from the 16 code bytes this thread holds of
+// each of its 2 weight rows (w[j]: row wrow + 8 j): one LOP3 per pair, exact zero subtraction, one
+// scale multiply (w4a16_gemm.cu's dequantization; the K order it gives is undone by fragment order).
+template <typename T>
+__device__ __forceinline__ void dequant_step(uint32_t (&a)[kBK / 16][4], const uint4 (&w)[2],
+                                             const typename Half2Traits<T>::T2 (&s2)[2],
+                                             const typename Half2Traits<T>::T2 (&z2)[2]) {
+#pragma unroll
+  for (int sl = 0; sl < kBK / 16; ++sl) {
+    const int i = sl >> 1, h = sl & 1;
+    const uint32_t w0 = i == 0 ? w[0].x : i == 1 ? w[0].y : i == 2 ? w[0].z : w[0].w;
+    const uint32_t w1 = i == 0 ? w[1].x : i == 1 ? w[1].y : i == 2 ? w[1].z : w[1].w;
+    a[sl][0] = dequant_pair<T>(w0, 8 * h, z2[0], s2[0]);
+    a[sl][1] = dequant_pair<T>(w1, 8 * h, z2[1], s2[1]);
+    a[sl][2] = dequant_pair<T>(w0, 8 * h + 4, z2[0], s2[0]);
+    a[sl][3] = dequant_pair<T>(w1, 8 * h + 4, z2[1], s2[1]);
+  }
+}
+
+// The 2 rows' scales and (MAGIC + zero) as half2 pairs; zeros packed one byte per row in `z`.
+template <typename T, typename ST>
+__device__ __forceinline__ void scale_zero_pairs(const ST (&sc)[2], uint32_t z, int bias,
+                                                 typename Half2Traits<T>::T2 (&s2)[2],
+                                                 typename Half2Traits<T>::T2 (&z2)[2]) {
+  using Tr = Half2Traits<T>;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    s2[j] = Tr::from_float(to_float(sc[j]));
+    z2[j] = Tr::from_float(Tr::kMagicF + static_cast<float>(static_cast<int>((z >> (8 * j)) & 0xFF) + bias));
+  }
 }
 
 template <typename T, typename ST, typename OutT, int BM, int STAGES>
@@ -161,27 +193,14 @@ __global__ void __launch_bounds__(kThreads, 1) w4a16_wgmma_kernel(const T* __res
     __syncthreads();               // ... in both warpgroups, and everyone's copies have landed
     issue(step + STAGES - 1);      // into step - 1's slot
     T2 s2[2], z2[2];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      s2[j] = Tr::from_float(to_float(s_next[j]));
-      z2[j] = Tr::from_float(Tr::kMagicF + static_cast<float>(static_cast<int>((z_next >> (8 * j)) & 0xFF) + bias));
-    }
+    scale_zero_pairs<T>(s_next, z_next, bias, s2, z2);
     if (step + 1 < steps) load_scales(step + 1);
     const uint32_t st = smem_base + (step % STAGES) * Tl::kStageBytes;
     const uint8_t* wst = smem + (step % STAGES) * Tl::kStageBytes + Tl::kXBytes;
     uint4 w[2];
 #pragma unroll
     for (int j = 0; j < 2; ++j) w[j] = *reinterpret_cast<const uint4*>(wst + (wrow + 8 * j) * 64 + q * 16);
-#pragma unroll
-    for (int sl = 0; sl < kBK / 16; ++sl) {
-      const int i = sl >> 1, h = sl & 1;
-      const uint32_t w0 = i == 0 ? w[0].x : i == 1 ? w[0].y : i == 2 ? w[0].z : w[0].w;
-      const uint32_t w1 = i == 0 ? w[1].x : i == 1 ? w[1].y : i == 2 ? w[1].z : w[1].w;
-      a[sl][0] = dequant_pair<T>(w0, 8 * h, z2[0], s2[0]);
-      a[sl][1] = dequant_pair<T>(w1, 8 * h, z2[1], s2[1]);
-      a[sl][2] = dequant_pair<T>(w0, 8 * h + 4, z2[0], s2[0]);
-      a[sl][3] = dequant_pair<T>(w1, 8 * h + 4, z2[1], s2[1]);
-    }
+    dequant_step<T>(a, w, s2, z2);
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
     wgmma_fence();
@@ -206,9 +225,177 @@ __global__ void __launch_bounds__(kThreads, 1) w4a16_wgmma_kernel(const T* __res
     for (int c = 0; c < 4; ++c)
       os[(8 * j + 2 * q + (c & 1)) * (kBN + kOutPad) + wrow + (c >= 2 ? 8 : 0)] = acc[4 * j + c];
   __syncthreads();
-  store_out_tile<BM, kBN, kBN + kOutPad, kThreads>(os, out, split, m0, n0, m, n);
+  store_out_tile<BM, kBN, kBN + kOutPad, kThreads>(os, out, split, m0, n0, m, n, threadIdx.x);
 #else
   __trap();  // built for sm_90a only (build.py); never launched elsewhere (the host checks the device)
+#endif
+}
+
+// mbarrier helpers (PTX ISA "Parallel Synchronization and Communication Instructions: mbarrier").
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+// One arrival on `bar` once all of this thread's earlier cp.async copies have landed.
+__device__ __forceinline__ void cp_async_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT_%=:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra WAIT_%=;\n}\n" ::"r"(
+          bar),
+      "r"(parity)
+      : "memory");
+}
+// Named barriers 1.. (0 is __syncthreads): `count` threads, some syncing and some arriving.
+__device__ __forceinline__ void named_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+constexpr int kWsThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 64K
+constexpr int kBarEpilogue = 1, kBarTurn = 2;           // named barriers (kBarTurn + consumer index)
+
+template <int BM>
+constexpr size_t ws_smem_bytes(int stages) {
+  return wgmma_smem_bytes<BM>(stages) + 2 * stages * sizeof(uint64_t);  // + full/empty mbarriers
+}
+
+// Warp-specialized variant: warpgroup 0 copies (cp.async into the ring, completion signalled on a
+// per-slot "full" mbarrier), warpgroups 1 and 2 compute (64 weight rows each) and release a slot on
+// its "empty" mbarrier once their wgmmas on it have retired. The two consumers take turns issuing
+// their wgmmas (named barriers, as FlashAttention-3's ping-pong), so one dequantizes its next step
+// while the other's wgmmas run; setmaxnreg moves registers from the producer to the consumers.
+template <typename T, typename ST, typename OutT, int BM, int STAGES>
+__global__ void __launch_bounds__(kWsThreads, 1) w4a16_wgmma_ws_kernel(const T* __restrict__ x,
+                                                                       const uint8_t* __restrict__ codes,
+                                                                       const ST* __restrict__ scale,
+                                                                       const uint8_t* __restrict__ zero,
+                                                                       OutT* __restrict__ out, int m, int n, int k,
+                                                                       int group, int ks, int bias, int has_zero) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tr = Half2Traits<T>;
+  using T2 = typename Tr::T2;
+  using Tl = WTile<BM>;
+  constexpr int kAcc = Tl::kAcc;
+  extern __shared__ __align__(1024) uint8_t smem[];
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t full0 = smem_base + static_cast<uint32_t>(wgmma_smem_bytes<BM>(STAGES));
+  const uint32_t empty0 = full0 + STAGES * 8;
+
+  const int wg = threadIdx.x >> 7, tid = threadIdx.x & 127;
+  const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * BM;
+  const int split = blockIdx.z, k0 = split * ks;
+  const int steps = min(ks, k - k0) / kBK;
+
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 128);  // one (cp.async-completion) arrival per producer thread
+      mbar_init(empty0 + 8 * s, 256);  // one arrival per consumer thread
+    }
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    const int xr0 = tid >> 4, xch = tid & 15;
+    const int wr0 = tid >> 2, wch = tid & 3;
+    for (int step = 0; step < steps; ++step) {
+      const int slot = step % STAGES;
+      if (step >= STAGES) mbar_wait(empty0 + 8 * slot, ((step / STAGES) & 1) ^ 1);
+      uint8_t* st = smem + slot * Tl::kStageBytes;
+      const int kc = k0 + step * kBK;
+#pragma unroll 4
+      for (int i = 0; i < BM / 8; ++i) {
+        const int row = xr0 + 8 * i;
+        cp_async16(st + x_offset<BM>(row, xch), x + static_cast<size_t>(min(m0 + row, m - 1)) * k + kc + xch * 8);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = wr0 + 32 * i;
+        cp_async16(st + Tl::kXBytes + (row * 4 + wch) * 16,
+                   codes + static_cast<size_t>(min(n0 + row, n - 1)) * (k / 2) + kc / 2 + wch * 16);
+      }
+      cp_async_arrive(full0 + 8 * slot);
+    }
+    return;
+  }
+
+  // consumers
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  const int c = wg - 1;  // consumer index: weight rows 64 c .. 64 c + 63
+  const int lane = tid & 31, q = lane & 3, r = lane >> 2;
+  const int wrow = c * 64 + (tid >> 5) * 16 + r;
+  const int groups = k / group;
+  int srow[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j) srow[j] = min(n0 + wrow + 8 * j, n - 1) * groups;
+  ST s_next[2];
+  uint32_t z_next;
+  auto load_scales = [&](int step) {
+    const int g = (k0 + step * kBK + 32 * q) / group;
+    z_next = 0;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      s_next[j] = __ldg(scale + srow[j] + g);
+      if (has_zero) z_next |= static_cast<uint32_t>(__ldg(zero + srow[j] + g)) << (8 * j);
+    }
+  };
+  load_scales(0);
+  float acc[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+  uint32_t a[kBK / 16][4];
+  if (c == 1) named_arrive(kBarTurn + 0, 256);  // consumer 0 issues first
+
+  for (int step = 0; step < steps; ++step) {
+    const int slot = step % STAGES;
+    mbar_wait(full0 + 8 * slot, (step / STAGES) & 1);
+    fence_proxy_async_shared();  // the producer's cp.async writes -> visible to wgmma's async proxy
+    T2 s2[2], z2[2];
+    scale_zero_pairs<T>(s_next, z_next, bias, s2, z2);
+    if (step + 1 < steps) load_scales(step + 1);
+    const uint8_t* wst = smem + slot * Tl::kStageBytes + Tl::kXBytes;
+    uint4 w[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) w[j] = *reinterpret_cast<const uint4*>(wst + (wrow + 8 * j) * 64 + q * 16);
+    wgmma_wait<0>();  // this consumer's wgmmas of step - 1 are done: a[] and that slot are free
+    if (step > 0) mbar_arrive(empty0 + 8 * ((step - 1) % STAGES));
+    dequant_step<T>(a, w, s2, z2);
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
+    named_sync(kBarTurn + c, 256);  // my turn to issue (the other consumer has issued its step)
+    wgmma_fence();
+    const uint32_t st = smem_base + slot * Tl::kStageBytes;
+#pragma unroll
+    for (int sl = 0; sl < kBK / 16; ++sl)
+      WgmmaRS<T, BM>::mma(acc, a[sl], desc_128b(st + (sl >> 2) * Tl::kHalfBytes + (sl & 3) * 32));
+    wgmma_commit();
+    if (!(c == 1 && step == steps - 1)) named_arrive(kBarTurn + (c ^ 1), 256);  // the other consumer's turn
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
+  named_sync(kBarEpilogue, 256);  // both consumers are done with the ring (the producer has nothing in flight)
+
+  float* os = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int j = 0; j < BM / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      os[(8 * j + 2 * q + (e & 1)) * (kBN + kOutPad) + wrow + (e >= 2 ? 8 : 0)] = acc[4 * j + e];
+  named_sync(kBarEpilogue, 256);
+  store_out_tile<BM, kBN, kBN + kOutPad, 256>(os, out, split, m0, n0, m, n, threadIdx.x - 128);
+#else
+  __trap();
 #endif
 }
 
@@ -216,19 +403,20 @@ struct Launch {
   cudaStream_t stream;
   const void *x, *codes, *scale, *zero;
   void* out;
-  int m, n, k, group, ks, bias, bm, stages;
+  int m, n, k, group, ks, bias, bm, stages, ws;
   bool has_zero, f32_out;
 };
 
 template <typename T, typename ST, typename OutT, int BM, int STAGES>
 cudaError_t launch_typed(const Launch& a) {
-  auto kernel = w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES>;
-  const size_t smem = wgmma_smem_bytes<BM>(STAGES);
-  static_assert(wgmma_smem_bytes<BM>(STAGES) <= kMaxSmem, "stage ring exceeds shared memory");
+  static_assert(ws_smem_bytes<BM>(STAGES) <= kMaxSmem, "stage ring exceeds shared memory");
+  auto kernel = a.ws ? w4a16_wgmma_ws_kernel<T, ST, OutT, BM, STAGES> : w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES>;
+  const size_t smem = a.ws ? ws_smem_bytes<BM>(STAGES) : wgmma_smem_bytes<BM>(STAGES);
+  const int threads = a.ws ? kWsThreads : kThreads;
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((a.n + kBN - 1) / kBN, (a.m + BM - 1) / BM, (a.k + a.ks - 1) / a.ks);
-  kernel<<<grid, kThreads, smem, a.stream>>>(static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes),
+  kernel<<<grid, threads, smem, a.stream>>>(static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes),
                                              static_cast<const ST*>(a.scale), static_cast<const uint8_t*>(a.zero),
                                              static_cast<OutT*>(a.out), a.m, a.n, a.k, a.group, a.ks, a.bias,
                                              a.has_zero ? 1 : 0);
@@ -277,7 +465,7 @@ std::string device_problem() {
 
 ffi::Error W4A16WgmmaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
                           ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
-                          int64_t bias, int64_t has_zero, int64_t bm, int64_t stages) {
+                          int64_t bias, int64_t has_zero, int64_t bm, int64_t stages, int64_t ws) {
   constexpr const char* kName = "jquant_w4a16_wgmma: ";
   GemmDims d;
   std::string why = check_gemm_operands(x, codes, scale, zero, *out, group, k_split, has_zero, kBK, d);
@@ -288,7 +476,7 @@ ffi::Error W4A16WgmmaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer 
   Launch a{stream,       x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
            out->untyped_data(),
            int(d.m),     int(d.n),         int(d.k),             int(group),           int(k_split),
-           int(bias),    int(bm),          int(stages),          has_zero != 0,
+           int(bias),    int(bm),          int(stages),          int(ws != 0),         has_zero != 0,
            d.f32_out};
   const cudaError_t err = x.element_type() == ffi::DataType::BF16 ? launch_scale<__nv_bfloat16>(scale.element_type(), a)
                                                                   : launch_scale<__half>(scale.element_type(), a);
@@ -305,7 +493,8 @@ auto wgmma_binding(B&& args) {
       .template Attr<int64_t>("bias")
       .template Attr<int64_t>("has_zero")
       .template Attr<int64_t>("bm")
-      .template Attr<int64_t>("stages");
+      .template Attr<int64_t>("stages")
+      .template Attr<int64_t>("ws");
 }
 
 }  // namespace

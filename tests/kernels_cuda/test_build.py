@@ -91,14 +91,21 @@ def test_no_spills_or_stack(sm90_cubins):
 def test_wgmma_kernel_compiles_for_sm90a_without_spills_or_serialization(sm90_cubins):
     _, log = sm90_cubins["w4a16_wgmma"]
     entries = _ptxas_entries(log)
-    # 2 activation dtypes x 3 scale dtypes x 2 output dtypes x 3 block heights
-    assert len(entries) == 2 * 3 * 2 * len(WGMMA_STAGES)
+    # 2 variants (lockstep, warp-specialized) x 2 activation dtypes x 3 scale dtypes x 2 output
+    # dtypes x 3 block heights
+    assert len(entries) == 2 * 2 * 3 * 2 * len(WGMMA_STAGES)
     for name, frame, regs in entries:
         assert frame == ("0", "0", "0") and regs <= 255, (name, frame, regs)
     # ptxas serializes wgmmas whose inputs it cannot prove stable while they run (C7513 / C7515):
     # correct but without the asynchrony the kernel is built on
     assert "C751" not in log and "serialized" not in log, [ln for ln in log.splitlines() if "serialized" in ln][:2]
     assert build.source_arch_flags(build.CSRC / "w4a16_wgmma.cu") == ("-gencode=arch=compute_90a,code=sm_90a",)
+
+
+def test_wgmma_header_is_the_generators_output():
+    from kernels_cuda import gen_wgmma
+
+    assert gen_wgmma.HEADER.read_text() == gen_wgmma.render(), "run python -m kernels_cuda.gen_wgmma"
 
 
 @needs_nvcc
