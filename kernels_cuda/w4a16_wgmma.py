@@ -14,7 +14,6 @@ import math
 from jquant.core.qarray import QArray
 from kernels_cuda.backend import CudaBackend
 from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_compute_capability, device_num_sms, why_not_operands
-from kernels_cuda.w4a16_gemm import MAX_M as GEMM_MAX_M
 from kernels_cuda.w4a16_gemm import call_gemm_kernel, launch_cost_us, split_candidates
 
 __all__ = [
@@ -33,15 +32,16 @@ BLOCK_N = 128  # weight rows per block: two warpgroups x 64 (csrc: kBN)
 # deepest that fits 227 KB of shared memory; csrc `launch_cfg`).
 STAGES = {64: 6, 128: 5, 256: 3}
 # Microseconds per block per 128-column step on a full SM (one block per SM), by bm, calibrated on
-# H200 (`bench.qmatmul --wgmma-sweep`, bench/results/nvidia_h200/cuda_wgmma.md; the model then
-# lands within 3% of every swept launch): about twice the wgmma time of 128 x bm x 128 MACs at the
-# dense bf16 peak, the rest being the dequantization and barrier the warpgroups do not overlap.
-STEP_US = {64: 0.86, 128: 1.25, 256: 2.2}
+# H200 for the warp-specialized variant (`bench.qmatmul --wgmma-sweep`,
+# bench/results/nvidia_h200/cuda_wgmma.md; the model lands within 5% of the swept launches): 1.3-1.7x
+# the wgmma time of 128 x bm x 128 MACs at the dense bf16 peak.
+STEP_US = {64: 0.76, 128: 1.14, 256: 1.97}
 # The variant `wgmma_config` picks (measured: bench/results/nvidia_h200/cuda_wgmma.md).
-WS = False
-# The M range the dispatcher sends here: below, the mma.sync kernels; above, XLA's dequantize ->
-# cuBLAS dot is faster (bench/results/nvidia_h200/qmatmul_wgmma.md).
-MIN_M = GEMM_MAX_M + 1
+WS = True
+# The M range the dispatcher sends here (ahead of the mma.sync GEMM kernel, which keeps 17..128 on
+# GPUs other than sm_90): below, the mma.sync kernels; above, XLA's dequantize -> cuBLAS dot is
+# faster (bench/results/nvidia_h200/qmatmul_wgmma.md).
+MIN_M = 64
 MAX_M = 512
 
 
@@ -97,7 +97,7 @@ def why_not(x, w) -> str:
 
 
 def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | None = None, poison: bool = False):
-    """``x @ dequantize(w).T`` with Hopper wgmma for [..., K] bf16/f16 activations (any M; dispatched for 128 < M <= 512).
+    """``x @ dequantize(w).T`` with Hopper wgmma for [..., K] bf16/f16 activations (any M; dispatched for 64 <= M <= 512).
 
     Args:
         x: [..., K] bf16 or f16.
@@ -123,6 +123,7 @@ class W4A16WgmmaBackend(CudaBackend):
     """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit integer weights, `MIN_M` <= M <= `MAX_M`, bf16/f16, sm_90."""
 
     name = "cuda_w4a16_wgmma"
+    priority = 31  # before cuda_w4a16_gemm where both apply (64 <= M <= 128 on sm_90)
 
     def why_not(self, x, w) -> str:
         why = why_not(x, w)

@@ -38,7 +38,7 @@ def test_registered_for_gpu_only_with_priorities():
 )
 def test_dispatch_by_m(m, expect, monkeypatch):
     # the CUDA kernels outrank these where the library builds (nvcc on this host)
-    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "cuda_w4a16_decode,cuda_w4a16_gemm")
+    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "cuda_w4a16_decode,cuda_w4a16_gemm,cuda_w4a16_wgmma")
     w = make_weight(RNG, 64, 256, bits=4, group=128)
     x = jax.ShapeDtypeStruct((m, 256), jnp.bfloat16)
     b, skipped = select(x, w, platform="gpu")
