@@ -41,7 +41,7 @@ WS = True
 # The M range the dispatcher sends here (ahead of the mma.sync GEMM kernel, which keeps 17..128 on
 # GPUs other than sm_90): below, the mma.sync kernels; above, XLA's dequantize -> cuBLAS dot is
 # faster (bench/results/nvidia_h200/qmatmul_wgmma.md).
-MIN_M = 64
+MIN_M = 40  # measured crossover with the mma.sync GEMM between M = 32 (it wins by 12%) and 48 (loses by 20%)
 MAX_M = 512
 
 
@@ -97,7 +97,7 @@ def why_not(x, w) -> str:
 
 
 def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | None = None, poison: bool = False):
-    """``x @ dequantize(w).T`` with Hopper wgmma for [..., K] bf16/f16 activations (any M; dispatched for 64 <= M <= 512).
+    """``x @ dequantize(w).T`` with Hopper wgmma for [..., K] bf16/f16 activations (any M; dispatched for 40 <= M <= 512).
 
     Args:
         x: [..., K] bf16 or f16.
@@ -123,7 +123,7 @@ class W4A16WgmmaBackend(CudaBackend):
     """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit integer weights, `MIN_M` <= M <= `MAX_M`, bf16/f16, sm_90."""
 
     name = "cuda_w4a16_wgmma"
-    priority = 31  # before cuda_w4a16_gemm where both apply (64 <= M <= 128 on sm_90)
+    priority = 31  # before cuda_w4a16_gemm where both apply (40 <= M <= 128 on sm_90)
 
     def why_not(self, x, w) -> str:
         why = why_not(x, w)

@@ -257,8 +257,8 @@ def test_tile_codes_is_a_lossless_byte_permutation(n, k):
 @needs_nvcc
 @pytest.mark.parametrize("cc", ["9.0", "8.0"])
 @pytest.mark.parametrize("m, bits, expect", [(1, 4, "cuda_w4a16_decode"), (16, 4, "cuda_w4a16_decode"),
-                                             (17, 4, "cuda_w4a16_gemm"), (63, 4, "cuda_w4a16_gemm"),
-                                             (64, 4, "cuda_w4a16_wgmma"), (128, 4, "cuda_w4a16_wgmma"),
+                                             (17, 4, "cuda_w4a16_gemm"), (39, 4, "cuda_w4a16_gemm"),
+                                             (40, 4, "cuda_w4a16_wgmma"), (128, 4, "cuda_w4a16_wgmma"),
                                              (129, 4, "cuda_w4a16_wgmma"), (512, 4, "cuda_w4a16_wgmma"),
                                              (513, 4, "xla_dequant_dot"),
                                              (1, 8, "pallas_triton_wna16_decode")])  # fmt: skip
