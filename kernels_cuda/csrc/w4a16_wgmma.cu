@@ -304,24 +304,29 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4a16_wgmma_ws_kernel(const T* 
 
   if (wg == 0) {  // producer
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    // This thread copies 16-byte chunk xch of x rows xr0 + 8 i and chunk wch of code rows wr0 + 32 i.
+    // Every one of its x rows has the same swizzle (row % 8 == xr0 % 8), so the shared offsets step
+    // by 1024 bytes and the global ones by 8 rows; rows past M or N are not copied (their garbage
+    // only reaches outputs that are never stored: out^T's row n / column m depends on weight row n
+    // and activation row m alone).
     const int xr0 = tid >> 4, xch = tid & 15;
     const int wr0 = tid >> 2, wch = tid & 3;
+    const int x_rows = max(0, (m - m0 - xr0 + 7) / 8), w_rows = max(0, (n - n0 - wr0 + 31) / 32);
+    const T* xsrc = x + static_cast<size_t>(m0 + xr0) * k + k0 + xch * 8;
+    const uint8_t* wsrc = codes + static_cast<size_t>(n0 + wr0) * (k / 2) + k0 / 2 + wch * 16;
+    const int xdst = x_offset<BM>(xr0, xch), wdst = Tl::kXBytes + (wr0 * 4 + wch) * 16;
     for (int step = 0; step < steps; ++step) {
       const int slot = step % STAGES;
       if (step >= STAGES) mbar_wait(empty0 + 8 * slot, ((step / STAGES) & 1) ^ 1);
       uint8_t* st = smem + slot * Tl::kStageBytes;
-      const int kc = k0 + step * kBK;
+      const T* xs = xsrc + step * kBK;
 #pragma unroll 4
-      for (int i = 0; i < BM / 8; ++i) {
-        const int row = xr0 + 8 * i;
-        cp_async16(st + x_offset<BM>(row, xch), x + static_cast<size_t>(min(m0 + row, m - 1)) * k + kc + xch * 8);
-      }
+      for (int i = 0; i < BM / 8; ++i, xs += 8 * static_cast<size_t>(k))
+        if (i < x_rows) cp_async16(st + xdst + 1024 * i, xs);
+      const uint8_t* ws = wsrc + step * (kBK / 2);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int row = wr0 + 32 * i;
-        cp_async16(st + Tl::kXBytes + (row * 4 + wch) * 16,
-                   codes + static_cast<size_t>(min(n0 + row, n - 1)) * (k / 2) + kc / 2 + wch * 16);
-      }
+      for (int i = 0; i < 4; ++i, ws += 32 * static_cast<size_t>(k / 2))
+        if (i < w_rows) cp_async16(st + wdst + 32 * 64 * i, ws);
       cp_async_arrive(full0 + 8 * slot);
     }
     return;
