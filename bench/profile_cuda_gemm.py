@@ -2,7 +2,7 @@
 
 python -m bench.profile_cuda_gemm --shapes 70b_o --ms 32,128          # heuristic config, table
 python -m bench.profile_cuda_gemm --configs 128:2:2:3 --ms 128        # bm:wm:splits:stages
-python -m bench.profile_cuda_gemm --kernel wgmma --configs 256:1:1    # bm:splits:ws
+python -m bench.profile_cuda_gemm --kernel wgmma --configs 256:1:2    # bm:splits:variant (index)
 ncu --clock-control none -k regex:w4a16_gemm -c 2 python -m bench.profile_cuda_gemm --once ...
 """
 
@@ -28,7 +28,9 @@ def main(argv=None) -> int:
     p.add_argument("--ms", default="32,64,128")
     p.add_argument("--kernel", choices=("gemm", "wgmma"), default="gemm")
     p.add_argument(
-        "--configs", default="", help="comma list of bm:wm:splits:stages or (wgmma) bm:splits:ws (default: heuristic)"
+        "--configs",
+        default="",
+        help="comma list of bm:wm:splits:stages or (wgmma) bm:splits:variant (default: heuristic)",
     )
     args = p.parse_args(argv)
     op, heuristic = (w4a16_gemm, gemm_config) if args.kernel == "gemm" else (w4a16_wgmma, wgmma_config)
@@ -57,11 +59,11 @@ def main(argv=None) -> int:
 
 def _parse(spec: str, k: int, kernel: str):
     from kernels_cuda.w4a16_gemm import STEP_K, GemmConfig
-    from kernels_cuda.w4a16_wgmma import WgmmaConfig
+    from kernels_cuda.w4a16_wgmma import VARIANTS, WgmmaConfig
 
     v = [int(p) for p in spec.split(":")]
     if kernel == "wgmma":
-        return WgmmaConfig(bm=v[0], k_split=-(-(k // STEP_K) // v[1]) * STEP_K, ws=bool(v[2]))
+        return WgmmaConfig(bm=v[0], k_split=-(-(k // STEP_K) // v[1]) * STEP_K, variant=VARIANTS[v[2]])
     bm, wm, splits, st = v
     return GemmConfig(bm=bm, wm=wm, k_split=-(-(k // STEP_K) // splits) * STEP_K, stages=st)
 

@@ -351,22 +351,22 @@ def gemm_sweep_configs(m: int, n: int, k: int):
 
 
 def wgmma_sweep_configs(m: int, n: int, k: int):
-    """Launch configs of the wgmma kernel tried by ``--wgmma-sweep``: both variants, every block
+    """Launch configs of the wgmma kernel tried by ``--wgmma-sweep``: every variant, every block
     height up to M (at least 64) with 1, 2, 4, 8 K splits (plus the heuristic's choice)."""
     from kernels_cuda.w4a16_gemm import STEP_K
-    from kernels_cuda.w4a16_wgmma import STAGES, WgmmaConfig, wgmma_config
+    from kernels_cuda.w4a16_wgmma import STAGES, VARIANTS, WgmmaConfig, wgmma_config
 
     steps = k // STEP_K
     best = wgmma_config(m, n, k)
     cfgs = {best} | {
-        WgmmaConfig(bm=bm, k_split=-(-steps // s) * STEP_K, ws=ws)
+        WgmmaConfig(bm=bm, k_split=-(-steps // s) * STEP_K, variant=v)
         for bm in STAGES
         if bm <= max(64, m)
         for s in (1, 2, 4, 8)
         if s <= steps
-        for ws in (False, True)
+        for v in VARIANTS
     }
-    return sorted(cfgs, key=lambda c: (c.ws, c.bm, c.k_split))
+    return sorted(cfgs, key=lambda c: (c.variant, c.bm, c.k_split))
 
 
 def sweep_configs(m: int):

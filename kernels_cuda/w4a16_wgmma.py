@@ -36,8 +36,8 @@ STAGES = {64: 6, 128: 5, 256: 3}
 # bench/results/nvidia_h200/cuda_wgmma.md; the model lands within 5% of the swept launches): 1.3-1.7x
 # the wgmma time of 128 x bm x 128 MACs at the dense bf16 peak.
 STEP_US = {64: 0.76, 128: 1.14, 256: 1.97}
-# The variant `wgmma_config` picks (measured: bench/results/nvidia_h200/cuda_wgmma.md).
-WS = True
+# The kernel variants (csrc attribute `variant` = the index).
+VARIANTS = ("lockstep", "ws", "ws_tma")
 # The M range the dispatcher sends here (ahead of the mma.sync GEMM kernel, which keeps 17..128 on
 # GPUs other than sm_90): below, the mma.sync kernels; above, XLA's dequantize -> cuBLAS dot is
 # faster (bench/results/nvidia_h200/qmatmul_wgmma.md).
@@ -53,18 +53,21 @@ class WgmmaConfig:
         bm: activation rows per block (the wgmma's N: 64, 128 or 256); the block covers 128 weight
             rows and the grid is ceil(N / 128) x ceil(M / bm) x splits.
         k_split: K columns per split (a multiple of 128).
-        ws: warp-specialized variant (a producer warpgroup copying, two consumer warpgroups taking
-            turns on the tensor cores) instead of the two-warpgroup lockstep one (all threads copy and
-            compute, one barrier per step).
+        variant: "ws_tma" (warp-specialized: a producer warpgroup feeding an mbarrier ring, x by
+            TMA, two consumer warpgroups taking turns on the tensor cores), "ws" (the same with x
+            by cp.async) or "lockstep" (two warpgroups that all copy and compute, one barrier per
+            step); see csrc/w4a16_wgmma.cu.
     """
 
     bm: int
     k_split: int
-    ws: bool = False
+    variant: str = "ws_tma"
 
     def __post_init__(self):
         if self.bm not in STAGES:
             raise ValueError(f"no wgmma kernel for bm={self.bm}; built: {sorted(STAGES)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; built: {VARIANTS}")
 
     @property
     def stages(self) -> int:
@@ -84,7 +87,7 @@ def wgmma_cost_us(m: int, n: int, k: int, cfg: WgmmaConfig, *, num_sms: int = NU
 def wgmma_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT) -> WgmmaConfig:
     """The block shape and K split of least modelled time (`wgmma_cost_us`; ties go to fewer splits,
     then to the larger block)."""
-    cfgs = [WgmmaConfig(bm=bm, k_split=ks, ws=WS) for bm in sorted(STAGES, reverse=True) for ks in split_candidates(k)]
+    cfgs = [WgmmaConfig(bm=bm, k_split=ks) for bm in sorted(STAGES, reverse=True) for ks in split_candidates(k)]
     return min(cfgs, key=lambda c: (wgmma_cost_us(m, n, k, c, num_sms=num_sms), c.splits(k)))
 
 
@@ -115,7 +118,14 @@ def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | 
     m, k = math.prod(x.shape[:-1]), x.shape[-1]
     cfg = cfg or wgmma_config(m, w.shape[0], k, num_sms=num_sms or device_num_sms())
     return call_gemm_kernel(
-        "jquant_w4a16_wgmma", x, w, cfg.k_split, poison=poison, bm=cfg.bm, stages=cfg.stages, ws=int(cfg.ws)
+        "jquant_w4a16_wgmma",
+        x,
+        w,
+        cfg.k_split,
+        poison=poison,
+        bm=cfg.bm,
+        stages=cfg.stages,
+        variant=VARIANTS.index(cfg.variant),
     )
 
 

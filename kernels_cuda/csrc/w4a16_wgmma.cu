@@ -37,6 +37,9 @@
 #include "common.cuh"
 #include "wgmma.cuh"
 
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
 namespace ffi = xla::ffi;
 
 namespace {
@@ -249,6 +252,18 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
       "r"(parity)
       : "memory");
 }
+// Tells `bar` to expect `bytes` more of asynchronous (TMA) copies this phase, and arrives once.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// TMA: the box of `map` at coordinates (c0 innermost, c1) -> shared `dst`, completion counted in bytes on `bar`.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
 // Named barriers 1.. (0 is __syncthreads): `count` threads, some syncing and some arriving.
 __device__ __forceinline__ void named_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
@@ -271,13 +286,12 @@ constexpr size_t ws_smem_bytes(int stages) {
 // its "empty" mbarrier once their wgmmas on it have retired. The two consumers take turns issuing
 // their wgmmas (named barriers, as FlashAttention-3's ping-pong), so one dequantizes its next step
 // while the other's wgmmas run; setmaxnreg moves registers from the producer to the consumers.
-template <typename T, typename ST, typename OutT, int BM, int STAGES>
-__global__ void __launch_bounds__(kWsThreads, 1) w4a16_wgmma_ws_kernel(const T* __restrict__ x,
-                                                                       const uint8_t* __restrict__ codes,
-                                                                       const ST* __restrict__ scale,
-                                                                       const uint8_t* __restrict__ zero,
-                                                                       OutT* __restrict__ out, int m, int n, int k,
-                                                                       int group, int ks, int bias, int has_zero) {
+template <typename T, typename ST, typename OutT, int BM, int STAGES, bool TMA>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    w4a16_wgmma_ws_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap xmap,
+                          const uint8_t* __restrict__ codes, const ST* __restrict__ scale,
+                          const uint8_t* __restrict__ zero, OutT* __restrict__ out, int m, int n, int k, int group,
+                          int ks, int bias, int has_zero) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tr = Half2Traits<T>;
   using T2 = typename Tr::T2;
@@ -296,7 +310,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4a16_wgmma_ws_kernel(const T* 
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full0 + 8 * s, 128);  // one (cp.async-completion) arrival per producer thread
+      // one (cp.async-completion) arrival per producer thread, + the TMA issuer's expect_tx
+      mbar_init(full0 + 8 * s, TMA ? 129 : 128);
       mbar_init(empty0 + 8 * s, 256);  // one arrival per consumer thread
     }
   }
@@ -319,10 +334,19 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4a16_wgmma_ws_kernel(const T* 
       const int slot = step % STAGES;
       if (step >= STAGES) mbar_wait(empty0 + 8 * slot, ((step / STAGES) & 1) ^ 1);
       uint8_t* st = smem + slot * Tl::kStageBytes;
-      const T* xs = xsrc + step * kBK;
+      if constexpr (TMA) {  // x: two 64-column boxes, 128B-swizzled by the copy engine; rows past M zero-filled
+        if (tid == 0) {
+          mbar_arrive_expect_tx(full0 + 8 * slot, Tl::kXBytes);
+          const uint32_t dst = smem_base + slot * Tl::kStageBytes;
+          tma_load_2d(dst, &xmap, k0 + step * kBK, m0, full0 + 8 * slot);
+          tma_load_2d(dst + Tl::kHalfBytes, &xmap, k0 + step * kBK + 64, m0, full0 + 8 * slot);
+        }
+      } else {
+        const T* xs = xsrc + step * kBK;
 #pragma unroll 4
-      for (int i = 0; i < BM / 8; ++i, xs += 8 * static_cast<size_t>(k))
-        if (i < x_rows) cp_async16(st + xdst + 1024 * i, xs);
+        for (int i = 0; i < BM / 8; ++i, xs += 8 * static_cast<size_t>(k))
+          if (i < x_rows) cp_async16(st + xdst + 1024 * i, xs);
+      }
       const uint8_t* ws = wsrc + step * (kBK / 2);
 #pragma unroll
       for (int i = 0; i < 4; ++i, ws += 32 * static_cast<size_t>(k / 2))
@@ -362,7 +386,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) w4a16_wgmma_ws_kernel(const T* 
   for (int step = 0; step < steps; ++step) {
     const int slot = step % STAGES;
     mbar_wait(full0 + 8 * slot, (step / STAGES) & 1);
-    fence_proxy_async_shared();  // the producer's cp.async writes -> visible to wgmma's async proxy
+    // cp.async writes of x -> visible to wgmma's async proxy (TMA writes through that proxy already)
+    if constexpr (!TMA) fence_proxy_async_shared();
     T2 s2[2], z2[2];
     scale_zero_pairs<T>(s_next, z_next, bias, s2, z2);
     if (step + 1 < steps) load_scales(step + 1);
@@ -408,23 +433,62 @@ struct Launch {
   cudaStream_t stream;
   const void *x, *codes, *scale, *zero;
   void* out;
-  int m, n, k, group, ks, bias, bm, stages, ws;
+  int m, n, k, group, ks, bias, bm, stages, variant;
   bool has_zero, f32_out;
 };
 
+// x [M, K] as a TMA tensor map: boxes of 64 columns (128 bytes, the swizzle span) x BM rows.
+template <typename T>
+cudaError_t make_x_map(CUtensorMap* map, const void* x, int m, int k, int bm) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(k), cuuint64_t(m)}, strides[1] = {cuuint64_t(k) * 2};
+  const cuuint32_t box[2] = {64, cuuint32_t(bm)}, elem[2] = {1, 1};
+  const CUresult r = encode(map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                            2, const_cast<void*>(x), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+template <typename Kernel>
+cudaError_t set_smem(Kernel kernel, size_t smem) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+}
+
+// variant 0: lockstep (w4a16_wgmma_kernel); 1: warp-specialized, x by cp.async; 2: warp-specialized, x by TMA.
 template <typename T, typename ST, typename OutT, int BM, int STAGES>
 cudaError_t launch_typed(const Launch& a) {
   static_assert(ws_smem_bytes<BM>(STAGES) <= kMaxSmem, "stage ring exceeds shared memory");
-  auto kernel = a.ws ? w4a16_wgmma_ws_kernel<T, ST, OutT, BM, STAGES> : w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES>;
-  const size_t smem = a.ws ? ws_smem_bytes<BM>(STAGES) : wgmma_smem_bytes<BM>(STAGES);
-  const int threads = a.ws ? kWsThreads : kThreads;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-  if (err != cudaSuccess) return err;
   const dim3 grid((a.n + kBN - 1) / kBN, (a.m + BM - 1) / BM, (a.k + a.ks - 1) / a.ks);
-  kernel<<<grid, threads, smem, a.stream>>>(static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes),
-                                             static_cast<const ST*>(a.scale), static_cast<const uint8_t*>(a.zero),
-                                             static_cast<OutT*>(a.out), a.m, a.n, a.k, a.group, a.ks, a.bias,
-                                             a.has_zero ? 1 : 0);
+  const T* x = static_cast<const T*>(a.x);
+  const auto* codes = static_cast<const uint8_t*>(a.codes);
+  const ST* scale = static_cast<const ST*>(a.scale);
+  const auto* zero = static_cast<const uint8_t*>(a.zero);
+  OutT* out = static_cast<OutT*>(a.out);
+  cudaError_t err;
+  if (a.variant == 0) {
+    auto kernel = w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES>;
+    const size_t smem = wgmma_smem_bytes<BM>(STAGES);
+    if ((err = set_smem(kernel, smem)) != cudaSuccess) return err;
+    kernel<<<grid, kThreads, smem, a.stream>>>(x, codes, scale, zero, out, a.m, a.n, a.k, a.group, a.ks, a.bias,
+                                               a.has_zero ? 1 : 0);
+  } else {
+    CUtensorMap map{};
+    if (a.variant == 2 && (err = make_x_map<T>(&map, a.x, a.m, a.k, BM)) != cudaSuccess) return err;
+    auto kernel = a.variant == 2 ? w4a16_wgmma_ws_kernel<T, ST, OutT, BM, STAGES, true>
+                                 : w4a16_wgmma_ws_kernel<T, ST, OutT, BM, STAGES, false>;
+    const size_t smem = ws_smem_bytes<BM>(STAGES);
+    if ((err = set_smem(kernel, smem)) != cudaSuccess) return err;
+    kernel<<<grid, kWsThreads, smem, a.stream>>>(x, map, codes, scale, zero, out, a.m, a.n, a.k, a.group, a.ks,
+                                                 a.bias, a.has_zero ? 1 : 0);
+  }
   return cudaGetLastError();
 }
 
@@ -470,18 +534,19 @@ std::string device_problem() {
 
 ffi::Error W4A16WgmmaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
                           ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
-                          int64_t bias, int64_t has_zero, int64_t bm, int64_t stages, int64_t ws) {
+                          int64_t bias, int64_t has_zero, int64_t bm, int64_t stages, int64_t variant) {
   constexpr const char* kName = "jquant_w4a16_wgmma: ";
   GemmDims d;
   std::string why = check_gemm_operands(x, codes, scale, zero, *out, group, k_split, has_zero, kBK, d);
   if (why.empty() && !config_built(bm, stages))
     why = "no kernel for bm=" + std::to_string(bm) + " stages=" + std::to_string(stages);
+  if (why.empty() && (variant < 0 || variant > 2)) why = "variant must be 0, 1 or 2, got " + std::to_string(variant);
   if (why.empty()) why = device_problem();
   if (!why.empty()) return ffi::Error::InvalidArgument(kName + why);
   Launch a{stream,       x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
            out->untyped_data(),
            int(d.m),     int(d.n),         int(d.k),             int(group),           int(k_split),
-           int(bias),    int(bm),          int(stages),          int(ws != 0),         has_zero != 0,
+           int(bias),    int(bm),          int(stages),          int(variant),         has_zero != 0,
            d.f32_out};
   const cudaError_t err = x.element_type() == ffi::DataType::BF16 ? launch_scale<__nv_bfloat16>(scale.element_type(), a)
                                                                   : launch_scale<__half>(scale.element_type(), a);
@@ -499,7 +564,7 @@ auto wgmma_binding(B&& args) {
       .template Attr<int64_t>("has_zero")
       .template Attr<int64_t>("bm")
       .template Attr<int64_t>("stages")
-      .template Attr<int64_t>("ws");
+      .template Attr<int64_t>("variant");
 }
 
 }  // namespace

@@ -3,8 +3,8 @@
 Random data; M at the edges of the 64 / 128 / 256-row blocks, below and past the dispatcher's
 range (the kernel takes any M); odd N (a partial 128-row block); K = 17 steps of 128; every weight
 variant of the decode tests; poisoned outputs; the sqrt(K)-scaled tolerance of
-`tests.pallas.helpers.assert_close`. Both variants (lockstep, warp-specialized) x every block height x K split are checked, then the
-dispatcher.
+`tests.pallas.helpers.assert_close`. Every variant (lockstep, warp-specialized with x by cp.async or by TMA) x every block height x K
+split is checked, then the dispatcher.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from jquant.ops import qmatmul
 from jquant.ops.qmatmul import select
 from kernels_cuda.w4a16 import device_compute_capability, device_num_sms
-from kernels_cuda.w4a16_wgmma import MAX_M, MIN_M, STAGES, WgmmaConfig, w4a16_wgmma, wgmma_config
+from kernels_cuda.w4a16_wgmma import MAX_M, MIN_M, STAGES, VARIANTS, WgmmaConfig, w4a16_wgmma, wgmma_config
 from tests.kernels_cuda.test_w4a16_gpu import WEIGHTS, _check, _dev
 from tests.pallas.helpers import make_weight
 
@@ -30,28 +30,28 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("ws", [False, True], ids=["lockstep", "ws"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("m", [1, 64, 129, 200, 256, 257, 1024])
 @pytest.mark.parametrize("wid, wkw", WEIGHTS, ids=[w[0] for w in WEIGHTS])
 @pytest.mark.parametrize("dt", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
-def test_matches_spec(m, wid, wkw, dt, ws):
+def test_matches_spec(m, wid, wkw, dt, variant):
     rng = np.random.default_rng(m * 100 + len(wid))
     n, k = 1003, 2176
     w = make_weight(rng, n, k, bits=4, **wkw)
     x = jnp.asarray(rng.standard_normal((m, k)), dt)
-    cfg = dataclasses.replace(wgmma_config(m, n, k, num_sms=device_num_sms()), ws=ws)
+    cfg = dataclasses.replace(wgmma_config(m, n, k, num_sms=device_num_sms()), variant=variant)
     y = jax.jit(functools.partial(w4a16_wgmma, cfg=cfg, poison=True))(x, _dev(w))
     assert y.shape == (m, n) and y.dtype == dt
     _check(y, x, w, f"{wid} m={m}")
 
 
-@pytest.mark.parametrize("ws", [False, True], ids=["lockstep", "ws"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("bm", sorted(STAGES))
 @pytest.mark.parametrize("k_split", [128, 640, 4352])
-def test_launch_configs(bm, k_split, ws):
+def test_launch_configs(bm, k_split, variant):
     rng = np.random.default_rng(bm + k_split)
     w = make_weight(rng, 777, 4096 + 256, bits=4, group=64, zero=True)
-    cfg = WgmmaConfig(bm=bm, k_split=k_split, ws=ws)
+    cfg = WgmmaConfig(bm=bm, k_split=k_split, variant=variant)
     for m in (20, 300):
         x = jnp.asarray(rng.standard_normal((m, w.shape[1])), jnp.bfloat16)
         y = jax.jit(functools.partial(w4a16_wgmma, cfg=cfg, poison=True))(x, _dev(w))
