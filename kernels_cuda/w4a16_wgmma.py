@@ -24,7 +24,6 @@ __all__ = [
     "w4a16_wgmma",
     "why_not",
     "MIN_M",
-    "MAX_M",
 ]
 
 BLOCK_N = 128  # weight rows per block: two warpgroups x 64 (csrc: kBN)
@@ -32,17 +31,17 @@ BLOCK_N = 128  # weight rows per block: two warpgroups x 64 (csrc: kBN)
 # deepest that fits 227 KB of shared memory; csrc `launch_cfg`).
 STAGES = {64: 6, 128: 5, 256: 3}
 # Microseconds per block per 128-column step on a full SM (one block per SM), by bm, calibrated on
-# H200 for the warp-specialized variant (`bench.qmatmul --wgmma-sweep`,
-# bench/results/nvidia_h200/cuda_wgmma.md; the model lands within 5% of the swept launches): 1.3-1.7x
-# the wgmma time of 128 x bm x 128 MACs at the dense bf16 peak.
-STEP_US = {64: 0.76, 128: 1.14, 256: 1.97}
+# H200 for the TMA variant (`bench.qmatmul --wgmma-sweep`, bench/results/nvidia_h200/cuda_wgmma.md;
+# the model lands within 7% of the swept launches): 1.2-1.5x the wgmma time of 128 x bm x 128
+# MACs at the dense bf16 peak.
+STEP_US = {64: 0.6, 128: 0.89, 256: 1.43}
 # The kernel variants (csrc attribute `variant` = the index).
-VARIANTS = ("lockstep", "ws", "ws_tma")
-# The M range the dispatcher sends here (ahead of the mma.sync GEMM kernel, which keeps 17..128 on
-# GPUs other than sm_90): below, the mma.sync kernels; above, XLA's dequantize -> cuBLAS dot is
-# faster (bench/results/nvidia_h200/qmatmul_wgmma.md).
-MIN_M = 40  # measured crossover with the mma.sync GEMM between M = 32 (it wins by 12%) and 48 (loses by 20%)
-MAX_M = 512
+VARIANTS = ("cp_async", "tma")
+# Smallest M the dispatcher sends here (ahead of the mma.sync GEMM kernel, which keeps 17..128 on
+# GPUs other than sm_90). Measured crossover with the mma.sync GEMM between M = 32 (it wins by 12%)
+# and 48 (loses by 20%); from M = 128 up the kernel also beats XLA's dequantize -> cuBLAS dot on
+# every shape measured, up to M = 4096 (bench/results/nvidia_h200/qmatmul.md).
+MIN_M = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +52,14 @@ class WgmmaConfig:
         bm: activation rows per block (the wgmma's N: 64, 128 or 256); the block covers 128 weight
             rows and the grid is ceil(N / 128) x ceil(M / bm) x splits.
         k_split: K columns per split (a multiple of 128).
-        variant: "ws_tma" (warp-specialized: a producer warpgroup feeding an mbarrier ring, x by
-            TMA, two consumer warpgroups taking turns on the tensor cores), "ws" (the same with x
-            by cp.async) or "lockstep" (two warpgroups that all copy and compute, one barrier per
-            step); see csrc/w4a16_wgmma.cu.
+        variant: how the producer warpgroup brings x into the ring: "tma" (two 128B-swizzled TMA
+            boxes per step, issued by one thread) or "cp_async" (16-byte copies by all 128 threads;
+            measured 10-20% slower, kept as a TMA-free reference); see csrc/w4a16_wgmma.cu.
     """
 
     bm: int
     k_split: int
-    variant: str = "ws_tma"
+    variant: str = "tma"
 
     def __post_init__(self):
         if self.bm not in STAGES:
@@ -100,7 +98,7 @@ def why_not(x, w) -> str:
 
 
 def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | None = None, poison: bool = False):
-    """``x @ dequantize(w).T`` with Hopper wgmma for [..., K] bf16/f16 activations (any M; dispatched for 40 <= M <= 512).
+    """``x @ dequantize(w).T`` with Hopper wgmma for [..., K] bf16/f16 activations (any M; dispatched for M >= 40).
 
     Args:
         x: [..., K] bf16 or f16.
@@ -130,7 +128,7 @@ def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | 
 
 
 class W4A16WgmmaBackend(CudaBackend):
-    """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit integer weights, `MIN_M` <= M <= `MAX_M`, bf16/f16, sm_90."""
+    """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit integer weights, M >= `MIN_M`, bf16/f16, sm_90."""
 
     name = "cuda_w4a16_wgmma"
     priority = 31  # before cuda_w4a16_gemm where both apply (40 <= M <= 128 on sm_90)
@@ -138,8 +136,8 @@ class W4A16WgmmaBackend(CudaBackend):
     def why_not(self, x, w) -> str:
         why = why_not(x, w)
         m = math.prod(x.shape[:-1])
-        if not why and not MIN_M <= m <= MAX_M:
-            why = f"M={m} outside {MIN_M}..{MAX_M} (wgmma kernel's range)"
+        if not why and m < MIN_M:
+            why = f"M={m} below {MIN_M} (wgmma kernel's range)"
         cc = device_compute_capability()
         if not why and cc != "9.0":
             why = f"needs compute capability 9.0 (sm_90a wgmma), the device has {cc or 'none'}"

@@ -8,26 +8,30 @@
 // out [S, M, N] f32 partials, or x's dtype when S == 1).
 //
 // How the work is cut:
-//   * A block computes a 128 (N) x BM (M) tile of out^T = W x^T with two warpgroups, 64 weight rows
-//     each: wgmma.m64nBMk16 with the dequantized weight as the *register* A operand and the x tile
-//     as the shared-memory B operand (K-major, 128-byte swizzle). Each weight is dequantized once
-//     per block and feeds BM activation rows.
+//   * A block of 3 warpgroups computes a 128 (N) x BM (M) tile of out^T = W x^T. Warpgroup 0 copies;
+//     warpgroups 1 and 2 (64 weight rows each) compute with wgmma.m64nBMk16: the dequantized weight
+//     is the *register* A operand, the x tile the shared-memory B operand (K-major, 128-byte
+//     swizzle). Each weight is dequantized once per block and feeds BM activation rows.
 //   * Per warp the A fragment of wgmma.m64nNk16 is mma.m16n8k16's, so a thread dequantizes what it
 //     does in w4a16_gemm.cu: 16 code bytes of each of its 2 weight rows per 128-column step (one
 //     LOP3 per pair, exact zero subtraction, one scale multiply), and x arrives in fragment order.
-//   * Each step's x tile (BM rows x 128 columns) is stored as two 64-column halves, each BM rows of
-//     128 bytes with 16-byte chunk c of row r at chunk c ^ (r % 8) — the layout a 128B-swizzle
-//     wgmma descriptor describes (8-row core groups 1024 bytes apart); k16 slice j of a half starts
-//     32 j bytes into it. x and codes come through a STAGES-deep cp.async ring.
-//   * Per step a warpgroup waits for its previous wgmmas (wgmma.wait_group 0), dequantizes the
-//     step's 8 k16 slices into registers, then issues the 8 wgmmas asynchronously and goes on to the
-//     next step's barrier and copies. One __syncthreads per step makes the copies visible and frees
-//     the ring slot of step - 1 (both warpgroups have retired its wgmmas).
-//     Double-buffering the A registers, so that the dequantization of step s + 1 overlaps the wgmmas
-//     of step s within a warpgroup, made ptxas serialize every wgmma (C7513, "non wgmma instructions
-//     defining input registers of a wgmma between start and end of the pipeline stage"), so the
-//     overlap here is across the two warpgroups and with the copies only.
+//   * Each step's x tile (BM rows x 128 columns) is two 64-column halves, each BM rows of 128 bytes
+//     with 16-byte chunk c of row r at chunk c ^ (r % 8): what TMA's 128B swizzle writes and what a
+//     128B-swizzle wgmma descriptor reads (8-row core groups 1024 bytes apart; k16 slice j of a half
+//     starts 32 j bytes in). Variant TMA (default): one thread issues the two boxes per step;
+//     otherwise the producer warpgroup copies x with cp.async. Codes always come by cp.async.
+//   * A STAGES-deep ring with a "full" mbarrier per slot (cp.async completions + TMA transaction
+//     bytes) and an "empty" one (released by both consumers once their wgmmas on it have retired).
+//   * The consumers take turns issuing their 8 wgmmas per step (named barriers, FlashAttention-3's
+//     ping-pong), so one dequantizes its next step while the other's wgmmas run; setmaxnreg moves
+//     registers from the producer (40) to the consumers (232: 128 accumulators at BM = 256).
+//     Double-buffering the A registers to overlap within a consumer made ptxas serialize every
+//     wgmma (C7513, "non wgmma instructions defining input registers of a wgmma between start and
+//     end of the pipeline stage"), hence the overlap across warpgroups.
 //   * Split-K over blockIdx.z, the f32 partials summed by the caller, as in w4a16_gemm.cu.
+// Measured (H200, bench/results/nvidia_h200/cuda_wgmma.md): x by cp.async left the consumers
+// waiting on the ring a quarter of the time (the producer issued ~500 instructions per step); TMA
+// took 70b_o M=1024 from 207 to 181 us (760 TFLOP/s).
 // References: PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-Accumulate" (register fragments
 // for .m64nNk16, the matrix descriptor, the 128B swizzle) and "Asynchronous proxy"; CUTLASS's SM90
 // RS (register-A) GMMA mainloops; the magic-number dequant Marlin's.
@@ -48,7 +52,6 @@ using namespace jquant;
 
 constexpr int kBK = 128;      // K columns per pipeline stage
 constexpr int kBN = 128;      // weight rows per block: 2 warpgroups x 64
-constexpr int kThreads = 256;
 constexpr int kOutPad = 4;    // f32 padding of the epilogue's shared rows
 constexpr int kMaxSmem = 227 * 1024;
 
@@ -63,10 +66,15 @@ struct WTile {
   static_assert(kStageBytes % 1024 == 0, "swizzle atoms must stay 1024-byte aligned");
 };
 
+// Dynamic shared memory: the ring (its start reused by the epilogue's f32 tile), then the mbarriers.
 template <int BM>
-__host__ __device__ constexpr size_t wgmma_smem_bytes(int stages) {
+__host__ __device__ constexpr size_t ring_bytes(int stages) {
   const size_t ring = static_cast<size_t>(stages) * WTile<BM>::kStageBytes;
   return ring > WTile<BM>::kOutBytes ? ring : WTile<BM>::kOutBytes;
+}
+template <int BM>
+constexpr size_t smem_bytes(int stages) {
+  return ring_bytes<BM>(stages) + 2 * stages * sizeof(uint64_t);  // + full / empty mbarriers per slot
 }
 
 // Byte offset of 16-byte chunk `ch` (0..15, along K) of activation row `row` in a step's x tile.
@@ -115,124 +123,6 @@ __device__ __forceinline__ void scale_zero_pairs(const ST (&sc)[2], uint32_t z, 
   }
 }
 
-template <typename T, typename ST, typename OutT, int BM, int STAGES>
-__global__ void __launch_bounds__(kThreads, 1) w4a16_wgmma_kernel(const T* __restrict__ x,
-                                                                 const uint8_t* __restrict__ codes,
-                                                                 const ST* __restrict__ scale,
-                                                                 const uint8_t* __restrict__ zero,
-                                                                 OutT* __restrict__ out, int m, int n, int k,
-                                                                 int group, int ks, int bias, int has_zero) {
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Tr = Half2Traits<T>;
-  using T2 = typename Tr::T2;
-  using Tl = WTile<BM>;
-  constexpr int kAcc = Tl::kAcc;
-  constexpr int kXChunks = Tl::kXBytes / 16 / kThreads;
-  constexpr int kWChunks = Tl::kWBytes / 16 / kThreads;
-  static_assert(kXChunks * kThreads * 16 == Tl::kXBytes && kWChunks * kThreads * 16 == Tl::kWBytes);
-  extern __shared__ __align__(1024) uint8_t smem[];
-
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int q = lane & 3, r = lane >> 2;
-  const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * BM;
-  const int split = blockIdx.z, k0 = split * ks;
-  const int steps = min(ks, k - k0) / kBK;
-  const int groups = k / group;
-  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-
-  // cp.async chunks of a stage: x rows xr0 + 16 i (chunk xch), code rows wr0 + 64 i (chunk wch);
-  // rows past M or N are clamped (computed on a duplicate, never stored).
-  const int xr0 = threadIdx.x >> 4, xch = threadIdx.x & 15;
-  const int wr0 = threadIdx.x >> 2, wch = threadIdx.x & 3;
-  auto issue = [&](int step) {
-    if (step < steps) {
-      uint8_t* st = smem + (step % STAGES) * Tl::kStageBytes;
-      const int kc = k0 + step * kBK;
-#pragma unroll
-      for (int i = 0; i < kXChunks; ++i) {
-        const int row = xr0 + 16 * i;
-        cp_async16(st + x_offset<BM>(row, xch), x + static_cast<size_t>(min(m0 + row, m - 1)) * k + kc + xch * 8);
-      }
-#pragma unroll
-      for (int i = 0; i < kWChunks; ++i) {
-        const int row = wr0 + 64 * i;
-        cp_async16(st + Tl::kXBytes + (row * 4 + wch) * 16,
-                   codes + static_cast<size_t>(min(n0 + row, n - 1)) * (k / 2) + kc / 2 + wch * 16);
-      }
-    }
-    cp_async_commit();  // an empty group past the end keeps the group count uniform
-  };
-
-  // This thread's weight rows: warp * 16 + r and + 8 (warp 0-3: warpgroup 0's 64 rows, 4-7: group 1's).
-  const int wrow = warp * 16 + r;
-  int srow[2];
-#pragma unroll
-  for (int j = 0; j < 2; ++j) srow[j] = min(n0 + wrow + 8 * j, n - 1) * groups;
-  ST s_next[2];
-  uint32_t z_next;
-  auto load_scales = [&](int step) {
-    const int g = (k0 + step * kBK + 32 * q) / group;
-    z_next = 0;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      s_next[j] = __ldg(scale + srow[j] + g);
-      if (has_zero) z_next |= static_cast<uint32_t>(__ldg(zero + srow[j] + g)) << (8 * j);
-    }
-  };
-
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) issue(s);
-  load_scales(0);
-
-  float acc[kAcc];
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
-  uint32_t a[kBK / 16][4];  // A fragments of the step's 8 k16 slices
-
-  for (int step = 0; step < steps; ++step) {
-    cp_async_wait<STAGES - 2>();  // this thread's copies of this step's stage have landed
-    fence_proxy_async_shared();    // ... and are visible to wgmma's async proxy
-    wgmma_wait<0>();               // this warpgroup's wgmmas of step - 1 are done (a[] and the slot are free)
-    __syncthreads();               // ... in both warpgroups, and everyone's copies have landed
-    issue(step + STAGES - 1);      // into step - 1's slot
-    T2 s2[2], z2[2];
-    scale_zero_pairs<T>(s_next, z_next, bias, s2, z2);
-    if (step + 1 < steps) load_scales(step + 1);
-    const uint32_t st = smem_base + (step % STAGES) * Tl::kStageBytes;
-    const uint8_t* wst = smem + (step % STAGES) * Tl::kStageBytes + Tl::kXBytes;
-    uint4 w[2];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) w[j] = *reinterpret_cast<const uint4*>(wst + (wrow + 8 * j) * 64 + q * 16);
-    dequant_step<T>(a, w, s2, z2);
-#pragma unroll
-    for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
-    wgmma_fence();
-#pragma unroll
-    for (int sl = 0; sl < kBK / 16; ++sl)
-      WgmmaRS<T, BM>::mma(acc, a[sl], desc_128b(st + (sl >> 2) * Tl::kHalfBytes + (sl & 3) * 32));
-    wgmma_commit();
-#pragma unroll
-    for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
-  }
-  wgmma_wait<0>();
-#pragma unroll
-  for (int i = 0; i < kAcc; ++i) fence_operand(acc[i]);
-  cp_async_wait<0>();
-  __syncthreads();
-
-  // Epilogue: acc[4 j + c] is weight row wrow (+ 8 for c >= 2), activation row 8 j + 2 q + (c & 1).
-  float* os = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int j = 0; j < BM / 8; ++j)
-#pragma unroll
-    for (int c = 0; c < 4; ++c)
-      os[(8 * j + 2 * q + (c & 1)) * (kBN + kOutPad) + wrow + (c >= 2 ? 8 : 0)] = acc[4 * j + c];
-  __syncthreads();
-  store_out_tile<BM, kBN, kBN + kOutPad, kThreads>(os, out, split, m0, n0, m, n, threadIdx.x);
-#else
-  __trap();  // built for sm_90a only (build.py); never launched elsewhere (the host checks the device)
-#endif
-}
 
 // mbarrier helpers (PTX ISA "Parallel Synchronization and Communication Instructions: mbarrier").
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -276,19 +166,10 @@ constexpr int kWsThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 64K
 constexpr int kBarEpilogue = 1, kBarTurn = 2;           // named barriers (kBarTurn + consumer index)
 
-template <int BM>
-constexpr size_t ws_smem_bytes(int stages) {
-  return wgmma_smem_bytes<BM>(stages) + 2 * stages * sizeof(uint64_t);  // + full/empty mbarriers
-}
-
-// Warp-specialized variant: warpgroup 0 copies (cp.async into the ring, completion signalled on a
-// per-slot "full" mbarrier), warpgroups 1 and 2 compute (64 weight rows each) and release a slot on
-// its "empty" mbarrier once their wgmmas on it have retired. The two consumers take turns issuing
-// their wgmmas (named barriers, as FlashAttention-3's ping-pong), so one dequantizes its next step
-// while the other's wgmmas run; setmaxnreg moves registers from the producer to the consumers.
+// The kernel (see the header). TMA: x by TMA boxes through `xmap`, else by the producer's cp.async.
 template <typename T, typename ST, typename OutT, int BM, int STAGES, bool TMA>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    w4a16_wgmma_ws_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap xmap,
+    w4a16_wgmma_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap xmap,
                           const uint8_t* __restrict__ codes, const ST* __restrict__ scale,
                           const uint8_t* __restrict__ zero, OutT* __restrict__ out, int m, int n, int k, int group,
                           int ks, int bias, int has_zero) {
@@ -299,7 +180,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   constexpr int kAcc = Tl::kAcc;
   extern __shared__ __align__(1024) uint8_t smem[];
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const uint32_t full0 = smem_base + static_cast<uint32_t>(wgmma_smem_bytes<BM>(STAGES));
+  const uint32_t full0 = smem_base + static_cast<uint32_t>(ring_bytes<BM>(STAGES));
   const uint32_t empty0 = full0 + STAGES * 8;
 
   const int wg = threadIdx.x >> 7, tid = threadIdx.x & 127;
@@ -457,38 +338,23 @@ cudaError_t make_x_map(CUtensorMap* map, const void* x, int m, int k, int bm) {
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-template <typename Kernel>
-cudaError_t set_smem(Kernel kernel, size_t smem) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-}
-
-// variant 0: lockstep (w4a16_wgmma_kernel); 1: warp-specialized, x by cp.async; 2: warp-specialized, x by TMA.
+// variant 0: x by the producer's cp.async; 1: x by TMA.
 template <typename T, typename ST, typename OutT, int BM, int STAGES>
 cudaError_t launch_typed(const Launch& a) {
-  static_assert(ws_smem_bytes<BM>(STAGES) <= kMaxSmem, "stage ring exceeds shared memory");
+  static_assert(smem_bytes<BM>(STAGES) <= kMaxSmem, "stage ring exceeds shared memory");
   const dim3 grid((a.n + kBN - 1) / kBN, (a.m + BM - 1) / BM, (a.k + a.ks - 1) / a.ks);
-  const T* x = static_cast<const T*>(a.x);
-  const auto* codes = static_cast<const uint8_t*>(a.codes);
-  const ST* scale = static_cast<const ST*>(a.scale);
-  const auto* zero = static_cast<const uint8_t*>(a.zero);
-  OutT* out = static_cast<OutT*>(a.out);
+  CUtensorMap map{};
   cudaError_t err;
-  if (a.variant == 0) {
-    auto kernel = w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES>;
-    const size_t smem = wgmma_smem_bytes<BM>(STAGES);
-    if ((err = set_smem(kernel, smem)) != cudaSuccess) return err;
-    kernel<<<grid, kThreads, smem, a.stream>>>(x, codes, scale, zero, out, a.m, a.n, a.k, a.group, a.ks, a.bias,
+  if (a.variant == 1 && (err = make_x_map<T>(&map, a.x, a.m, a.k, BM)) != cudaSuccess) return err;
+  auto kernel = a.variant == 1 ? w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES, true>
+                               : w4a16_wgmma_kernel<T, ST, OutT, BM, STAGES, false>;
+  const size_t smem = smem_bytes<BM>(STAGES);
+  if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))) != cudaSuccess)
+    return err;
+  kernel<<<grid, kWsThreads, smem, a.stream>>>(static_cast<const T*>(a.x), map, static_cast<const uint8_t*>(a.codes),
+                                               static_cast<const ST*>(a.scale), static_cast<const uint8_t*>(a.zero),
+                                               static_cast<OutT*>(a.out), a.m, a.n, a.k, a.group, a.ks, a.bias,
                                                a.has_zero ? 1 : 0);
-  } else {
-    CUtensorMap map{};
-    if (a.variant == 2 && (err = make_x_map<T>(&map, a.x, a.m, a.k, BM)) != cudaSuccess) return err;
-    auto kernel = a.variant == 2 ? w4a16_wgmma_ws_kernel<T, ST, OutT, BM, STAGES, true>
-                                 : w4a16_wgmma_ws_kernel<T, ST, OutT, BM, STAGES, false>;
-    const size_t smem = ws_smem_bytes<BM>(STAGES);
-    if ((err = set_smem(kernel, smem)) != cudaSuccess) return err;
-    kernel<<<grid, kWsThreads, smem, a.stream>>>(x, map, codes, scale, zero, out, a.m, a.n, a.k, a.group, a.ks,
-                                                 a.bias, a.has_zero ? 1 : 0);
-  }
   return cudaGetLastError();
 }
 
@@ -540,7 +406,7 @@ ffi::Error W4A16WgmmaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer 
   std::string why = check_gemm_operands(x, codes, scale, zero, *out, group, k_split, has_zero, kBK, d);
   if (why.empty() && !config_built(bm, stages))
     why = "no kernel for bm=" + std::to_string(bm) + " stages=" + std::to_string(stages);
-  if (why.empty() && (variant < 0 || variant > 2)) why = "variant must be 0, 1 or 2, got " + std::to_string(variant);
+  if (why.empty() && (variant < 0 || variant > 1)) why = "variant must be 0 or 1, got " + std::to_string(variant);
   if (why.empty()) why = device_problem();
   if (!why.empty()) return ffi::Error::InvalidArgument(kName + why);
   Launch a{stream,       x.untyped_data(), codes.untyped_data(), scale.untyped_data(), zero.untyped_data(),
