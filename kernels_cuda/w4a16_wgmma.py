@@ -32,7 +32,8 @@ BLOCK_N = 128  # weight rows per block: two warpgroups x 64 (csrc: kBN)
 STAGES = {64: 6, 128: 5, 256: 3}
 # Microseconds per block per 128-column step on a full SM (one block per SM), by bm, calibrated on
 # H200 for the TMA variant (`bench.qmatmul --wgmma-sweep`, bench/results/nvidia_h200/cuda_wgmma.md;
-# the model lands within 7% of the swept launches): 1.2-1.5x the wgmma time of 128 x bm x 128
+# it picks the measured best launch on all 6 swept shapes, within 20% of every launch): 1.2-1.5x the
+# wgmma time of 128 x bm x 128
 # MACs at the dense bf16 peak.
 STEP_US = {64: 0.6, 128: 0.89, 256: 1.43}
 # The kernel variants (csrc attribute `variant` = the index).
