@@ -14,10 +14,11 @@ Backends (platform ``"gpu"``):
   prefill): 256 (or 128) weight rows x 32/64/128 activation rows per block, a cp.async
   shared-memory ring for codes and activations, ldmatrix B fragments from activations gathered once
   into fragment order, split-K.
-* ``cuda_w4a16_wgmma`` (priority 30): the same weights for M > 128 (prefill) on compute capability
-  9.0 (H100/H200): Hopper's asynchronous wgmma with the dequantized weight as the register operand
-  and the activations in 128B-swizzled shared memory, 128 weight rows x 64/128/256 activation rows
-  per block, split-K.
+* ``cuda_w4a16_wgmma`` (priority 31, ahead of the two above where they overlap): the same weights
+  for M >= 40 (batched decode, prefill) on compute capability 9.0 (H100/H200): Hopper's
+  asynchronous wgmma with the dequantized weight as the register operand, the activations by TMA
+  into 128B-swizzled shared memory, a producer warpgroup and two ping-ponging consumer warpgroups,
+  128 weight rows x 64/128/256 activation rows per block, split-K.
 """
 
 from jquant.core.qarray import register_pytree
