@@ -27,8 +27,8 @@ __all__ = [
 ]
 
 BLOCK_N = 128  # weight rows per block: two warpgroups x 64 (csrc: kBN)
-# Activation rows per block (the wgmma's N) -> depth of the cp.async ring compiled for it (the
-# deepest that fits 227 KB of shared memory; csrc `launch_cfg`).
+# Activation rows per block (the wgmma's N) -> depth of the shared-memory ring compiled for it (the
+# deepest that fits 227 KB; csrc `launch_cfg`).
 STAGES = {64: 6, 128: 5, 256: 3}
 # Microseconds per block per 128-column step on a full SM (one block per SM), by bm, calibrated on
 # H200 for the TMA variant (`bench.qmatmul --wgmma-sweep`, bench/results/nvidia_h200/cuda_wgmma.md;

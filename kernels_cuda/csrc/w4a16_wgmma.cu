@@ -123,7 +123,6 @@ __device__ __forceinline__ void scale_zero_pairs(const ST (&sc)[2], uint32_t z, 
   }
 }
 
-
 // mbarrier helpers (PTX ISA "Parallel Synchronization and Communication Instructions: mbarrier").
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -162,17 +161,17 @@ __device__ __forceinline__ void named_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
-constexpr int kWsThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // setmaxnreg: 128 x 40 + 256 x 232 <= 64K
 constexpr int kBarEpilogue = 1, kBarTurn = 2;           // named barriers (kBarTurn + consumer index)
 
 // The kernel (see the header). TMA: x by TMA boxes through `xmap`, else by the producer's cp.async.
 template <typename T, typename ST, typename OutT, int BM, int STAGES, bool TMA>
-__global__ void __launch_bounds__(kWsThreads, 1)
+__global__ void __launch_bounds__(kThreads, 1)
     w4a16_wgmma_kernel(const T* __restrict__ x, const __grid_constant__ CUtensorMap xmap,
-                          const uint8_t* __restrict__ codes, const ST* __restrict__ scale,
-                          const uint8_t* __restrict__ zero, OutT* __restrict__ out, int m, int n, int k, int group,
-                          int ks, int bias, int has_zero) {
+                       const uint8_t* __restrict__ codes, const ST* __restrict__ scale,
+                       const uint8_t* __restrict__ zero, OutT* __restrict__ out, int m, int n, int k, int group,
+                       int ks, int bias, int has_zero) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tr = Half2Traits<T>;
   using T2 = typename Tr::T2;
@@ -351,7 +350,7 @@ cudaError_t launch_typed(const Launch& a) {
   const size_t smem = smem_bytes<BM>(STAGES);
   if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))) != cudaSuccess)
     return err;
-  kernel<<<grid, kWsThreads, smem, a.stream>>>(static_cast<const T*>(a.x), map, static_cast<const uint8_t*>(a.codes),
+  kernel<<<grid, kThreads, smem, a.stream>>>(static_cast<const T*>(a.x), map, static_cast<const uint8_t*>(a.codes),
                                                static_cast<const ST*>(a.scale), static_cast<const uint8_t*>(a.zero),
                                                static_cast<OutT*>(a.out), a.m, a.n, a.k, a.group, a.ks, a.bias,
                                                a.has_zero ? 1 : 0);
