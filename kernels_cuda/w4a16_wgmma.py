@@ -13,8 +13,8 @@ import math
 
 from jquant.core.qarray import QArray
 from kernels_cuda.backend import CudaBackend
-from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_compute_capability, device_num_sms, why_not_operands
-from kernels_cuda.w4a16_gemm import call_gemm_kernel, launch_cost_us, split_candidates
+from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_compute_capability, device_num_sms
+from kernels_cuda.w4a16_gemm import call_gemm_kernel, launch_cost_us, split_candidates, why_not
 
 __all__ = [
     "WgmmaConfig",
@@ -88,14 +88,6 @@ def wgmma_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT) -> W
     then to the larger block)."""
     cfgs = [WgmmaConfig(bm=bm, k_split=ks) for bm in sorted(STAGES, reverse=True) for ks in split_candidates(k)]
     return min(cfgs, key=lambda c: (wgmma_cost_us(m, n, k, c, num_sms=num_sms), c.splits(k)))
-
-
-def why_not(x, w) -> str:
-    """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
-    why = why_not_operands(x, w)
-    if not why and math.prod(x.shape[:-1]) < 1:
-        why = "empty activations"
-    return why
 
 
 def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | None = None, poison: bool = False):

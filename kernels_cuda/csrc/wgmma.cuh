@@ -26,7 +26,6 @@ __device__ __forceinline__ void wgmma_wait() {
 // Keeps the compiler from moving accesses of `r` across a wgmma fence or wait (CUTLASS's
 // warpgroup_fence_operand): the asynchronous wgmma reads and writes registers behind its back.
 __device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
-__device__ __forceinline__ void fence_operand(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
 // Makes this thread's generic-proxy shared-memory writes (cp.async, st.shared) visible to the
 // async proxy that wgmma reads B through.
 __device__ __forceinline__ void fence_proxy_async_shared() {
