@@ -1,12 +1,16 @@
-"""``python -m bench.decode_e2e``: end-to-end decode tokens/s of a Llama-3-8B-shaped model, W4A16 vs bf16.
+"""``python -m bench.decode_e2e``: end-to-end decode tokens/s of a Llama-3-8B-shaped model, W4A16 / FP8 vs bf16.
 
-Both variants are the same jquant `LlamaForCausalLM` (Llama-3.1-8B geometry, llama3 rotary
+Every variant is the same jquant `LlamaForCausalLM` (Llama-3.1-8B geometry, llama3 rotary
 scaling, untied lm_head) with random weights built on the device with ``jax.random`` (never
 through host numpy):
 
 * ``w4a16``: every linear layer of the decoder blocks (q/k/v/o, gate/up/down) is a 4-bit
   ``uint4b8`` group-128 `QArray` with fp16 scales (``bench.qmatmul.make_qarray``: GPTQ's layout);
   embeddings, norms and lm_head stay bf16, as in GPTQ checkpoints.
+* ``fp8_dynamic`` (``--variants``; FP8_DYNAMIC checkpoints, e.g. llm-compressor's): every block
+  linear is an fp8 e4m3 per-channel `QArray` with f32 scales (``bench.qmatmul_w8a8.make_weight``)
+  and a dynamic per-token fp8 `ActQuant` under ``<module>.input_quant``; embeddings, norms and
+  lm_head stay bf16.
 * ``bf16``: every linear weight is a dense bf16 array (normal * 0.02); jquant runs it as an XLA
   dot with f32 accumulation.
 
@@ -30,7 +34,8 @@ Writes ``decode_e2e.md`` and ``decode_e2e.json`` (card, versions, commit first) 
 (default ``bench/results/<card>/``) and prints the table last::
 
     python -m bench.decode_e2e [--preset llama3-8b|tiny] [--tokens 64] [--prompt-len 16]
-        [--layers N] [--repeats 3] [--backends cuda_w4a16_decode,pallas_triton_wna16_decode] [--out DIR]
+        [--layers N] [--repeats 3] [--backends cuda_w4a16_decode,pallas_triton_wna16_decode]
+        [--variants bf16,w4a16,fp8_dynamic] [--out DIR]
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-VARIANTS = ("bf16", "w4a16")
+VARIANTS = ("bf16", "w4a16", "fp8_dynamic")
+DEFAULT_VARIANTS = ("bf16", "w4a16")
 GROUP = 128
 LINEARS = (
     ("self_attn", "q_proj"),
@@ -147,7 +153,8 @@ class RandomWeights(Mapping):
 
     Args:
         cfg: the decoder geometry.
-        variant: ``"w4a16"`` (block linears as uint4b8 g128 QArrays) or ``"bf16"`` (all dense).
+        variant: ``"w4a16"`` (block linears as uint4b8 g128 QArrays), ``"fp8_dynamic"`` (fp8
+            per-channel QArrays + per-token fp8 ``input_quant`` recipes) or ``"bf16"`` (all dense).
         seed: base PRNG seed; each tensor folds in its own index, so values do not depend on order.
     """
 
@@ -163,8 +170,10 @@ class RandomWeights(Mapping):
             spec[f"{p}.input_layernorm.weight"] = ("norm", (h,))
             spec[f"{p}.post_attention_layernorm.weight"] = ("norm", (h,))
             for block, name in LINEARS:
-                kind = "q4" if variant == "w4a16" else "dense"
+                kind = {"w4a16": "q4", "fp8_dynamic": "fp8"}.get(variant, "dense")
                 spec[f"{p}.{block}.{name}.weight"] = (kind, shapes[name])
+                if kind == "fp8":
+                    spec[f"{p}.{block}.{name}.input_quant"] = ("act", ())
         spec["model.norm.weight"] = ("norm", (h,))
         spec["lm_head.weight"] = ("dense", (v, h))  # bf16 in both variants, as in GPTQ checkpoints
         self._spec = spec
@@ -180,6 +189,8 @@ class RandomWeights(Mapping):
         key = jax.random.fold_in(jax.random.key(self.seed), self._index[name])
         if kind == "q4":
             return make_qarray(key, shape[0], shape[1], bits=4, group=GROUP, zero=False)
+        if kind in ("fp8", "act"):
+            return fp8_linear(key, shape[0], shape[1]) if kind == "fp8" else fp8_linear_act()
         if kind == "norm":
             return jnp.ones(shape, jnp.bfloat16)
         return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(jnp.bfloat16)
@@ -192,6 +203,32 @@ class RandomWeights(Mapping):
 
     def __contains__(self, name: object) -> bool:
         return name in self._spec
+
+
+def fp8_linear(key, n: int, k: int):
+    """A random fp8 e4m3 per-channel `QArray` [n, k] with f32 scales (FP8_DYNAMIC's weights)."""
+    from bench.qmatmul_w8a8 import SCHEMES_BY_NAME, make_weight
+
+    return make_weight(key, n, k, SCHEMES_BY_NAME["fp8_pc"])
+
+
+def fp8_linear_act():
+    """FP8_DYNAMIC's input-activation recipe: dynamic per-token fp8 e4m3."""
+    from jquant.core.activation import fp8_act
+
+    return fp8_act(dynamic=True, granularity="token")
+
+
+def decode_weight(variant: str, n: int, k: int):
+    """(weight as a ShapeDtypeStruct pytree, activation recipe or None) of one linear of ``variant``."""
+    import jax
+
+    from bench.qmatmul import make_qarray
+
+    if variant == "fp8_dynamic":
+        return jax.eval_shape(functools.partial(fp8_linear, n=n, k=k), jax.random.key(0)), fp8_linear_act()
+    make = functools.partial(make_qarray, n=n, k=k, bits=4, group=GROUP, zero=False)
+    return jax.eval_shape(make, jax.random.key(0)), None
 
 
 def device_weights(weights: Mapping, dtype):
@@ -240,47 +277,43 @@ def build_model(cfg, variant: str, seed: int = 0, scan_layers: bool | None = Non
     return model
 
 
-def select_backends(cfg, m: int) -> dict[str, str]:
-    """Backend the dispatcher picks (now, under the current ``JQUANT_KERNELS``) per w4a16 linear, for M=m rows."""
+def select_backends(cfg, m: int, variant: str = "w4a16") -> dict[str, str]:
+    """Backend the dispatcher picks (now, under the current ``JQUANT_KERNELS``) per linear of ``variant``, for M=m rows."""
     import jax
     import jax.numpy as jnp
 
-    from bench.qmatmul import make_qarray
     from jquant.ops.qmatmul import select
 
     out = {}
     for name, (n, k) in linear_shapes(cfg).items():
-        w = jax.eval_shape(functools.partial(make_qarray, n=n, k=k, bits=4, group=GROUP, zero=False), jax.random.key(0))
+        w, act = decode_weight(variant, n, k)
         x = jax.ShapeDtypeStruct((1, m, k), jnp.bfloat16)
-        backend, skipped = select(x, w)
-        out[name] = backend.name
+        out[name] = select(x, w, act).backend.name
     return out
 
 
-def select_skips(cfg) -> list[str]:
+def select_skips(cfg, variant: str = "w4a16") -> list[str]:
     """The dispatcher's reasons for skipping backends on the decode q_proj (x [1, 1, hidden] bf16)."""
     import jax
     import jax.numpy as jnp
 
-    from bench.qmatmul import make_qarray
     from jquant.ops.qmatmul import select
 
     n, k = linear_shapes(cfg)["q_proj"]
-    w = jax.eval_shape(functools.partial(make_qarray, n=n, k=k, bits=4, group=GROUP, zero=False), jax.random.key(0))
-    return select(jax.ShapeDtypeStruct((1, 1, k), jnp.bfloat16), w)[1]
+    w, act = decode_weight(variant, n, k)
+    return list(select(jax.ShapeDtypeStruct((1, 1, k), jnp.bfloat16), w, act).skipped)
 
 
-def explain_decode(cfg) -> str:
+def explain_decode(cfg, variant: str = "w4a16") -> str:
     """`jquant.ops.qmatmul.explain` for the decode q_proj (x [1, 1, hidden] bf16): who runs, who declined."""
     import jax
     import jax.numpy as jnp
 
-    from bench.qmatmul import make_qarray
     from jquant.ops.qmatmul import explain
 
     n, k = linear_shapes(cfg)["q_proj"]
-    w = jax.eval_shape(functools.partial(make_qarray, n=n, k=k, bits=4, group=GROUP, zero=False), jax.random.key(0))
-    return explain(jax.ShapeDtypeStruct((1, 1, k), jnp.bfloat16), w)
+    w, act = decode_weight(variant, n, k)
+    return explain(jax.ShapeDtypeStruct((1, 1, k), jnp.bfloat16), w, act)
 
 
 def summarize(names: Mapping[str, str]) -> str:
@@ -376,8 +409,9 @@ def run(
     repeats: int = 3,
     seed: int = 0,
     scan_layers: bool | None = None,
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
 ) -> dict:
-    """Builds, runs and times both variants; returns the result dict written to JSON.
+    """Builds, runs and times each variant; returns the result dict written to JSON.
 
     Args:
         preset: `PRESETS` key.
@@ -387,6 +421,7 @@ def run(
         backends: w4a16 rows, one per forced qmatmul backend (None: one row, the dispatcher's pick).
         repeats: timed generate calls per row (median reported).
         seed: weights / prompt seed.
+        variants: `VARIANTS` to run (bf16 always runs first: the ratios' baseline).
     """
     import jax
 
@@ -402,24 +437,26 @@ def run(
     t_pad = -(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET
     max_len = -(-(t_pad + tokens) // CACHE_BUCKET) * CACHE_BUCKET
     rows = []
-    for variant in VARIANTS:
+    variants = ("bf16", *(v for v in variants if v != "bf16"))
+    for variant in variants:
         t0 = time.perf_counter()
         model = build_model(cfg, variant, seed, scan_layers)
         build_s = time.perf_counter() - t0
         held, _ = model_bytes(model)
         read = held - 2 * cfg.vocab_size * cfg.hidden_size  # a decode step reads every weight but the embedding
         _log(f"[{variant}] built in {build_s:.1f} s: {held / 1e9:.2f} GB of weights on {jax.devices()[0]}")
-        forced = [None] if variant == "bf16" or not backends else list(backends)
+        forced = list(backends) if variant == "w4a16" and backends else [None]
+        quant = variant != "bf16"
         for name in forced:
             with forced_backend(name, platform):
                 gen = Generator(model)
-                picked = select_backends(cfg, m=1) if variant == "w4a16" else {}
-                prefill_picked = select_backends(cfg, m=t_pad) if variant == "w4a16" else {}
+                picked = select_backends(cfg, 1, variant) if quant else {}
+                prefill_picked = select_backends(cfg, t_pad, variant) if quant else {}
                 res = time_generate(gen, prompt, tokens, repeats)
                 seq = np.concatenate([prompt, res["tokens_out"]], axis=1)
                 logits = gen.logits(seq)
-                in_hlo = lowered_backends(gen, 1, max_len) if variant == "w4a16" else []
-                skips = select_skips(cfg) if variant == "w4a16" else []
+                in_hlo = lowered_backends(gen, 1, max_len) if quant else []
+                skips = select_skips(cfg, variant) if quant else []
             if not np.isfinite(logits).all():
                 raise FloatingPointError(f"{variant}: non-finite logits")
             label = DENSE_BACKEND if variant == "bf16" else summarize(picked)
@@ -469,7 +506,7 @@ def run(
         r["ratio_vs_bf16"] = r["decode_tok_s"] / base
     explanation = ""
     with contextlib.suppress(Exception):
-        explanation = explain_decode(cfg)
+        explanation = "\n".join(explain_decode(cfg, v) for v in variants if v != "bf16")
     return dict(
         preset=preset,
         scan_layers={None: "auto (stacked under lax.scan)", True: "stacked under lax.scan", False: "unrolled"}[
@@ -520,7 +557,8 @@ def write_report(out: str | os.PathLike, env: dict, result: dict) -> tuple[Path,
     out.mkdir(parents=True, exist_ok=True)
     c = result["config"]
     lines = [
-        f"# End-to-end decode, {result['preset']} geometry (random weights, batch 1, greedy), W4A16 vs bf16 in jquant",
+        f"# End-to-end decode, {result['preset']} geometry (random weights, batch 1, greedy),"
+        f" {' / '.join(r for r in dict.fromkeys(r['variant'] for r in result['rows']) if r != 'bf16')} vs bf16 in jquant",
         "",
         f"- card: {env['card']}; device: {result['device']}",
         f"- jax {env['jax']}, jaxlib {env['jaxlib']}, torch {env['torch']}, triton {env['triton']}, "
@@ -529,7 +567,8 @@ def write_report(out: str | os.PathLike, env: dict, result: dict) -> tuple[Path,
         f"{c['num_hidden_layers']} layers, {c['num_attention_heads']} heads / {c['num_key_value_heads']} kv heads, "
         f"head_dim {c['head_dim']}, rope {c['rope'].get('rope_type')}, untied lm_head; "
         f"layers {result.get('scan_layers', 'auto')}",
-        "- w4a16: block linears uint4b8 g128, fp16 scales; embeddings, norms, lm_head bf16."
+        "- w4a16: block linears uint4b8 g128, fp16 scales; fp8_dynamic: block linears fp8 e4m3 per-channel, f32"
+        " scales, dynamic per-token fp8 activations; embeddings, norms, lm_head bf16 in both."
         " bf16: every weight bf16 (XLA dot, f32 accumulation).",
         f"- {result['prompt_len']}-token random prompt, {result['tokens']} new tokens; warm-up call first, then"
         f" {result['repeats']} timed call(s), median-rate run reported. decode tok/s = (tokens - 1) / (last - first"
@@ -585,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=None, help="override the decoder layer count")
     ap.add_argument("--repeats", type=int, default=3, help="timed generate calls per row (median reported)")
     ap.add_argument("--backends", default="", help="comma-separated qmatmul backends: one w4a16 row each")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--scan",
@@ -597,7 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     env = env_info()
     backends = [b.strip() for b in args.backends.split(",") if b.strip()] or None
     scan = {"auto": None, "on": True, "off": False}[args.scan]
-    result = run(args.preset, args.tokens, args.prompt_len, args.layers, backends, args.repeats, args.seed, scan)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    if set(variants) - set(VARIANTS):
+        ap.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))} (one of {VARIANTS})")
+    result = run(
+        args.preset, args.tokens, args.prompt_len, args.layers, backends, args.repeats, args.seed, scan, variants
+    )
     md, js = write_report(args.out or default_out(env), env, result)
     _log(f"wrote {md} and {js}")
     _log(f"\n{env['card']} | jax {env['jax']} | commit {env['commit'][:12]} | {result['preset']}")

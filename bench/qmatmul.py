@@ -159,7 +159,7 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
         check_then_time(res, name, lambda: error(run_once()), time_fn)
 
     if "jquant" in methods:
-        backend, _ = select(x, w0, platform="gpu")
+        backend = select(x, w0, platform="gpu").backend
         res["jquant_backend"] = backend.name
         res["jquant_config"] = repr(backend.config_for(m, w0)) if hasattr(backend, "config_for") else ""
         f = lambda x, w: ops_qmatmul(x, w)  # noqa: E731
@@ -178,11 +178,11 @@ def run_case(case: Case, methods: list[str], iters: int, gemlite_mod=None) -> di
                 lambda: jax_time_us(w4a16_gemm, x, qcopies, iterations=iters),
             )
     if "cuda_wgmma" in methods and m > 16 and BACKENDS.get("cuda_w4a16_wgmma") is not None:
-        from kernels_cuda.w4a16 import device_compute_capability
+        from jquant.ops.device import current_device
         from kernels_cuda.w4a16_wgmma import w4a16_wgmma
         from kernels_cuda.w4a16_wgmma import why_not as wgmma_why_not
 
-        if device_compute_capability() == "9.0" and not wgmma_why_not(x, w0):  # also below its dispatched range
+        if current_device().cc == (9, 0) and not wgmma_why_not(x, w0):  # also below its dispatched range
             timed(
                 "cuda_wgmma",
                 lambda: jax.jit(w4a16_wgmma)(x, w0),

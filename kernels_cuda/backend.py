@@ -29,24 +29,15 @@ def call_kernel(target: str, result: jax.ShapeDtypeStruct, operands: tuple, *, p
 class CudaBackend(Backend):
     """A `qmatmul` backend running a kernel of the `kernels_cuda` library on NVIDIA GPUs.
 
-    Subclasses set ``name`` and implement `why_not`.
+    Subclasses set ``name`` and ``caps``. Where the library cannot be compiled or loaded here, the
+    backend is unavailable with the build's reason (the routing table moves on to Pallas).
     """
 
-    platforms = ("gpu",)
-    priority = 30
-
-    def why_not(self, x, w) -> str:
-        """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
-        raise NotImplementedError
-
-    def supports(self, x, w, **kw) -> tuple[bool, str]:
-        why = self.why_not(x, w)
-        if why:
-            return False, why
+    def unavailable(self, call) -> str:
         from kernels_cuda.build import BuildError, register
 
         try:
             register()
         except BuildError as e:
-            return False, f"CUDA library unavailable: {str(e).splitlines()[0]}"
-        return True, ""
+            return f"CUDA library unavailable: {str(e).splitlines()[0]}"
+        return ""

@@ -17,18 +17,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
+from jquant.core.routing import Capabilities
+from jquant.ops.backend import why_not_operands
+from jquant.ops.device import NUM_SMS_DEFAULT
+from jquant.ops.device import num_sms as device_num_sms
 from kernels_cuda.backend import CudaBackend, call_kernel
 
 __all__ = [
     "DecodeConfig",
     "W4A16DecodeBackend",
-    "device_compute_capability",
     "decode_config",
     "tile_codes",
     "untile_codes",
     "w4a16_decode",
     "why_not",
-    "why_not_operands",
+    "CAPS",
+    "OPERAND_CAPS",
     "MAX_M",
 ]
 
@@ -36,10 +40,6 @@ MAX_M = 16  # two n8 tiles of mma.m16n8k16 (the kernel's B operand is x^T)
 STEP_K = 128  # K columns per warp step (csrc: kStepK)
 ROWS_PER_WARP = 32
 MAX_SPLIT_BYTES = 48 * 1024  # shared memory for the staged activations of one K split (csrc: kMaxSplitBytes)
-NUM_SMS_DEFAULT = 132
-
-_ACT_DTYPES = ("bfloat16", "float16")
-_SCALE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,47 +159,25 @@ def untile_codes(tiled, n: int, k: int) -> np.ndarray:
     return d.reshape(rb * ROWS_PER_WARP, k // 2)[:n]
 
 
+# What the three W4A16 kernels read (`kernels_cuda.w4a16_gemm` / `w4a16_wgmma` narrow the M range and
+# the device): 4-bit unsigned codes with a bias or uint8 zero points, one scale row per weight row,
+# groups that are multiples of 32 dividing K (or per-channel), K a multiple of 128, f32/f16/bf16
+# scales, bf16/f16 activations.
+OPERAND_CAPS = Capabilities(
+    platforms=frozenset({"gpu"}),
+    codes=frozenset({"uint4"}),
+    group_multiple=32,
+    group_divides_k=True,
+    k_multiple=STEP_K,
+)
+CAPS = dataclasses.replace(OPERAND_CAPS, m_max=MAX_M)
+
+
 def why_not(x, w) -> str:
-    """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
-    why = why_not_operands(x, w)
-    if why:
-        return why
+    """ "" when the decode kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
     m = math.prod(x.shape[:-1])
-    if not 1 <= m <= MAX_M:
-        return f"M={m} outside 1..{MAX_M} (decode kernel)"
-    return ""
-
-
-def why_not_operands(x, w) -> str:
-    """The checks every W4A16 kernel here shares (weight format, dtypes, K), whatever M is."""
-    if not isinstance(w, QArray):
-        return f"not a QArray ({type(w).__name__})"
-    q = w.qtype
-    if q.kind != "int" or q.codebook is not None or q.storage is not None or q.container_bits != 4:
-        return f"qtype {q.name}: the kernel reads 4-bit integer codes"
-    if q.signed:
-        return f"qtype {q.name}: two's complement codes (the kernel reads unsigned codes with a bias or zero)"
-    n, k = w.shape
-    bn, g = w.block
-    g = min(g, k)
-    if bn != 1:
-        return f"block {w.block}: one scale row per weight row only"
-    if k % STEP_K:
-        return f"K={k} is not a multiple of {STEP_K}"
-    if g % 32 or k % g:
-        return f"group {g}: must be a multiple of 32 that divides K={k}"
-    if w.scale2 is not None:
-        return "scale2 (second-level scale) not supported"
-    if np.dtype(w.scale.dtype).name not in _SCALE_DTYPES:
-        return f"scale dtype {np.dtype(w.scale.dtype).name} (kernel reads f32/f16/bf16)"
-    if w.zero is not None:
-        if np.dtype(w.zero.dtype) != np.uint8:
-            return f"zero dtype {np.dtype(w.zero.dtype).name} (kernel reads uint8 zero-point codes)"
-    if np.dtype(x.dtype).name not in _ACT_DTYPES:
-        return f"activation dtype {np.dtype(x.dtype).name} (kernel takes bf16/f16)"
-    if x.shape[-1] != k:
-        return f"x has K={x.shape[-1]}, weight has K={k}"
-    return ""
+    why = why_not_operands(CAPS, x, w)
+    return why or ("" if 1 <= m <= MAX_M else f"M={m} outside 1..{MAX_M} (decode kernel)")
 
 
 def w4a16_decode(
@@ -266,30 +244,11 @@ def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps:
     return blocks_per_sm_query(x_dtype, scale_dtype, m, group, stages, warps)
 
 
-@functools.cache
-def device_compute_capability() -> str | None:
-    """The default GPU's compute capability ("9.0"), or None when there is no CUDA device."""
-    try:
-        dev = jax.devices("gpu")[0]
-    except Exception:
-        return None
-    return getattr(dev, "compute_capability", None)
-
-
-def device_num_sms() -> int:
-    try:
-        return int(getattr(jax.devices()[0], "core_count", 0)) or NUM_SMS_DEFAULT
-    except Exception:
-        return NUM_SMS_DEFAULT
-
-
 class W4A16DecodeBackend(CudaBackend):
     """`qmatmul` backend ``cuda_w4a16_decode``: 4-bit integer weights, M <= 16, bf16/f16 activations."""
 
     name = "cuda_w4a16_decode"
+    caps = CAPS
 
-    def why_not(self, x, w) -> str:
-        return why_not(x, w)
-
-    def __call__(self, x, w, **kw):
+    def __call__(self, x, w, act=None):
         return w4a16_decode(x, w)

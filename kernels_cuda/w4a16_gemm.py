@@ -18,9 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
+from jquant.ops.backend import why_not_operands
+from jquant.ops.device import NUM_SMS_DEFAULT
+from jquant.ops.device import num_sms as device_num_sms
 from kernels_cuda.backend import CudaBackend, call_kernel
 from kernels_cuda.w4a16 import MAX_M as DECODE_MAX_M
-from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_num_sms, why_not_operands
+from kernels_cuda.w4a16 import OPERAND_CAPS
 
 __all__ = [
     "GemmConfig",
@@ -146,14 +149,8 @@ def fragment_order(k: int) -> np.ndarray:
 
 
 def why_not(x, w) -> str:
-    """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
-    why = why_not_operands(x, w)
-    if why:
-        return why
-    m = math.prod(x.shape[:-1])
-    if m < 1:
-        return "empty activations"
-    return ""
+    """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands (any M), else why not."""
+    return why_not_operands(OPERAND_CAPS, x, w) or ("" if math.prod(x.shape[:-1]) else "empty activations")
 
 
 def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | None = None, poison: bool = False):
@@ -215,13 +212,7 @@ class W4A16GemmBackend(CudaBackend):
     """`qmatmul` backend ``cuda_w4a16_gemm``: 4-bit integer weights, 16 < M <= `MAX_M`, bf16/f16."""
 
     name = "cuda_w4a16_gemm"
+    caps = dataclasses.replace(OPERAND_CAPS, m_min=DECODE_MAX_M + 1, m_max=MAX_M)
 
-    def why_not(self, x, w) -> str:
-        why = why_not(x, w)
-        m = math.prod(x.shape[:-1])
-        if not why and not DECODE_MAX_M < m <= MAX_M:
-            why = f"M={m} outside {DECODE_MAX_M + 1}..{MAX_M} (GEMM kernel's range)"
-        return why
-
-    def __call__(self, x, w, **kw):
+    def __call__(self, x, w, act=None):
         return w4a16_gemm(x, w)

@@ -12,8 +12,10 @@ import dataclasses
 import math
 
 from jquant.core.qarray import QArray
+from jquant.ops.device import NUM_SMS_DEFAULT
+from jquant.ops.device import num_sms as device_num_sms
 from kernels_cuda.backend import CudaBackend
-from kernels_cuda.w4a16 import NUM_SMS_DEFAULT, device_compute_capability, device_num_sms
+from kernels_cuda.w4a16 import OPERAND_CAPS
 from kernels_cuda.w4a16_gemm import call_gemm_kernel, launch_cost_us, split_candidates, why_not
 
 __all__ = [
@@ -124,17 +126,7 @@ class W4A16WgmmaBackend(CudaBackend):
     """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit integer weights, M >= `MIN_M`, bf16/f16, sm_90."""
 
     name = "cuda_w4a16_wgmma"
-    priority = 31  # before cuda_w4a16_gemm where both apply (40 <= M <= 128 on sm_90)
+    caps = dataclasses.replace(OPERAND_CAPS, m_min=MIN_M, cc_min=(9, 0), cc_max=(9, 0))
 
-    def why_not(self, x, w) -> str:
-        why = why_not(x, w)
-        m = math.prod(x.shape[:-1])
-        if not why and m < MIN_M:
-            why = f"M={m} below {MIN_M} (wgmma kernel's range)"
-        cc = device_compute_capability()
-        if not why and cc != "9.0":
-            why = f"needs compute capability 9.0 (sm_90a wgmma), the device has {cc or 'none'}"
-        return why
-
-    def __call__(self, x, w, **kw):
+    def __call__(self, x, w, act=None):
         return w4a16_wgmma(x, w)

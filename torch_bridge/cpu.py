@@ -28,6 +28,7 @@ import torch
 
 from jquant.core.qarray import QArray
 from jquant.core.qtypes import QType
+from jquant.core.routing import Capabilities
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import KernelSpec, TorchBackend, register_backend
 from torch_bridge.dequant import block_scale, dequantize_permuted, unpack_codes
@@ -87,10 +88,9 @@ class DequantMatmul(TorchBackend):
     """``act(x[:, perm]) @ dequantize_permuted(w).T`` in float32; every qtype, every device."""
 
     name = "torch_dequant_matmul"
-    priority = -1000
-
-    def supports(self, w, device, dtype, act_quant=None):
-        return True, ""
+    caps = Capabilities(
+        platforms=None, zeros=None, scale_dtypes=None, scale2=True, row_blocks=None, act_dtypes=None, act=None
+    )
 
     def prepare(self, w, device, dtype, act_quant):
         names, tensors = canonical_tensors(w, device)
@@ -109,12 +109,10 @@ def _scale_columns(a: torch.Tensor, w: QArray, group: int) -> torch.Tensor:
     return rows[:, cols]
 
 
-def _int4_group(w: QArray) -> int | None:
-    bk = min(w.block[1], w.k)
-    for g in TINYGEMM_GROUPS:
-        if w.k % g == 0 and bk % g == 0:
-            return g
-    return None
+def _int4_group(k: int, bk: int) -> int | None:
+    """The largest tinygemm group dividing K and the scale block's K extent ``bk``."""
+    bk = min(bk, k)
+    return next((g for g in TINYGEMM_GROUPS if k % g == 0 and bk % g == 0), None)
 
 
 class CpuInt4Pack(TorchBackend):
@@ -130,26 +128,27 @@ class CpuInt4Pack(TorchBackend):
     MAX_M = 4
 
     name = "torch_cpu_int4pack"
-    priority = 50
+    caps = Capabilities(
+        platforms=frozenset({"cpu"}), codes=frozenset({"uint4"}), zeros=None, scale_dtypes=None, row_blocks=None,
+        act_dtypes=None,
+    )  # fmt: skip
 
-    def supports(self, w, device, dtype, act_quant=None):
-        q = w.qtype
-        if device.type != "cpu":
-            return False, f"device {device} is not the CPU"
-        if act_quant is not None:
-            return False, "weight-only kernel (activation quantization requested)"
-        if q.kind != "int" or q.container_bits != 4 or q.codebook is not None:
-            return False, f"qtype {q.name} is not a 4-bit integer type"
-        if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
-            return False, "this torch has no _weight_int4pack_mm_for_cpu"
-        if w.n % 16:
-            return False, f"N={w.n} is not a multiple of 16"
-        if _int4_group(w) is None:
-            return False, f"no group size in {TINYGEMM_GROUPS} divides K={w.k} and the scale block {w.block[1]}"
-        return True, ""
+    def why_not_more(self, call):
+        if call.n % 16:
+            return f"N={call.n} is not a multiple of 16"
+        if _int4_group(call.k, call.block[1]) is None:
+            return f"no group size in {TINYGEMM_GROUPS} divides K={call.k} and the scale block {call.block[1]}"
+        return ""
+
+    def unavailable(self, call):
+        return (
+            ""
+            if hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+            else "this torch has no _weight_int4pack_mm_for_cpu"
+        )
 
     def prepare(self, w, device, dtype, act_quant):
-        g = _int4_group(w)
+        g = _int4_group(w.k, w.block[1])
         codes = unpack_codes(w.data.to(device), 4).to(torch.int32)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 8)
         s = _scale_columns(block_scale(w).to(device), w, g)  # [N, K/G] f32
@@ -179,21 +178,14 @@ class CpuInt8Pack(TorchBackend):
     """8-bit integer codes with per-channel / per-tensor scales on CPU through ``_weight_int8pack_mm``."""
 
     name = "torch_cpu_int8pack"
-    priority = 50
+    caps = Capabilities(
+        platforms=frozenset({"cpu"}), codes=frozenset({"int8", "uint8"}), zeros=frozenset({"none"}),
+        scale_dtypes=None, row_blocks=None, channel_only=True, act_dtypes=None,
+    )  # fmt: skip
 
-    def supports(self, w, device, dtype, act_quant=None):
-        q = w.qtype
-        if device.type != "cpu":
-            return False, f"device {device} is not the CPU"
-        if act_quant is not None:
-            return False, "weight-only kernel (activation quantization requested)"
-        if not (q.kind == "int" and q.bits == 8 and (q.signed or q.bias == 128)):
-            return False, f"qtype {q.name} is not int8 or uint8b128"
-        if w.zero is not None:
-            return False, "zero points are not supported (x @ w.T * s only)"
-        if w.block[1] < w.k:
-            return False, f"scale block {w.block} is not per-channel or per-tensor"
-        return True, ""
+    def why_not_more(self, call):
+        q = call.qtype
+        return "" if q.signed or q.bias == 128 else f"qtype {q.name} is not int8 or uint8b128"
 
     def prepare(self, w, device, dtype, act_quant):
         data = w.data.to(device)

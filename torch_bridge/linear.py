@@ -81,7 +81,7 @@ class QuantLinear(nn.Module):
         if key not in self._prepared:
             w = self.qweight()
             act = aq.resolve(self.act_quant, w.k, w.block[1])
-            backend, _ = select(w, device, dtype, act_quant=act, implementation=self.implementation)
+            backend = select(w, device, dtype, act_quant=act, implementation=self.implementation).backend
             spec, tensors = backend.prepare(w, device, dtype, act)
             self._prepared[key] = (spec.dumps(), tensors, backend.name)
         return self._prepared[key][2]

@@ -47,7 +47,7 @@ def prepare(
     """Selects a backend for ``w`` and derives its tensors: ``(spec string, tensors)``."""
     device = torch.device(device)
     act_quant = aq.resolve(act_quant, w.k, w.block[1])
-    backend, _ = select(w, device, dtype, act_quant=act_quant, implementation=implementation)
+    backend = select(w, device, dtype, act_quant=act_quant, implementation=implementation).backend
     spec, tensors = backend.prepare(w, device, dtype, act_quant)
     return spec.dumps(), tensors
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from jquant.core.routing import Capabilities
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import TorchBackend, register_backend
 from torch_bridge.cpu import _spec
@@ -25,27 +26,26 @@ class ScaledMMFp8(TorchBackend):
     """``fake_quant_fp8(x) @ W.T`` via ``torch._scaled_mm`` (row-wise scales, bf16 out)."""
 
     name = "torch_scaled_mm_fp8"
-    priority = 110
     MIN_M = 32
+    caps = Capabilities(
+        platforms=frozenset({"cuda"}),
+        cc_min=(8, 9),
+        codes=frozenset({"fp8_e4m3"}),
+        zeros=frozenset({"none"}),
+        scale_dtypes=None,
+        scale2=True,
+        row_blocks=None,
+        channel_only=True,
+        k_multiple=16,
+        act_dtypes=frozenset({"bfloat16"}),  # row-wise scaled_mm writes bf16 only
+        act=frozenset({"fp8:token"}),
+    )
 
-    def supports(self, w, device, dtype, act_quant=None):
-        if device.type != "cuda":
-            return False, f"device {device} is not CUDA"
-        if not hasattr(torch, "_scaled_mm"):
-            return False, "this torch has no _scaled_mm"
-        if torch.cuda.get_device_capability(device) < (8, 9):
-            return False, "fp8 GEMMs need sm_89+"
-        if aq.native(act_quant) != ("fp8", 0):
-            return False, f"activation recipe {str(act_quant)[:80]!r} is not dynamic fp8 per token"
-        if w.qtype.storage != "float8_e4m3fn" or w.zero is not None:
-            return False, f"qtype {w.qtype.name} is not fp8 e4m3 without zero points"
-        if w.block[1] < w.k:
-            return False, f"weight scale block {w.block} is not per-channel / per-tensor"
-        if dtype != torch.bfloat16:
-            return False, f"row-wise scaled_mm writes bf16 only, activations are {dtype}"
-        if w.k % 16 or w.n % 16:
-            return False, f"K={w.k} and N={w.n} must be multiples of 16"
-        return True, ""
+    def why_not_more(self, call):
+        return f"N={call.n} is not a multiple of 16" if call.n % 16 else ""
+
+    def unavailable(self, call):
+        return "" if hasattr(torch, "_scaled_mm") else "this torch has no _scaled_mm"
 
     def prepare(self, w, device, dtype, act_quant):
         s = block_scale(w).to(device).repeat_interleave(w.block[0], dim=0)[: w.n, 0]  # [N] f32

@@ -12,7 +12,7 @@ import sys
 
 from jquant.core.errors import FormatError
 
-COMMANDS = ("convert", "inspect", "generate", "parity", "parity_torch")
+COMMANDS = ("convert", "inspect", "generate", "parity", "parity_torch", "kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:

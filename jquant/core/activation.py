@@ -26,7 +26,10 @@ Semantics of `quantize_activations` (x: float [..., K], computed in float32):
   2 (fp4) or 8 (fp8) (compressed-tensors ``generate_mx_scales``, OCP MX spec).
 * ``q = clamp(x / s + z, qmin, qmax)`` then rounded: int8 round-half-even, fp8 cast (RNE), fp4
   nearest E2M1 value, ties to even (compressed-tensors ``cast_to_fp4``).
-* ``fake_quantize(x) = (q - z) * s``. A unit whose amax is 0 gets ``s = 1`` (its codes are 0).
+* ``fake_quantize(x) = (q - z) * s``. A unit whose amax is 0 gets codes 0 and ``s = 1``, or
+  compressed-tensors' own placeholder for the two-level recipes: ``0.125 / global_scale`` (NVFP4)
+  and ``2**-127`` (MX, the e8m0 code 0).
+* fp4 signs follow ``cast_to_fp4`` (``magnitude * sign(v)``): -0.0 -> +0.0, NaN stays NaN.
 
 This module imports numpy and ml_dtypes only; `register_pytree` makes `ActQuant` a JAX pytree
 (arrays are leaves; everything else is static), lazily, as `jquant.core.qarray` does.
@@ -66,6 +69,8 @@ _SCALE_DTYPES = (None, "float8_e4m3fn", "float8_e8m0fnu")
 # and its mantissa width (round_to_power_2's elem_mantissa: E2M1 for fp4 and, as in CT, for fp8).
 _MX_EMAX = {"fp4_e2m1": 2, "fp8_e4m3": 8}
 _MX_ELEM_MANTISSA = 1
+# What a zero NVFP4 group scale becomes (compressed-tensors utils/helpers.py _get_dtype_eps(float8_e4m3fn)).
+_E4M3_ZERO_SCALE = np.float32(0.125)
 # Divisor of the symmetric dynamic scale ``amax / divisor`` per `ActQuant.scale_rule`.
 SCALE_RULES = ("qmax", "half_range")
 _ACT_QMIN: dict[str, float] = {"int8": -128.0, "fp8_e4m3": -448.0, "fp4_e2m1": -6.0}
@@ -211,14 +216,20 @@ def _check_array(a, dtype, field, fail):
 
 
 def _round_to_fp4(v: np.ndarray) -> np.ndarray:
-    """Nearest E2M1 value, ties to the even mantissa (compressed-tensors fp4_utils.cast_to_fp4 thresholds)."""
+    """Nearest E2M1 value, ties to the even mantissa (compressed-tensors fp4_utils.cast_to_fp4 thresholds).
+
+    The sign is applied as cast_to_fp4 does, ``magnitude * torch.sign(v)``: -0.0 gives +0.0, a
+    negative value that rounds to 0 gives -0.0, and NaN stays NaN (torch.sign(nan) is 0, nan * 0 is
+    nan); not ``copysign``, which kept -0.0 and turned NaN into +-6.
+    """
     a = np.abs(v)
     out = np.select(
-        [a <= 0.25, a < 0.75, a <= 1.25, a < 1.75, a <= 2.5, a < 3.5, a <= 5.0],
-        [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0],
-        6.0,
+        [a <= 0.25, a < 0.75, a <= 1.25, a < 1.75, a <= 2.5, a < 3.5, a <= 5.0, a > 5.0],
+        [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
+        np.nan,
     ).astype(np.float32)
-    return np.copysign(out, v).astype(np.float32)
+    sign = (v > 0).astype(np.float32) - (v < 0).astype(np.float32)
+    return (out * sign).astype(np.float32)
 
 
 def _round_codes(q: np.ndarray, qtype: QType) -> np.ndarray:
@@ -268,13 +279,17 @@ def _dynamic_scale(xu: np.ndarray, act: ActQuant) -> tuple[np.ndarray, np.ndarra
         p = _pow2_round(amax)
         with np.errstate(divide="ignore"):
             e = np.floor(np.log2(p)) - _MX_EMAX[act.qtype.name]
+        # CT stores 127 + e as uint8 (round_to_quantized_type_dtype clamps to [0, 255]), so an
+        # all-zero unit (log2(0) = -inf) gets 2**-127 (maybe_convert_from_mx_exp), its codes 0.
         e = np.clip(np.where(np.isfinite(e), e, -127), -127, 127)
         return np.exp2(e).astype(np.float32), None
     s = (amax / np.float32(scale_divisor(act.qtype.name, act.scale_rule))).astype(np.float32)
     if act.scale_dtype == "float8_e4m3fn":
         g = np.float32(np.asarray(act.global_scale, np.float32)[0])
         s8 = np.clip(g * s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
-        s = np.where(s8 == 0, np.float32(1) * g, s8) / g  # CT replaces zero scales before dividing
+        # calculate_qparams step 5 replaces a zero e4m3 scale by _get_dtype_eps(float8_e4m3fn) =
+        # 0.125 before _quantize_dequantize divides it by the global scale (its codes are 0 anyway).
+        s = np.where(s8 == 0, _E4M3_ZERO_SCALE, s8) / g
         return s.astype(np.float32), None
     return np.where(s == 0, np.float32(1), s).astype(np.float32), None
 

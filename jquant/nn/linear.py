@@ -16,7 +16,6 @@ from jquant.core.activation import ActQuant
 from jquant.core.errors import ConfigError
 from jquant.core.qarray import QArray
 from jquant.ops import qmatmul
-from jquant.ops.act_quant import fake_quantize
 
 __all__ = ["QParam", "ActQuantParam", "QuantLinear", "weight_shape"]
 
@@ -58,7 +57,8 @@ class QuantLinear(nnx.Module):
         weight: a `QArray` of shape (out, in) with JAX arrays, or a dense [out, in] array.
         bias: optional [out] array (implies ``use_bias``).
         input_quant: optional `ActQuant` of W8A8 / FP8 / FP4 checkpoints: the activations are
-            quantized and dequantized at run time before the matmul (`jquant.ops.act_quant`).
+            quantized at run time, inside a fused W8A8 kernel where one applies, else by one XLA
+            fake-quantization pass before a weight-only kernel (`jquant.ops.qmatmul`).
     """
 
     def __init__(
@@ -104,9 +104,8 @@ class QuantLinear(nnx.Module):
         """[..., in_features] -> [..., out_features] in ``dtype`` (or ``x.dtype``)."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        if self.input_quant is not None:
-            x = fake_quantize(x, self.input_quant.get_value())
-        y = qmatmul(x, self.weight.get_value(), implementation=self.implementation)
+        act = None if self.input_quant is None else self.input_quant.get_value()
+        y = qmatmul(x, self.weight.get_value(), act, implementation=self.implementation)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y

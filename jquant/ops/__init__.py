@@ -8,7 +8,7 @@ from jquant.core.qarray import register_pytree
 
 register_pytree()
 
-from jquant.ops import xla_cpu  # noqa: E402, F401  (registers the CPU backend)
+from jquant.ops import xla_cpu, xla_w8a8  # noqa: E402, F401  (register their backends)
 from jquant.ops.backend import Backend, available_backends, register_backend  # noqa: E402
 from jquant.ops.qmatmul import explain, qmatmul, reference_qmatmul, select  # noqa: E402
 from jquant.ops.qtake import qtake  # noqa: E402

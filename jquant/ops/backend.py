@@ -1,59 +1,68 @@
-"""The backend protocol for ``qmatmul`` and the registry the dispatcher walks.
+"""The JAX side of the backend protocol (`jquant.core.routing`): a backend is called on arrays.
 
-A backend computes exactly ``x @ dequantize(w).T`` (within a tolerance scaled with sqrt(K)) or
-declines: ``supports(x, w)`` returns ``(False, reason)`` and the dispatcher moves on, reporting the
-reason on request. A backend never computes something else and reports success.
-
-Selection (`jquant.ops.qmatmul.select`): backends registered for the current platform, highest
-priority first, minus those named in ``JQUANT_DISABLED_KERNELS`` (comma-separated); if
-``JQUANT_KERNELS`` is set, only those (in that order) are tried, and the reference is not a silent
-fallback: if none of them supports the call, qmatmul raises with every reason.
+A backend computes exactly ``act(x) @ dequantize(w).T`` (within a tolerance scaled with sqrt(K))
+or declines with a reason; it never computes something else and reports success. What it can run
+is its `Capabilities` record; the order backends are tried in is `jquant.ops.routes.ROUTES`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any
 
-__all__ = ["Backend", "register_backend", "available_backends", "BACKENDS"]
+from jquant.core.routing import Backend as _Backend
+from jquant.core.routing import Call, Capabilities, Device, Registry, check
+from jquant.ops.device import current_device
+from jquant.ops.routes import ROUTES
+
+__all__ = ["Backend", "REGISTRY", "BACKENDS", "register_backend", "available_backends", "why_not_operands"]
 
 
-class Backend(abc.ABC):
-    """One implementation of ``qmatmul``.
+class Backend(_Backend):
+    """One JAX implementation of ``qmatmul``.
 
-    Attributes:
-        name: unique name used in env vars and reports, e.g. ``"pallas_triton_w4a16"``.
-        platforms: JAX platforms it runs on (``"cpu"``, ``"gpu"``, ``"tpu"``).
-        priority: higher runs first.
+    Subclasses set ``name`` (used in env vars and reports) and ``caps``, and implement
+    ``__call__``; ``why_not_more`` / ``unavailable`` for checks that cannot be data.
     """
 
-    name: ClassVar[str]
-    platforms: ClassVar[tuple[str, ...]]
-    priority: ClassVar[int] = 0
-
-    @abc.abstractmethod
-    def supports(self, x: Any, w: Any, **kw) -> tuple[bool, str]:
-        """Whether this backend computes ``qmatmul(x, w)``; the reason when it does not.
+    def supports(self, x: Any, w: Any, act: Any = None, *, device=None) -> tuple[bool, str]:
+        """Whether this backend computes ``qmatmul(x, w, act)`` on ``device`` (default: the current one).
 
         Args:
             x: activations (array or ShapeDtypeStruct) [..., K].
-            w: the `QArray` (arrays may be tracers; only static fields and shapes may be read).
+            w: the `QArray` (arrays may be tracers; only static fields and shapes are read).
+            act: the activation recipe (`ActQuant`) or None.
         """
+        from jquant.core.qarray import QArray
+
+        if not isinstance(w, QArray):
+            return False, f"not a QArray ({type(w).__name__})"
+        why = self.reason(Call.of(x.shape, x.dtype, w, device or current_device(), act))
+        return not why, why
 
     @abc.abstractmethod
-    def __call__(self, x: Any, w: Any, **kw) -> Any:
-        """Returns ``x @ dequantize(w).T`` with shape [..., N] in ``x``'s dtype (f32 accumulation)."""
+    def __call__(self, x: Any, w: Any, act: Any = None) -> Any:
+        """Returns ``act(x) @ dequantize(w).T`` with shape [..., N] in ``x``'s dtype (f32 accumulation)."""
 
 
-BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(backend: Backend) -> Backend:
-    """Adds ``backend`` (an instance) to the registry; a second registration under a name replaces it."""
-    BACKENDS[backend.name] = backend
-    return backend
+REGISTRY = Registry("qmatmul", ROUTES)
+BACKENDS = REGISTRY.backends
+register_backend = REGISTRY.register
 
 
 def available_backends(platform: str) -> list[Backend]:
-    """Registered backends for ``platform``, highest priority first."""
-    return sorted((b for b in BACKENDS.values() if platform in b.platforms), key=lambda b: -b.priority)
+    """The registered backends of ``platform``'s routing table, in the order they are tried."""
+    return REGISTRY.ordered(platform)
+
+
+def why_not_operands(caps: Capabilities, x: Any, w: Any, act: Any = None) -> str:
+    """ "" when an op declared by ``caps`` computes ``qmatmul(x, w, act)`` when called directly, else why not.
+
+    Checks the operands only (`Capabilities.operands`): no M range, platform or compute
+    capability, so ops can be called outside their routed range and lowered on a CPU host.
+    """
+    from jquant.core.qarray import QArray
+
+    if not isinstance(w, QArray):
+        return f"not a QArray ({type(w).__name__})"
+    return check(caps.operands(), Call.of(x.shape, x.dtype, w, Device("any"), act))

@@ -1,8 +1,10 @@
-"""``qmatmul(x, w)``: the quantized matmul every model layer calls, and its dispatcher.
+"""``qmatmul(x, w, act)``: the quantized matmul every model layer calls, and its dispatcher.
 
-Equivalent to: ``x @ dequantize(w).T`` with float32 accumulation, result in ``x``'s dtype. The XLA
-reference computes exactly that (activations permuted by ``w.perm`` instead of un-permuting the
-weight); kernel backends (`jquant.pallas`, `kernels_cuda`) register themselves and are tried first.
+Equivalent to: ``fake_quantize(x, act) @ dequantize(w).T`` with float32 accumulation, result in
+``x``'s dtype (``act`` None: plain ``x``). The XLA reference computes exactly that (activations
+permuted by ``w.perm`` instead of un-permuting the weight); kernel backends (`jquant.pallas`,
+`kernels_cuda`, the XLA backends here) register themselves, and `jquant.ops.routes.ROUTES` says
+in which order they are tried on each platform.
 """
 
 from __future__ import annotations
@@ -13,23 +15,36 @@ import jax
 import jax.numpy as jnp
 
 from jquant.core import jnp_dequant
-from jquant.core.dispatch import choose, env_names
 from jquant.core.qarray import QArray
-from jquant.ops.backend import BACKENDS, Backend, available_backends, register_backend
+from jquant.core.routing import Call, Capabilities, Route
+from jquant.ops.act_quant import fake_quantize
+from jquant.ops.backend import BACKENDS, REGISTRY, Backend, register_backend
+from jquant.ops.device import current_device
 
-__all__ = ["qmatmul", "reference_qmatmul", "explain", "select", "XlaReference", "load_kernel_packages"]
+__all__ = [
+    "qmatmul",
+    "reference_qmatmul",
+    "explain",
+    "select",
+    "XlaReference",
+    "XlaDequantDot",
+    "load_kernel_packages",
+]
 
 
-def reference_qmatmul(x: jax.Array, w: QArray) -> jax.Array:
-    """The spec: ``x @ dequantize(w).T`` in f32, cast to ``x.dtype``.
+def reference_qmatmul(x: jax.Array, w: QArray, act=None) -> jax.Array:
+    """The spec: ``fake_quantize(x, act) @ dequantize(w).T`` in f32, cast to ``x.dtype``.
 
     Args:
         x: [..., K] float activations.
         w: `QArray` with shape (N, K).
+        act: optional `ActQuant` recipe of the layer's input.
 
     Returns:
         [..., N] in ``x.dtype``.
     """
+    if act is not None:
+        x = fake_quantize(x, act)
     if w.perm is not None:
         x = jnp.take(x, w.perm, axis=-1)
     wd = jnp_dequant.dequantize_permuted(w)  # [N, K] f32, columns in data order
@@ -44,20 +59,51 @@ def reference_qmatmul(x: jax.Array, w: QArray) -> jax.Array:
 
 
 class XlaReference(Backend):
-    """The XLA reference as a backend: supports everything, runs everywhere, lowest priority."""
+    """The XLA reference as a backend: every call on every platform (the spec; last on CPU/TPU)."""
 
     name = "xla_reference"
-    platforms = ("cpu", "gpu", "tpu")
-    priority = -1000
+    caps = Capabilities(
+        platforms=frozenset({"cpu", "gpu", "tpu"}),
+        zeros=None,
+        scale_dtypes=None,
+        scale2=True,
+        row_blocks=None,
+        act_dtypes=None,
+        act=None,
+    )
 
-    def supports(self, x, w, **kw):
-        return True, ""
+    def __call__(self, x, w, act=None):
+        return reference_qmatmul(x, w, act)
 
-    def __call__(self, x, w, **kw):
-        return reference_qmatmul(x, w)
+
+class XlaDequantDot(Backend):
+    """Two-stage: dequantize the codes to the activation dtype in XLA, then a dense dot (cuBLAS).
+
+    The GPU fallback for every code type, and the prefill path of 4/8-bit weights from M = 128 on
+    (`jquant.ops.routes`): one extra pass over N*K*2 bytes, then the vendor GEMM. At small M, XLA
+    fuses the dequantization into its GEMV. Rounds the f32-dequantized weights once to bf16/f16
+    (within the spec's tolerance); accumulation is f32.
+    """
+
+    name = "xla_dequant_dot"
+    caps = Capabilities(
+        platforms=frozenset({"gpu"}),
+        zeros=None,
+        scale_dtypes=None,
+        scale2=True,
+        row_blocks=None,
+    )
+
+    def __call__(self, x, w, act=None):
+        wd = jnp_dequant.dequantize_permuted(w).astype(x.dtype)  # [N, K], columns in data order
+        if w.perm is not None:
+            x = jnp.take(x, w.perm, axis=-1)
+        y = jnp.einsum("...k,nk->...n", x, wd, preferred_element_type=jnp.float32)
+        return y.astype(x.dtype)
 
 
 register_backend(XlaReference())
+register_backend(XlaDequantDot())
 
 
 # Kernel packages that register backends on import, per platform (tokamax's guarded imports): loaded
@@ -81,48 +127,69 @@ def load_kernel_packages(platform: str) -> dict[str, str]:
 
 
 def select(
-    x, w: QArray, *, implementation: str | None = None, platform: str | None = None
-) -> tuple[Backend, list[str]]:
-    """Picks the backend for this call; returns it and the reasons others were skipped.
+    x,
+    w: QArray,
+    act=None,
+    *,
+    implementation: str | None = None,
+    platform: str | None = None,
+    device=None,
+    runtime: bool = True,
+) -> Route:
+    """The `Route` of this call: the backend, whether the recipe is composed, why others were skipped.
+
+    Args:
+        x: activations or a ShapeDtypeStruct [..., K].
+        w: the `QArray`.
+        act: the activation recipe (`ActQuant`) or None.
+        implementation: force a backend by name (else ``JQUANT_KERNELS``, else the routing table).
+        platform: route as on this platform (default: JAX's default backend), with the device
+            facts of its first device here (none when it has no device here).
+        device: the `jquant.core.routing.Device` to route for (overrides ``platform``).
+        runtime: also ask whether each backend can run on this machine (False: declarations only).
 
     Raises:
-        ValueError: an explicitly requested backend (argument or ``JQUANT_KERNELS``) is unknown or
-            declines the call: the caller asked for it, so falling back silently would hide that.
+        ValueError: an explicitly requested backend is unknown or declines the call: the caller
+            asked for it, so falling back silently would hide that.
     """
-    platform = platform or jax.default_backend()
-    load_kernel_packages(platform)
-    b, skipped = choose(
-        BACKENDS,
-        available_backends(platform),
-        lambda b: b.supports(x, w),
-        forced=[implementation] if implementation else env_names("JQUANT_KERNELS"),
-        disabled=env_names("JQUANT_DISABLED_KERNELS"),
-        what="qmatmul",
-        call=f"{w!r} with x {x.shape} {x.dtype}",
+    device = device or current_device(platform)
+    load_kernel_packages(device.platform)
+    r = REGISTRY.route(
+        Call.of(x.shape, x.dtype, w, device, act),
+        forced=[implementation] if implementation else None,
+        runtime=runtime,
     )
-    return (b or BACKENDS["xla_reference"]), skipped
+    return r if r.backend is not None else Route(BACKENDS["xla_reference"], False, r.skipped)
 
 
-def qmatmul(x: jax.Array, w: QArray | jax.Array, *, implementation: str | None = None) -> jax.Array:
-    """``x @ dequantize(w).T`` through the best available backend.
+def qmatmul(x: jax.Array, w: QArray | jax.Array, act=None, *, implementation: str | None = None) -> jax.Array:
+    """``fake_quantize(x, act) @ dequantize(w).T`` through the backend the routing table picks.
 
     Args:
         x: [..., K] activations (bf16 / f16 / f32).
         w: `QArray` (N, K), or a dense [N, K] array (plain matmul, for unquantized layers).
+        act: the layer's input-activation recipe (`jquant.core.activation.ActQuant`, W8A8 / FP8 /
+            FP4 checkpoints) or None. Fused W8A8 backends quantize inside; a weight-only backend
+            runs after the recipe's exact XLA fake-quantization.
         implementation: force a backend by name (raises if it cannot run this call).
 
     Returns:
         [..., N] in ``x.dtype``.
     """
     if not isinstance(w, QArray):
+        if act is not None:
+            x = fake_quantize(x, act)
         return jnp.einsum("...k,nk->...n", x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
-    backend, _ = select(x, w, implementation=implementation)
-    with jax.named_scope(f"jquant_qmatmul_{backend.name}"):
-        return backend(x, w)
+    r = select(x, w, act, implementation=implementation)
+    with jax.named_scope(f"jquant_qmatmul_{r.backend.name}"):
+        if r.composed:
+            return r.backend(fake_quantize(x, act), w)
+        return r.backend(x, w, act)
 
 
-def explain(x, w: QArray, *, platform: str | None = None) -> str:
+def explain(x, w: QArray, act=None, *, platform: str | None = None, device=None) -> str:
     """A human-readable account of which backend would run and why the others would not."""
-    b, skipped = select(x, w, platform=platform)
-    lines = [f"qmatmul {tuple(x.shape)} x {w!r} -> {b.name}"] + [f"  skipped {s}" for s in skipped]
-    return "\n".join(lines)
+    r = select(x, w, act, platform=platform, device=device)
+    how = " (activations fake-quantized by XLA first)" if r.composed else ""
+    lines = [f"qmatmul {tuple(x.shape)} x {w!r} -> {r.backend.name}{how}"]
+    return "\n".join(lines + [f"  skipped {s}" for s in r.skipped])

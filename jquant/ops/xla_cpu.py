@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from jquant.core import jnp_dequant
 from jquant.core.qarray import QArray
+from jquant.core.routing import Capabilities
 from jquant.ops.backend import Backend, register_backend
 
 __all__ = ["XlaCpuChunked", "chunked_qmatmul", "chunk_rows"]
@@ -177,24 +178,19 @@ def chunked_qmatmul(x: jax.Array, w: QArray, chunk: int | None = None) -> jax.Ar
 
 
 class XlaCpuChunked(Backend):
-    """`chunked_qmatmul` on CPU, above the XLA reference."""
+    """`chunked_qmatmul` on CPU, ahead of the XLA reference: every code type and block layout."""
 
     name = "xla_cpu_chunked"
-    platforms = ("cpu",)
-    priority = 0
+    caps = Capabilities(
+        platforms=frozenset({"cpu"}),
+        zeros=None,
+        scale_dtypes=None,
+        scale2=True,
+        row_blocks=None,
+        act_dtypes=None,
+    )
 
-    def supports(self, x, w, **kw):
-        if not isinstance(w, QArray):
-            return False, "not a QArray"
-        if len(w.shape) != 2 or x.shape[-1] != w.k:
-            return False, f"x last dim {x.shape[-1]} != K {w.k}"
-        bn = w.block[0]
-        c = chunk_rows(w)
-        if bn < w.n and c % bn:
-            return False, f"row block {bn} does not divide the chunk ({c} rows)"
-        return True, ""
-
-    def __call__(self, x, w, **kw):
+    def __call__(self, x, w, act=None):
         return chunked_qmatmul(x, w)
 
 

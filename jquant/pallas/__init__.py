@@ -1,12 +1,14 @@
 """jquant.pallas: Pallas GPU kernels, registered as `jquant.ops.qmatmul` backends on import.
 
-Backends (platform ``"gpu"``):
+Backends (platform ``"gpu"``; their order is `jquant.ops.routes.ROUTES`):
 
-* ``pallas_triton_wna16_decode`` (priority 20): W4A16 / W8A16 group-wise and per-channel, M <= 64,
-  split-K tiles (`jquant.pallas.wna16_config.decode_config`).
-* ``xla_dequant_dot`` (priority 15): M >= 128, XLA dequantize -> bf16 cuBLAS dot (faster than the
-  fused Triton prefill on Hopper at those M; see `wna16_backend.TWO_STAGE_MIN_M`).
-* ``pallas_triton_wna16_prefill`` (priority 10): same weights, any M, tensor-core tiles.
+* ``pallas_triton_w8a8``: FP8 / INT8 W8A8 (fp8 e4m3, int8, uint8b128 codes; per-tensor,
+  per-channel, group and 128x128-block scales) with the activations quantized per token / group /
+  tensor in one XLA pass and the 8-bit products scaled in the kernel (`jquant.pallas.w8a8`).
+* ``pallas_triton_wna16_decode``: W4A16 / W8A16 group-wise and per-channel, M <= 64, split-K tiles
+  (`jquant.pallas.wna16_config.decode_config`).
+* ``pallas_triton_wna16_prefill``: same weights, M <= 127, tensor-core tiles (from M = 128 XLA's
+  dequantize -> cuBLAS dot is faster on Hopper).
 
 Both lower through Pallas' Triton backend (``pltriton.CompilerParams``); CPU tests run them with
 ``interpret=True`` and lower them for CUDA on the CPU host.
@@ -17,22 +19,19 @@ from jquant.core.qarray import register_pytree
 register_pytree()
 
 from jquant.ops.backend import register_backend  # noqa: E402
-from jquant.pallas.wna16_backend import (  # noqa: E402
-    DequantDotBackend,
-    WNA16Backend,
-    layout_of,
-    why_not,
-    wna16_qmatmul,
-)
+from jquant.pallas.w8a8 import PallasW8A8, pallas_w8a8_qmatmul  # noqa: E402
+from jquant.pallas.wna16_backend import CAPS, WNA16Backend, layout_of, why_not, wna16_qmatmul  # noqa: E402
 from jquant.pallas.wna16_config import WNA16Config, decode_config, prefill_config  # noqa: E402
 from jquant.pallas.wna16_triton import WNA16Layout, wna16_matmul  # noqa: E402
 
+register_backend(PallasW8A8())
 register_backend(WNA16Backend("decode"))
 register_backend(WNA16Backend("prefill"))
-register_backend(DequantDotBackend())
 
 __all__ = [
-    "DequantDotBackend",
+    "CAPS",
+    "PallasW8A8",
+    "pallas_w8a8_qmatmul",
     "WNA16Backend",
     "WNA16Config",
     "WNA16Layout",

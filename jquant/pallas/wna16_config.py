@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from jquant.ops.device import NUM_SMS_DEFAULT
+
 __all__ = ["WNA16Config", "decode_config", "prefill_config", "DECODE_MAX_M", "NUM_SMS_DEFAULT"]
 
 # Largest M the decode backend accepts; above it the prefill tiles win (tensor-core reuse).
 DECODE_MAX_M = 64
-# Hopper H100 / H200 SXM multiprocessor count; used to size split-K when the device is unknown.
-NUM_SMS_DEFAULT = 132
 
 
 @dataclasses.dataclass(frozen=True)

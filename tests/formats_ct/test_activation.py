@@ -10,6 +10,7 @@ bit for bit. int8 *dynamic* symmetric scales have two rules (`ActQuant.scale_rul
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -72,6 +73,70 @@ def test_nvfp4_dynamic_local_with_global_scale():
     got = fake_quantize(x, act)
     assert bits_equal(got, _ct_qdq(x, "NVFP4", global_scale=g))
     assert set(np.unique(np.abs(quantize_activations(x, act)[0]))) <= {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0}
+
+
+def _hard_x(group: int, seed: int) -> np.ndarray:
+    """[2, 48, 8 * group] activations built to hit the QDQ's corners, one kind per group of ``group``:
+    all-zero and -0.0 groups, units 1e-30 .. 1e30 (MX exponents far beyond +-12, e4m3 group scales
+    that underflow to 0 or are subnormal), powers of two, and groups with elements placed on the
+    E2M1 rounding thresholds (x / s = 0.25, 0.75, ..., 5.0 for the NVFP4 scale of that group)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2 * 48 * 8, group)).astype(np.float32)
+    unit = np.float32(10.0) ** rng.integers(-30, 31, size=(x.shape[0], 1)).astype(np.float32)
+    x = (x * unit).astype(np.float32)
+    kind = np.arange(x.shape[0]) % 8
+    x[kind == 0] = 0.0
+    x[kind == 1] = -0.0
+    x[kind == 2] = (np.sign(x[kind == 2]) * np.exp2(rng.integers(-40, 40, x[kind == 2].shape))).astype(np.float32)
+    x[kind == 3, 1:] = -0.0  # one non-zero element
+    g = np.float32(448.0 * 6.0 / 9.5)
+    for r in np.flatnonzero(kind == 4):  # thresholds of x / s, s = e4m3(g * amax / 6) / g as CT computes it
+        amax = np.float32(rng.uniform(0.5, 9.0))
+        s = np.float32(np.float32(g * (amax / np.float32(6.0))).astype(ml_dtypes.float8_e4m3fn)) / g
+        th = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], np.float32)[rng.integers(0, 7, group)]
+        x[r] = (th * s * rng.choice([-1, 1], group)).astype(np.float32)
+        x[r, 0] = amax
+    return x.reshape(2, 48, 8 * group)
+
+
+@pytest.mark.parametrize("preset", ["NVFP4", "MXFP4", "MXFP8"])
+def test_fp4_mx_spec_is_forward_quantize_bit_for_bit(preset):
+    """The numpy spec == compressed-tensors' ``forward_quantize`` (what ``quantized_forward`` runs on a
+    Linear's input, lifecycle/forward.py) on corner-case activations, outputs and scales, bit for bit.
+
+    MXFP8 only: CT adds its symmetric zero point 0.0 to x / s (_quantize_dequantize), turning a -0.0
+    input into +0.0; the spec keeps -0.0 (same value), so -0.0 is compared by value there."""
+    import torch
+    from compressed_tensors.quantization import QuantizationStatus, preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+    from compressed_tensors.quantization.utils.helpers import compute_dynamic_scales_and_zp
+
+    args = preset_name_to_scheme(preset, ["Linear"]).input_activations
+    module = torch.nn.Module()
+    module.quantization_status = QuantizationStatus.DECOMPRESSED
+    g = np.array([448.0 * 6.0 / 9.5], np.float32)
+    if preset == "NVFP4":
+        act = fp4_act(group_size=16, scale_dtype="float8_e4m3fn", global_scale=g)
+        module.input_global_scale = torch.nn.Parameter(torch.from_numpy(g), requires_grad=False)
+    elif preset == "MXFP4":
+        act = fp4_act(group_size=32, scale_dtype="float8_e8m0fnu")
+    else:
+        act = ActQuant(fp8_e4m3, True, "group", 32, scale_dtype="float8_e8m0fnu").validate()
+    x = _hard_x(act.group_size, seed=len(preset))
+    want = forward_quantize(module, torch.from_numpy(x), "input", args).numpy()
+    got = fake_quantize(x, act)
+    if preset == "MXFP8":
+        assert np.array_equal(got, want)
+        got, want = got + np.float32(0), want + np.float32(0)  # -0.0 -> +0.0 on both sides
+    assert bits_equal(got, want)
+    gs = getattr(module, "input_global_scale", None)
+    s_ct, _ = compute_dynamic_scales_and_zp(value=torch.from_numpy(x), args=args, module=module, global_scale=gs)
+    s_ct = (s_ct / gs if gs is not None else s_ct).numpy()  # _quantize_dequantize: scale / global_scale
+    assert bits_equal(quantize_activations(x, act)[1].reshape(s_ct.shape), s_ct)
+    # NaN stays NaN (cast_to_fp4's magnitude * sign; the fp8 cast), in its group only
+    x[0, 0, 3] = np.nan
+    want = forward_quantize(module, torch.from_numpy(x), "input", args).numpy()
+    assert np.array_equal(np.isnan(fake_quantize(x, act)), np.isnan(want)) and np.isnan(want).any()
 
 
 def test_static_fp8_per_tensor_matches_compressed_tensors():

@@ -218,8 +218,8 @@ def test_poisoned_call_aliases_a_nan_buffer_to_the_output(kernel):
 @pytest.mark.parametrize(
     "kw, m, k, dt, expect",
     [
-        (dict(bits=8, group=128), 1, 1024, jnp.bfloat16, "4-bit integer"),
-        (dict(bits=4, group=16), 1, 1024, jnp.bfloat16, "group 16"),
+        (dict(bits=8, group=128), 1, 1024, jnp.bfloat16, "the kernel reads uint4"),
+        (dict(bits=4, group=16), 1, 1024, jnp.bfloat16, "group size 16"),
         (dict(bits=4, group=128), 1, 1000, jnp.bfloat16, "not a multiple of 128"),
         (dict(bits=4, group=128), 17, 1024, jnp.bfloat16, "M=17"),
         (dict(bits=4, group=128), 1, 1024, jnp.float32, "activation dtype float32"),
@@ -265,16 +265,13 @@ def test_tile_codes_is_a_lossless_byte_permutation(n, k):
                                              (40, 4, "cuda_w4a16_wgmma"), (128, 4, "cuda_w4a16_wgmma"),
                                              (129, 4, "cuda_w4a16_wgmma"), (4096, 4, "cuda_w4a16_wgmma"),
                                              (1, 8, "pallas_triton_wna16_decode")])  # fmt: skip
-def test_dispatcher_prefers_the_cuda_kernel_where_it_applies(m, bits, expect, cc, monkeypatch):
-    import importlib
-
+def test_dispatcher_prefers_the_cuda_kernel_where_it_applies(m, bits, expect, cc):
+    from jquant.core.routing import Device
     from jquant.ops.qmatmul import select
 
-    wg = importlib.import_module("kernels_cuda.w4a16_wgmma")  # the module (the package exports a same-named op)
-    # the GPU the dispatcher would see (this host has none): the wgmma kernel runs on 9.0 only
-    monkeypatch.setattr(wg, "device_compute_capability", lambda: cc)
     if expect == "cuda_w4a16_wgmma" and cc != "9.0":  # elsewhere: the mma.sync GEMM up to 128
         expect = "cuda_w4a16_gemm" if m <= 128 else "xla_dequant_dot"
     w = make_weight(np.random.default_rng(0), 64, 256, bits=bits, group=128)
-    b, skipped = select(jax.ShapeDtypeStruct((m, 256), jnp.bfloat16), w, platform="gpu")
-    assert b.name == expect, skipped
+    gpu = Device("gpu", cc=tuple(map(int, cc.split("."))))  # the GPU the dispatcher would see (this host has none)
+    r = select(jax.ShapeDtypeStruct((m, 256), jnp.bfloat16), w, device=gpu)
+    assert r.backend.name == expect, r.skipped

@@ -18,8 +18,8 @@ import pytest
 
 import kernels_cuda
 from jquant.ops import qmatmul
+from jquant.ops.device import current_device
 from jquant.ops.qmatmul import select
-from kernels_cuda.w4a16 import device_compute_capability
 from kernels_cuda.w4a16_gemm import MAX_M, TILES, GemmConfig, w4a16_gemm
 from kernels_cuda.w4a16_wgmma import MIN_M as WGMMA_MIN_M
 from tests.kernels_cuda.test_w4a16_gpu import WEIGHTS, _check, _dev
@@ -67,11 +67,11 @@ def test_dispatcher_picks_it():
     rng = np.random.default_rng(0)
     w = _dev(make_weight(rng, 4096, 4096, bits=4, group=128))
     # on sm_90 the wgmma kernel takes over from WGMMA_MIN_M
-    top = MAX_M if device_compute_capability() != "9.0" else WGMMA_MIN_M - 1
+    top = MAX_M if current_device().cc != (9, 0) else WGMMA_MIN_M - 1
     for m, expect in ((16, "cuda_w4a16_decode"), (17, "cuda_w4a16_gemm"), (top, "cuda_w4a16_gemm")):
         x = jnp.asarray(rng.standard_normal((m, 4096)), jnp.bfloat16)
-        assert select(x, w, platform="gpu")[0].name == expect, m
-    assert select(jnp.zeros((top + 1, 4096), jnp.bfloat16), w, platform="gpu")[0].name != "cuda_w4a16_gemm"
+        assert select(x, w, platform="gpu").backend.name == expect, m
+    assert select(jnp.zeros((top + 1, 4096), jnp.bfloat16), w, platform="gpu").backend.name != "cuda_w4a16_gemm"
     assert kernels_cuda.W4A16GemmBackend.name == "cuda_w4a16_gemm"
     x = jnp.asarray(rng.standard_normal((33, 4096)), jnp.bfloat16)
     np.testing.assert_array_equal(

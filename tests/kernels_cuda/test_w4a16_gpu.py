@@ -73,7 +73,7 @@ def test_dispatcher_picks_it():
     rng = np.random.default_rng(0)
     w = _dev(make_weight(rng, 4096, 4096, bits=4, group=128))
     x = jnp.asarray(rng.standard_normal((2, 4096)), jnp.bfloat16)
-    assert select(x, w, platform="gpu")[0].name == "cuda_w4a16_decode"
+    assert select(x, w, platform="gpu").backend.name == "cuda_w4a16_decode"
     assert kernels_cuda.W4A16DecodeBackend.name == "cuda_w4a16_decode"
     y = jax.jit(qmatmul)(x, w)
     y2 = jax.jit(w4a16_decode)(x, w)

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 
 from jquant.ops import qmatmul
+from jquant.ops.device import current_device, num_sms
 from jquant.ops.qmatmul import select
-from kernels_cuda.w4a16 import device_compute_capability, device_num_sms
 from kernels_cuda.w4a16_wgmma import MIN_M, STAGES, VARIANTS, WgmmaConfig, w4a16_wgmma, wgmma_config
 from tests.kernels_cuda.test_w4a16_gpu import WEIGHTS, _check, _dev
 from tests.pallas.helpers import make_weight
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(device_compute_capability() != "9.0", reason="wgmma (sm_90a) needs an H100/H200"),
+    pytest.mark.skipif(current_device().cc != (9, 0), reason="wgmma (sm_90a) needs an H100/H200"),
 ]
 
 
@@ -39,7 +39,7 @@ def test_matches_spec(m, wid, wkw, dt, variant):
     n, k = 1003, 2176
     w = make_weight(rng, n, k, bits=4, **wkw)
     x = jnp.asarray(rng.standard_normal((m, k)), dt)
-    cfg = dataclasses.replace(wgmma_config(m, n, k, num_sms=device_num_sms()), variant=variant)
+    cfg = dataclasses.replace(wgmma_config(m, n, k, num_sms=num_sms()), variant=variant)
     y = jax.jit(functools.partial(w4a16_wgmma, cfg=cfg, poison=True))(x, _dev(w))
     assert y.shape == (m, n) and y.dtype == dt
     _check(y, x, w, f"{wid} m={m}")
@@ -61,10 +61,10 @@ def test_launch_configs(bm, k_split, variant):
 def test_dispatcher_picks_it():
     rng = np.random.default_rng(0)
     w = _dev(make_weight(rng, 4096, 4096, bits=4, group=128))
-    assert select(jnp.zeros((MIN_M - 1, 4096), jnp.bfloat16), w, platform="gpu")[0].name != "cuda_w4a16_wgmma"
-    assert select(jnp.zeros((8192, 4096), jnp.bfloat16), w, platform="gpu")[0].name == "cuda_w4a16_wgmma"
+    assert select(jnp.zeros((MIN_M - 1, 4096), jnp.bfloat16), w, platform="gpu").backend.name != "cuda_w4a16_wgmma"
+    assert select(jnp.zeros((8192, 4096), jnp.bfloat16), w, platform="gpu").backend.name == "cuda_w4a16_wgmma"
     x = jnp.asarray(rng.standard_normal((MIN_M, 4096)), jnp.bfloat16)
-    assert select(x, w, platform="gpu")[0].name == "cuda_w4a16_wgmma"
+    assert select(x, w, platform="gpu").backend.name == "cuda_w4a16_wgmma"
     np.testing.assert_array_equal(
         np.asarray(jax.jit(qmatmul)(x, w).astype(jnp.float32)),
         np.asarray(jax.jit(w4a16_wgmma)(x, w).astype(jnp.float32)),

@@ -63,3 +63,33 @@ def test_forced_backend_row(tmp_path):
     (w4,) = [r for r in result["rows"] if r["variant"] == "w4a16"]
     assert w4["backend"] == "xla_reference" and w4["lowered_decode_backends"] == ["xla_reference"]
     assert not w4["note"]
+
+
+def test_fp8_dynamic_weights_carry_their_activation_recipe():
+    cfg = decode_e2e.make_config("tiny", layers=1)
+    f = decode_e2e.RandomWeights(cfg, "fp8_dynamic")
+    assert len(f) == 2 + 2 + 7 + 1 + 7  # as w4a16, plus one input_quant per block linear
+    w = f["model.layers.0.mlp.down_proj.weight"]
+    assert isinstance(w, QArray) and w.qtype.name == "fp8_e4m3" and w.block == (1, cfg.intermediate_size)
+    assert w.shape == (cfg.hidden_size, cfg.intermediate_size) and w.scale.dtype == jnp.float32
+    act = f["model.layers.0.mlp.down_proj.input_quant"]
+    assert act.qtype.name == "fp8_e4m3" and act.dynamic and act.granularity == "token"
+    assert f["lm_head.weight"].dtype == jnp.bfloat16
+
+
+def test_tiny_end_to_end_fp8_dynamic(tmp_path, capsys):
+    argv = ["--preset", "tiny", "--tokens", str(TOKENS), "--repeats", "1", "--variants", "fp8_dynamic"]
+    assert decode_e2e.main([*argv, "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "decode_e2e.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"bf16", "fp8_dynamic"}  # bf16 always runs: the ratio's baseline
+    fp8 = rows["fp8_dynamic"]
+    assert fp8["tokens"] == TOKENS and fp8["logits_finite"] and fp8["decode_tok_s"] > 0
+    assert fp8["ratio_vs_bf16"] > 0 and fp8["weight_bytes"] < rows["bf16"]["weight_bytes"]
+    assert set(fp8["decode_backends"]) == set(decode_e2e.linear_shapes(decode_e2e.make_config("tiny")))
+    assert fp8["lowered_decode_backends"] == sorted(set(fp8["decode_backends"].values()))
+    assert not fp8["note"]
+    assert "ActQuant" not in data["explain_decode"] and "fp8_e4m3" in data["explain_decode"]
+    text = (tmp_path / "decode_e2e.md").read_text()
+    assert f"| fp8_dynamic | {fp8['backend']} |" in text and "fp8_dynamic vs bf16" in text.splitlines()[0]
+    assert "ratio vs bf16" in capsys.readouterr().out.splitlines()[-4]  # the table is printed last

@@ -39,3 +39,26 @@ def test_jnp_fake_quantize_bit_exact(name):
     got = np.asarray(jax.jit(jnp_fake_quantize)(jnp.asarray(x), jax.device_put(act)))
     np.testing.assert_array_equal(got, ref)
     assert not np.array_equal(ref, x)  # it did quantize
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # x / 2**-127 in a NaN group, as CT
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4", "mxfp8"])
+def test_jnp_fp4_mx_bit_exact_over_wide_range(name):
+    """Groups from 1e-15 to 1e15 (MX exponents up to +-50; XLA's exp2 is inexact past +-12), all-zero
+    and -0.0 groups (MX: 2**-127, which XLA flushes to 0): bit for bit, signs of zero included.
+    (Wider ranges put x / s below 2**-126, where XLA flushes to zero: the sign of a zero can differ.)
+    A NaN stays NaN; the rest of its group is not compared (XLA CPU's vectorized max may drop it from
+    the group's amax)."""
+    act = RECIPES.get(name) or ActQuant(fp8_e4m3, True, "group", 32, scale_dtype="float8_e8m0fnu").validate()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 96, 16)).astype(np.float32)
+    x *= (np.float32(10.0) ** rng.integers(-15, 16, (4, 96, 1))).astype(np.float32)
+    x[:, ::7] = 0.0
+    x[:, 3::7] = -0.0
+    x = x.reshape(4, 3, 512)
+    ref = fake_quantize(x, act)
+    qdq = jax.jit(jnp_fake_quantize)
+    got = np.asarray(qdq(jnp.asarray(x), jax.device_put(act)))
+    np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
+    x[1, 1, 5] = np.nan
+    assert np.isnan(fake_quantize(x, act)[1, 1, 5]) and np.isnan(np.asarray(qdq(jnp.asarray(x), act))[1, 1, 5])

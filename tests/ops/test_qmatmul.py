@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jquant.core.routing import Capabilities
 from jquant.ops import explain, qmatmul, qtake, register_backend, select
-from jquant.ops.backend import BACKENDS, Backend
+from jquant.ops.backend import BACKENDS, REGISTRY, Backend
 from tests.ops.qmatmul_suite import CASES, SMALL_CASES, QCase, check_backend, make_qarray
 
 
@@ -58,23 +59,22 @@ class _Declines(Backend):
     """A test backend that only runs M == 1 and computes the reference (so selections are observable)."""
 
     name = "test_m1_only"
-    platforms = ("cpu", "gpu")
-    priority = 10
+    caps = Capabilities(
+        platforms=frozenset({"cpu", "gpu"}), m_max=1, zeros=None, scale_dtypes=None, row_blocks=None, act_dtypes=None
+    )
 
     def __init__(self):
         self.calls = 0
 
-    def supports(self, x, w, **kw):
-        return (True, "") if x.shape[0] == 1 else (False, f"only M == 1, got M = {x.shape[0]}")
-
-    def __call__(self, x, w, **kw):
+    def __call__(self, x, w, act=None):
         self.calls += 1
         return BACKENDS["xla_reference"](x, w)
 
 
 @pytest.fixture
-def m1_backend():
+def m1_backend(monkeypatch):
     b = register_backend(_Declines())
+    monkeypatch.setitem(REGISTRY.tables, "cpu", (b.name, *REGISTRY.tables["cpu"]))  # first in the CPU table
     yield b
     BACKENDS.pop(b.name)
 
@@ -84,15 +84,16 @@ def _xw(m):
     return jnp.ones((m, 256), jnp.float32), jax.device_put(make_qarray(case))
 
 
-def test_priority_then_fallback_with_reasons(m1_backend):
+def test_table_order_then_fallback_with_reasons(m1_backend):
     x1, w = _xw(1)
-    assert select(x1, w, platform="cpu")[0] is m1_backend
+    assert select(x1, w, platform="cpu").backend is m1_backend
     x4, _ = _xw(4)
-    b, skipped = select(x4, w, platform="cpu")
-    assert b.name == "xla_cpu_chunked"  # the next CPU backend by priority (the reference comes last)
-    assert skipped == ["test_m1_only: only M == 1, got M = 4"]
+    r = select(x4, w, platform="cpu")
+    b, skipped = r.backend, list(r.skipped)
+    assert b.name == "xla_cpu_chunked"  # the next CPU backend in the table (the reference comes last)
+    assert skipped == ["test_m1_only: M=4 outside 1..1 (this kernel's range)"]
     report = explain(x4, w, platform="cpu")
-    assert "-> xla_cpu_chunked" in report and "only M == 1, got M = 4" in report
+    assert "-> xla_cpu_chunked" in report and "M=4 outside 1..1" in report
     qmatmul(x1, w)
     assert m1_backend.calls == 1
 
@@ -100,7 +101,8 @@ def test_priority_then_fallback_with_reasons(m1_backend):
 def test_disabled_kernels_env(m1_backend, monkeypatch):
     monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "other, test_m1_only, xla_cpu_chunked")
     x1, w = _xw(1)
-    b, skipped = select(x1, w, platform="cpu")
+    r = select(x1, w, platform="cpu")
+    b, skipped = r.backend, list(r.skipped)
     assert b.name == "xla_reference"
     assert skipped == [
         "test_m1_only: disabled by JQUANT_DISABLED_KERNELS",
@@ -111,15 +113,16 @@ def test_disabled_kernels_env(m1_backend, monkeypatch):
 def test_forced_kernels_env(m1_backend, monkeypatch):
     x1, w = _xw(1)
     monkeypatch.setenv("JQUANT_KERNELS", "xla_reference")
-    assert select(x1, w, platform="cpu")[0].name == "xla_reference"
+    assert select(x1, w, platform="cpu").backend.name == "xla_reference"
     monkeypatch.setenv("JQUANT_KERNELS", "nope,test_m1_only")
-    b, skipped = select(x1, w, platform="cpu")
+    r = select(x1, w, platform="cpu")
+    b, skipped = r.backend, list(r.skipped)
     assert b is m1_backend and "nope: unknown backend" in skipped[0]
 
 
 def test_forced_backend_that_declines_raises(m1_backend, monkeypatch):
     x4, w = _xw(4)
-    with pytest.raises(ValueError, match="only M == 1, got M = 4"):
+    with pytest.raises(ValueError, match="M=4 outside 1..1"):
         qmatmul(x4, w, implementation="test_m1_only")
     monkeypatch.setenv("JQUANT_KERNELS", "test_m1_only")
     with pytest.raises(ValueError, match="requested qmatmul backend"):

@@ -39,8 +39,9 @@ def run_case(c) -> np.ndarray:
 
 def main(out_path: str) -> None:
     assert is_interpreter(), "TRITON_INTERPRET=1 did not take effect"
-    assert tb.select(make_weight(KERNEL_CASES[0]), "cpu", torch.float32)[0].name == "torch_triton_wxa16"
-    assert DequantMatmul.priority < tb.BACKENDS["torch_triton_wxa16"].priority
+    assert tb.select(make_weight(KERNEL_CASES[0]), "cpu", torch.float32).backend.name == "torch_triton_wxa16"
+    table = tb.backend.ROUTES["cpu"]
+    assert table.index("torch_triton_wxa16") < table.index(DequantMatmul.name)
     results, times = {}, {}
     for c in KERNEL_CASES:
         t0 = time.perf_counter()

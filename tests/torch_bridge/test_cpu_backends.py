@@ -79,11 +79,12 @@ def _w(q, n, k, block, **kw):
     [
         (INT4, lambda: _w(qt.uint4b8, 40, 128, (1, 32)), "multiple of 16"),
         (INT4, lambda: _w(qt.uint4b8, 32, 128, (1, 16)), "no group size"),
-        (INT4, lambda: _w(qt.nf4, 32, 128, (1, 32)), "not a 4-bit integer"),
-        (INT8, lambda: _w(qt.uint8, 32, 128, (1, 128), zero="int"), "not int8 or uint8b128"),
+        (INT4, lambda: _w(qt.nf4, 32, 128, (1, 32)), "the kernel reads uint4"),
+        (INT8, lambda: _w(qt.uint8, 32, 128, (1, 128), zero="int"), "zero dtype uint8"),
+        (INT8, lambda: _w(qt.uint8, 32, 128, (1, 128)), "not int8 or uint8b128"),
         (INT8, lambda: _w(qt.uint8b128, 32, 128, (1, 32)), "not per-channel"),
         ("torch_triton_wxa16", lambda: _w(qt.uint4b8, 32, 128, (1, 32)), "TRITON_INTERPRET"),
-        ("torch_triton_w8a8_int8", lambda: _w(qt.int8, 32, 128, (1, 128)), "TRITON_INTERPRET"),
+        ("torch_triton_w8a8_int8", lambda: _w(qt.int8, 32, 128, (1, 128)), "activation recipe none is not fused"),
     ],
 )
 def test_backends_decline_with_reason(name, w, reason):
@@ -97,18 +98,18 @@ def test_backends_decline_with_reason(name, w, reason):
 
 def test_dispatch_order_and_env(monkeypatch):
     w4 = _w(qt.uint4b8, 32, 128, (1, 32))
-    assert tb.select(w4, "cpu", torch.bfloat16)[0].name == INT4
-    assert tb.select(_w(qt.nf4, 32, 128, (1, 32)), "cpu", torch.float32)[0].name == DEQ
-    assert tb.select(_w(qt.int8, 32, 128, (1, 128)), "cpu", torch.float32)[0].name == INT8
-    assert tb.select(_w(qt.int8, 32, 128, (1, 128)), "cpu", torch.float32, act_quant="int8")[0].name == DEQ
+    assert tb.select(w4, "cpu", torch.bfloat16).backend.name == INT4
+    assert tb.select(_w(qt.nf4, 32, 128, (1, 32)), "cpu", torch.float32).backend.name == DEQ
+    assert tb.select(_w(qt.int8, 32, 128, (1, 128)), "cpu", torch.float32).backend.name == INT8
+    assert tb.select(_w(qt.int8, 32, 128, (1, 128)), "cpu", torch.float32, act_quant="int8").backend.name == DEQ
     text = tb.explain(w4, "cpu", torch.float32)
     assert INT4 in text.splitlines()[0] and "TRITON_INTERPRET" in text
     monkeypatch.setenv("JQUANT_DISABLED_KERNELS", INT4)
-    assert tb.select(w4, "cpu", torch.float32)[0].name == DEQ
+    assert tb.select(w4, "cpu", torch.float32).backend.name == DEQ
     monkeypatch.setenv("JQUANT_KERNELS", "pallas_triton_w4a16")  # a JAX-side name: not the torch side's business
-    assert tb.select(w4, "cpu", torch.float32)[0].name == DEQ
+    assert tb.select(w4, "cpu", torch.float32).backend.name == DEQ
     monkeypatch.setenv("JQUANT_KERNELS", f"pallas_triton_w4a16,{INT8}")
-    with pytest.raises(ValueError, match="not int8 or uint8b128"):
+    with pytest.raises(ValueError, match="the kernel reads int8/uint8"):
         tb.select(w4, "cpu", torch.float32)
 
 
@@ -120,7 +121,7 @@ def test_scaled_mm_fp8_backend_arithmetic():
     w = tb.to_torch(make_weight(case))
     b = tb.BACKENDS["torch_scaled_mm_fp8"]
     ok, why = b.supports(w, torch.device("cpu"), torch.bfloat16, "fp8:0")
-    assert not ok and "not CUDA" in why
+    assert not ok and "runs on cuda, not cpu" in why
     spec, tensors = b.prepare(w, torch.device("cpu"), torch.bfloat16, "fp8:0")
     x = torch.from_numpy(make_x(case)).bfloat16()
     y = b.run(x, tensors, spec)

@@ -7,6 +7,7 @@ import math
 import torch
 import triton
 
+from jquant.core.routing import Capabilities
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import TorchBackend, register_backend
 from torch_bridge.cpu import _spec
@@ -16,17 +17,15 @@ from torch_bridge.triton.wxa16 import is_interpreter, wxa16_matmul
 
 __all__ = ["TritonWxA16", "TritonW8A8"]
 
-_ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_ACT_DTYPES = frozenset({"float16", "bfloat16", "float32"})
+# Wherever a Triton driver runs: NVIDIA and ROCm ("cuda"), Intel ("xpu"); the CPU under the interpreter.
+_PLATFORMS = frozenset({"cuda", "xpu", "cpu"})
 
 
-def _device_ok(device: torch.device) -> tuple[bool, str]:
-    if device.type == "cpu":
-        if is_interpreter():
-            return True, ""
-        return False, "Triton runs on the CPU only under TRITON_INTERPRET=1"
-    if device.type == "meta":
-        return False, "meta device"
-    return True, ""  # cuda (NVIDIA and ROCm builds), xpu, ...: whatever Triton driver is active
+def _unavailable(call) -> str:
+    if call.device.platform == "cpu" and not is_interpreter():
+        return "Triton runs on the CPU only under TRITON_INTERPRET=1"
+    return ""
 
 
 def _fp8_dot_ok(device: torch.device) -> tuple[bool, str]:
@@ -52,17 +51,12 @@ class TritonWxA16(TorchBackend):
     """Weight-only kernel: every canonical qtype (int 1/2/4/8-bit, int8, fp8, codebooks), any block, zeros."""
 
     name = "torch_triton_wxa16"
-    priority = 100
+    caps = Capabilities(
+        platforms=_PLATFORMS, zeros=None, scale_dtypes=None, scale2=True, row_blocks=None, act_dtypes=_ACT_DTYPES
+    )
 
-    def supports(self, w, device, dtype, act_quant=None):
-        ok, why = _device_ok(device)
-        if not ok:
-            return False, why
-        if act_quant is not None:
-            return False, "weight-only kernel (activation quantization requested)"
-        if dtype not in _ACT_DTYPES:
-            return False, f"activations {dtype} are not fp16 / bf16 / fp32"
-        return True, ""
+    def unavailable(self, call):
+        return _unavailable(call)
 
     def prepare(self, w, device, dtype, act_quant):
         names = ["data", "scale"]
@@ -97,39 +91,36 @@ class TritonWxA16(TorchBackend):
 class TritonW8A8(TorchBackend):
     """W8A8 with dynamic activation quantization: fp8 e4m3 or int8 weights, fused scales."""
 
-    priority = 100
-
     def __init__(self, scheme: str):
         self.scheme = scheme
         self.name = f"torch_triton_w8a8_{scheme}"
+        self.caps = Capabilities(
+            platforms=_PLATFORMS,
+            codes=frozenset({"fp8_e4m3"} if scheme == "fp8" else {"int8", "uint8"}),
+            zeros=frozenset({"none"}),
+            scale_dtypes=None,
+            scale2=True,
+            row_blocks=None,
+            act_dtypes=_ACT_DTYPES,
+            act=frozenset({f"{scheme}:token", f"{scheme}:group*"}),
+        )
 
-    def supports(self, w, device, dtype, act_quant=None):
-        ok, why = _device_ok(device)
-        if not ok:
-            return False, why
-        nat = aq.native(act_quant)
-        if nat is None or nat[0] != self.scheme:
-            return False, f"W8A8 {self.scheme} kernel: activation recipe {str(act_quant)[:80]!r}"
-        if dtype not in _ACT_DTYPES:
-            return False, f"activations {dtype} are not fp16 / bf16 / fp32"
-        q = w.qtype
-        if self.scheme == "fp8":
-            if q.storage != "float8_e4m3fn":
-                return False, f"qtype {q.name} is not fp8 e4m3"
-            ok, why = _fp8_dot_ok(device)
+    def why_not_more(self, call):
+        q = call.qtype
+        if self.scheme == "int8" and not (q.signed or q.bias == 128):
+            return f"qtype {q.name} is not int8 / uint8b128"
+        group = int(call.act.partition(":group")[2] or 0) if ":group" in call.act else 0
+        kb = k_block(group, call.block[1], call.k)
+        if kb < call.k and kb % 32:
+            return f"K blocks of the scales (activations {group or call.k}, weights {call.block[1]}) share no multiple of 32"
+        return ""
+
+    def unavailable(self, call):
+        if self.scheme == "fp8" and call.device.platform != "cpu":
+            ok, why = _fp8_dot_ok(torch.device(call.device.platform))
             if not ok:
-                return False, why
-        elif not (q.kind == "int" and q.bits == 8 and (q.signed or q.bias == 128)):
-            return False, f"qtype {q.name} is not int8 / uint8b128"
-        if w.zero is not None:
-            return False, "zero points are not supported by W8A8"
-        kb = k_block(nat[1], w.block[1], w.k)
-        if kb < w.k and kb % 32:
-            return (
-                False,
-                f"K blocks of the scales (activations {nat[1] or w.k}, weights {w.block[1]}) share no multiple of 32",
-            )
-        return True, ""
+                return why
+        return _unavailable(call)
 
     def prepare(self, w, device, dtype, act_quant):
         data = w.data.to(device)

@@ -1,0 +1,76 @@
+"""``jquant kernels``: the qmatmul routing table of a device, with each backend's capabilities.
+
+``jquant kernels`` shows the current device; ``jquant kernels --device gpu --sm 90`` another one
+(declarations only: whether a CUDA library builds there is not asked). ``--markdown`` prints the
+table the README embeds (tests/ops/test_routing.py checks that the two agree).
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "run", "table_rows", "markdown"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("kernels", help="the qmatmul routing table (backends in the order they are tried)")
+    p.add_argument("--device", choices=("cpu", "gpu", "tpu"), help="route for this platform (default: current)")
+    p.add_argument("--sm", help="compute capability of that GPU, e.g. 90 or 8.0")
+    p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
+    p.set_defaults(func=run)
+
+
+def _device(platform: str | None, sm: str | None):
+    from jquant.core.routing import Device
+    from jquant.ops.device import current_device, parse_cc
+
+    if platform is None and sm is None:
+        return current_device()
+    return Device(platform or "gpu", cc=parse_cc(sm))
+
+
+def table_rows(device, *, runtime: bool) -> list[dict[str, str]]:
+    """One row per backend of ``device``'s routing table, in order: name, what it reads, M, status."""
+    import jquant.ops  # noqa: F401  (registers the XLA backends)
+    from jquant.ops.backend import REGISTRY
+    from jquant.ops.qmatmul import load_kernel_packages
+
+    loaded = load_kernel_packages(device.platform)
+    rows = []
+    for i, name in enumerate(REGISTRY.table(device.platform), 1):
+        b = REGISTRY.backends.get(name)
+        if b is None:
+            why = next((v for v in loaded.values() if v != "ok"), "not registered")
+            rows.append({"#": str(i), "backend": name, "codes": "", "act": "", "M": "", "cc": "", "status": why})
+            continue
+        d = b.caps.describe()
+        status = (b.unavailable_on(device) if runtime else "") or "ok"
+        rows.append({"#": str(i), "backend": name, **d, "status": status})
+    return rows
+
+
+def markdown(device) -> str:
+    """The routing table of ``device`` as markdown (declarations only, as the README shows it)."""
+    rows = table_rows(device, runtime=False)
+    cols = ["#", "backend", "codes", "act", "M", "cc"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(f"`{r[c]}`" if c == "backend" else r[c] for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    device = _device(args.device, args.sm)
+    if args.markdown:
+        print(markdown(device))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    explicit = args.device is not None or args.sm is not None
+    t = Table(title=f"qmatmul routing on {device} (first backend whose capabilities cover the call runs it)")
+    for c in ("#", "backend", "codes", "act", "M", "cc", "status"):
+        t.add_column(c)
+    for r in table_rows(device, runtime=not explicit):
+        t.add_row(*(r[c] for c in ("#", "backend", "codes", "act", "M", "cc", "status")))
+    Console().print(t)
+    if device.platform == "gpu":
+        print("Falls back to xla_reference (the f32 spec) only for calls no backend takes (f32 activations).")
+    return 0

@@ -1,0 +1,462 @@
+"""Kernel routing as data: what each backend can run, one check, one ordered table per platform.
+
+Shared by the JAX dispatcher (`jquant.ops.qmatmul`) and the Torch bridge (`torch_bridge.backend`),
+so it imports numpy only. The pieces:
+
+* `Device`: where a call runs (platform, compute capability, SM count, L2 size).
+* `Call`: the static facts of one ``qmatmul(x, w, act)`` that routing looks at (M, dtypes, the
+  weight's code type, block, zero kind, activation recipe, device). Built from shapes and static
+  fields only, so it works on tracers and on host arrays alike.
+* `Capabilities`: a frozen record a backend declares; `check` compares a call with it and returns
+  the first reason it does not fit ("" when it does).
+* `Backend`: the protocol. ``caps`` is the data; ``why_not_more`` is the small hook for what
+  cannot be data (a tile edge, a device driver); ``unavailable`` says why it cannot run *here*
+  (library not built, no GPU), which routing tables in tests leave out.
+* `Registry`: backends by name plus one ordered tuple of names per platform: the table *is* the
+  order. `Registry.route` walks it: forced names first (``JQUANT_KERNELS`` or an argument; a
+  decline is then an error, never a silent fallback), else the table minus
+  ``JQUANT_DISABLED_KERNELS``.
+
+Activation recipes (W8A8 / FP8 / FP4 inputs) are a field of the call: a backend lists the recipes
+it fuses in ``Capabilities.act``; any backend that takes the weight-only call also takes a recipe
+it does not fuse when the caller applies the recipe's exact fake-quantization first
+(`Registry.route` reports that as ``composed``), so a W4A4 layer runs on a weight-only kernel
+after one XLA pass rather than on the f32 reference.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from jquant.core.qtypes import QType
+
+__all__ = [
+    "ANY",
+    "Backend",
+    "Call",
+    "Capabilities",
+    "Device",
+    "Registry",
+    "Route",
+    "act_kind",
+    "check",
+    "code_class",
+    "env_names",
+]
+
+ANY = None  # a `Capabilities` field set to ANY accepts every value
+
+
+def env_names(var: str, prefix: str = "") -> list[str]:
+    """Comma-separated backend names in environment variable ``var`` (those starting with ``prefix``)."""
+    return [s.strip() for s in os.environ.get(var, "").split(",") if s.strip() and s.strip().startswith(prefix)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """Where a call runs.
+
+    Attributes:
+        platform: JAX platform (``"cpu"``, ``"gpu"``, ``"tpu"``) or torch device type (``"cuda"``,
+            ``"cpu"``, ``"xpu"``, ``"hpu"``, ...).
+        cc: NVIDIA compute capability ``(major, minor)``, None elsewhere.
+        num_sms: streaming multiprocessors (or compute units), None when unknown.
+        l2_bytes: L2 cache size in bytes, None when unknown.
+    """
+
+    platform: str
+    cc: tuple[int, int] | None = None
+    num_sms: int | None = None
+    l2_bytes: int | None = None
+
+    def __str__(self) -> str:
+        return self.platform + (f" sm_{self.cc[0]}{self.cc[1]}" if self.cc else "")
+
+
+def code_class(q: QType) -> str:
+    """The family a kernel reads a code type as: ``uint<c>`` (unsigned ints in c-bit containers, any
+    bias: uint4, uint4b8, uint3b4 all read as ``uint4``), ``int8`` (two's complement), else the
+    qtype's own name (``fp8_e4m3``, ``fp4_e2m1``, ``nf4``, ``iq4nl``, ...)."""
+    if q.kind == "int":
+        return "int8" if q.signed else f"uint{q.container_bits}"
+    return q.name
+
+
+def act_kind(act: Any) -> str:
+    """A short name of an activation recipe (`jquant.core.activation.ActQuant` or None).
+
+    ``"none"`` for weight-only calls; ``"fp8:token"``, ``"fp8:group<G>"``, ``"fp8:static"``,
+    ``"int8:token"``, ``"int8:static"`` for the recipes W8A8 kernels fuse (symmetric, plain
+    scales); ``"other:<qtype>"`` for everything else (asymmetric int8, NVFP4 / MX scales).
+    """
+    if act is None:
+        return "none"
+    name = {"fp8_e4m3": "fp8", "int8": "int8"}.get(act.qtype.name)
+    if name is None or not act.symmetric or act.scale_dtype is not None:
+        return f"other:{act.qtype.name}"
+    if not act.dynamic:
+        return f"{name}:static"
+    if act.granularity == "group":
+        return f"{name}:group{act.group_size}"
+    return f"{name}:{act.granularity}"
+
+
+def _dtype_name(dt) -> str:
+    """numpy / JAX / torch dtype -> its name (``"bfloat16"``, ``"float8_e4m3fn"``)."""
+    if isinstance(dt, str):
+        return dt
+    try:
+        return np.dtype(dt).name
+    except TypeError:  # a torch dtype: "torch.float16"
+        return str(dt).rpartition(".")[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """The static facts of ``qmatmul(x, w, act)`` that routing reads.
+
+    Attributes:
+        m: rows of x (product of its leading dims); None when selection happens per layer (Torch).
+        x_k: last dim of x (None with ``m``).
+        x_dtype: activation dtype name.
+        qtype: the weight's code type; ``codes`` its `code_class`.
+        n, k: logical weight shape.
+        block: scale block (bn, bk) with bk clipped to K.
+        scale_dtype, zero: scale dtype name; ``"none"`` or the zero-point dtype name.
+        scale2, perm: whether the weight has a second scale / an act-order permutation.
+        act: `act_kind` of the activation recipe.
+        device: where it runs.
+    """
+
+    m: int | None
+    x_k: int | None
+    x_dtype: str
+    qtype: QType
+    n: int
+    k: int
+    block: tuple[int, int]
+    scale_dtype: str
+    zero: str
+    scale2: bool
+    perm: bool
+    act: str
+    device: Device
+
+    @property
+    def codes(self) -> str:
+        return code_class(self.qtype)
+
+    @property
+    def group(self) -> int:
+        """K columns per scale (K for per-channel / per-tensor)."""
+        return self.block[1]
+
+    @classmethod
+    def of(cls, x_shape, x_dtype, w, device: Device, act: Any = None) -> Call:
+        """The call for activations of ``x_shape`` / ``x_dtype`` (None, None: per layer) and `QArray` ``w``."""
+        n, k = w.shape
+        return cls(
+            m=None if x_shape is None else math.prod(x_shape[:-1]),
+            x_k=None if x_shape is None else x_shape[-1],
+            x_dtype=_dtype_name(x_dtype),
+            qtype=w.qtype,
+            n=n,
+            k=k,
+            block=(w.block[0], min(w.block[1], k)),
+            scale_dtype=_dtype_name(w.scale.dtype),
+            zero="none" if w.zero is None else _dtype_name(w.zero.dtype),
+            scale2=w.scale2 is not None,
+            perm=w.perm is not None,
+            act=act if isinstance(act, str) else act_kind(act),
+            device=device,
+        )
+
+    def replace(self, **kw) -> Call:
+        return dataclasses.replace(self, **kw)
+
+
+_FLOAT_SCALES = frozenset({"float32", "float16", "bfloat16"})
+_HALF_ACTS = frozenset({"bfloat16", "float16"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What one backend runs. Each field restricts one fact of the `Call`; `ANY` (None) accepts all.
+
+    Attributes:
+        platforms: device platforms (JAX platform names or torch device types).
+        codes: `code_class` names of the weight codes.
+        zeros: ``"none"`` and/or zero-point dtype names (``"uint8"`` integer codes, ``"float16"``...).
+        scale_dtypes: scale dtype names.
+        scale2: whether a second per-tensor scale is read.
+        row_blocks: scale block heights bn (1: group / per-channel; 128: 2-D blocks).
+        group_multiple: a group narrower than K must be a multiple of this.
+        group_pow2: a group narrower than K must be a power of two.
+        min_group: smallest group narrower than K, per container width ``((bits, min), ...)``.
+        group_divides_k: the group must divide K.
+        channel_only: scales must be constant along K (per-channel / per-tensor).
+        k_multiple: K must be a multiple of this.
+        act_dtypes: activation dtype names.
+        act: activation recipes fused in the kernel (`act_kind` names; ``"none"`` = weight-only; a
+            trailing ``*`` matches any suffix, e.g. ``"fp8:group*"``).
+        m_min, m_max: the range of M dispatched here (the op may take more; this is routing).
+        cc_min, cc_max: compute capability bounds (both inclusive), NVIDIA only.
+    """
+
+    platforms: frozenset[str] | None
+    codes: frozenset[str] | None = ANY
+    zeros: frozenset[str] | None = frozenset({"none", "uint8"})
+    scale_dtypes: frozenset[str] | None = _FLOAT_SCALES
+    scale2: bool = False
+    row_blocks: frozenset[int] | None = frozenset({1})
+    group_multiple: int = 1
+    group_pow2: bool = False
+    min_group: tuple[tuple[int, int], ...] = ()
+    group_divides_k: bool = False
+    channel_only: bool = False
+    k_multiple: int = 1
+    act_dtypes: frozenset[str] | None = _HALF_ACTS
+    act: frozenset[str] | None = frozenset({"none"})
+    m_min: int = 1
+    m_max: int | None = None
+    cc_min: tuple[int, int] | None = None
+    cc_max: tuple[int, int] | None = None
+
+    def describe(self) -> dict[str, str]:
+        """The record as short strings, for tables (`jquant kernels`)."""
+
+        def s(v):
+            return "any" if v is None else ",".join(sorted(map(str, v)))
+
+        m = f"{self.m_min}.." + ("" if self.m_max is None else str(self.m_max))
+        cc = ""
+        if self.cc_min or self.cc_max:
+            lo = "" if self.cc_min is None else f"{self.cc_min[0]}.{self.cc_min[1]}"
+            hi = "" if self.cc_max is None else f"{self.cc_max[0]}.{self.cc_max[1]}"
+            cc = lo if lo == hi else f"{lo}..{hi}"
+        act = "any" if self.act is None else ("-" if self.act == {"none"} else _recipes(self.act - {"none"}))
+        return {"codes": s(self.codes), "act": act, "M": m, "cc": cc}
+
+    def operands(self) -> Capabilities:
+        """This record without its routing-only fields (M range, platform, compute capability): what
+        the op itself accepts when called directly (tests, benchmarks, lowering on a CPU host)."""
+        return dataclasses.replace(self, platforms=None, m_min=1, m_max=None, cc_min=None, cc_max=None)
+
+
+def _recipes(acts: frozenset[str]) -> str:
+    """``{"fp8:token", "int8:token", "fp8:group*", ...}`` -> ``"fp8,int8: group*/token"`` when the kinds share modes."""
+    by_kind: dict[str, set[str]] = {}
+    for a in acts:
+        kind, _, mode = a.partition(":")
+        by_kind.setdefault(kind, set()).add(mode)
+    modes = {frozenset(v) for v in by_kind.values()}
+    if len(modes) == 1:
+        return f"{','.join(sorted(by_kind))}: {'/'.join(sorted(next(iter(modes))))}"
+    return ",".join(sorted(acts))
+
+
+def _cc(v: tuple[int, int]) -> str:
+    return f"{v[0]}.{v[1]}"
+
+
+def check(caps: Capabilities, call: Call) -> str:
+    """Whether ``caps`` covers ``call``: "" if so, else the first reason it does not.
+
+    The act recipe is checked last, so that a caller can tell a weight the backend cannot read from
+    a recipe it does not fuse (`Registry.route` composes the latter with a fake-quantization).
+    """
+    dev = call.device
+    if caps.platforms is not None and dev.platform not in caps.platforms:
+        return f"runs on {'/'.join(sorted(caps.platforms))}, not {dev.platform}"
+    if caps.cc_min is not None or caps.cc_max is not None:
+        if dev.cc is None:
+            return "needs an NVIDIA compute capability, the device has none"
+        if caps.cc_min is not None and dev.cc < caps.cc_min:
+            return f"needs compute capability >= {_cc(caps.cc_min)}, the device has {_cc(dev.cc)}"
+        if caps.cc_max is not None and dev.cc > caps.cc_max:
+            return f"needs compute capability <= {_cc(caps.cc_max)}, the device has {_cc(dev.cc)}"
+    if caps.codes is not None and call.codes not in caps.codes:
+        return f"qtype {call.qtype.name} ({call.codes} codes): the kernel reads {'/'.join(sorted(caps.codes))}"
+    if call.x_k is not None and call.x_k != call.k:
+        return f"x has K={call.x_k}, weight has K={call.k}"
+    if caps.act_dtypes is not None and call.x_dtype not in caps.act_dtypes:
+        return f"activation dtype {call.x_dtype} (kernel takes {'/'.join(sorted(caps.act_dtypes))})"
+    if caps.row_blocks is not None and call.block[0] not in caps.row_blocks:
+        return f"block {call.block}: scale rows of {'/'.join(map(str, sorted(caps.row_blocks)))} weight rows only"
+    if call.k % caps.k_multiple:
+        return f"K={call.k} is not a multiple of {caps.k_multiple}"
+    g, k = call.group, call.k
+    if g < k:
+        if g % caps.group_multiple:
+            return f"group size {g} is not a multiple of {caps.group_multiple}"
+        if caps.group_pow2 and g & (g - 1):
+            return f"group size {g} is not a power of two"
+        low = dict(caps.min_group).get(call.qtype.container_bits, 1)
+        if g < low:
+            return f"group size {g} is below {low} for {call.qtype.container_bits}-bit codes"
+    if caps.group_divides_k and k % g:
+        return f"group size {g} does not divide K={k}"
+    if caps.channel_only and g < k:
+        return f"scale block {call.block} is not per-channel / per-tensor"
+    if call.scale2 and not caps.scale2:
+        return "scale2 (second-level scale) not supported"
+    if caps.scale_dtypes is not None and call.scale_dtype not in caps.scale_dtypes:
+        return f"scale dtype {call.scale_dtype} (kernel reads {'/'.join(sorted(caps.scale_dtypes))})"
+    if caps.zeros is not None and call.zero not in caps.zeros:
+        return f"zero dtype {call.zero} (kernel reads {'/'.join(sorted(caps.zeros))})"
+    if call.m is not None:
+        if call.m == 0:
+            return "empty activations"
+        if call.m < caps.m_min or (caps.m_max is not None and call.m > caps.m_max):
+            hi = "" if caps.m_max is None else caps.m_max
+            return f"M={call.m} outside {caps.m_min}..{hi} (this kernel's range)"
+    if caps.act is not None and not any(
+        call.act == a or (a.endswith("*") and call.act.startswith(a[:-1])) for a in caps.act
+    ):
+        return f"activation recipe {call.act} is not fused here"
+    return ""
+
+
+class Backend(abc.ABC):
+    """One implementation of ``qmatmul``: declares `Capabilities`, computes the function or declines.
+
+    Subclasses set ``name`` and ``caps``; the JAX side adds ``__call__(x, w, act=None)``, the Torch
+    side ``prepare`` / ``run``.
+    """
+
+    name: ClassVar[str]
+    caps: ClassVar[Capabilities]
+
+    def why_not_more(self, call: Call) -> str:
+        """Checks that cannot be data (tile edges, dtype pairs); "" when there is nothing against."""
+        return ""
+
+    def unavailable(self, call: Call) -> str:
+        """Why it cannot run on this machine now (library not built, no driver); "" when it can."""
+        return ""
+
+    def unavailable_on(self, device: Device) -> str:
+        """`unavailable` for no call in particular (tables: ``jquant kernels``)."""
+        return self.unavailable(None)
+
+    def reason(self, call: Call, *, runtime: bool = True) -> str:
+        """ "" when this backend takes ``call``, else why not (``runtime=False``: by its declaration only)."""
+        why = check(self.caps, call) or self.why_not_more(call)
+        if not why and runtime:
+            why = self.unavailable(call)
+        return why
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """The outcome of `Registry.route`.
+
+    Attributes:
+        backend: the backend that runs the call, or None (the caller falls back or raises).
+        composed: the recipe is applied by the caller's fake-quantization, then the weight-only
+            backend runs (the backend does not fuse this activation recipe).
+        skipped: ``"name: reason"`` for every backend tried before it.
+    """
+
+    backend: Backend | None
+    composed: bool
+    skipped: tuple[str, ...]
+
+
+class Registry:
+    """Backends by name, and the ordered table of names per platform that routing walks.
+
+    Args:
+        what: the kind of backend, for messages (``"qmatmul"``, ``"torch"``).
+        tables: platform -> backend names in the order they are tried; ``"*"`` serves platforms
+            without a table of their own.
+        env_prefix: only names in the env vars with this prefix concern this registry (the Torch
+            bridge's are ``torch_``; the JAX side reads the rest).
+    """
+
+    def __init__(self, what: str, tables: Mapping[str, tuple[str, ...]], env_prefix: str = ""):
+        self.what = what
+        self.tables = dict(tables)
+        self.env_prefix = env_prefix
+        self.backends: dict[str, Backend] = {}
+
+    def register(self, backend: Backend) -> Backend:
+        """Adds ``backend`` (an instance); a second registration under a name replaces it."""
+        self.backends[backend.name] = backend
+        return backend
+
+    def table(self, platform: str) -> tuple[str, ...]:
+        return self.tables.get(platform, self.tables.get("*", ()))
+
+    def ordered(self, platform: str) -> list[Backend]:
+        """The registered backends of ``platform``'s table, in table order."""
+        return [self.backends[n] for n in self.table(platform) if n in self.backends]
+
+    def route(
+        self,
+        call: Call,
+        *,
+        forced: Iterable[str] | None = None,
+        disabled: Iterable[str] | None = None,
+        runtime: bool = True,
+        compose: bool = True,
+    ) -> Route:
+        """The first backend that takes ``call``, and why each one before it did not.
+
+        Args:
+            forced: names that must take the call (one of them, in order); default ``JQUANT_KERNELS``.
+            disabled: names skipped in the table walk; default ``JQUANT_DISABLED_KERNELS``.
+            runtime: also ask each backend whether it can run on this machine (`Backend.unavailable`);
+                False routes by declarations alone (tests, `jquant kernels --device`).
+            compose: let a weight-only backend take a recipe it does not fuse (the caller then
+                fake-quantizes the activations first).
+
+        Raises:
+            ValueError: none of the forced backends exists or takes the call.
+        """
+        forced = list(env_names("JQUANT_KERNELS", self.env_prefix) if forced is None else forced)
+        disabled = set(env_names("JQUANT_DISABLED_KERNELS", self.env_prefix) if disabled is None else disabled)
+        skipped: list[str] = []
+        table = self.table(call.device.platform)
+
+        def take(b: Backend) -> Route | None:
+            why = b.reason(call, runtime=runtime)
+            if not why:
+                return Route(b, False, tuple(skipped))
+            if compose and call.act != "none" and not b.reason(call.replace(act="none"), runtime=runtime):
+                return Route(b, True, tuple(skipped))  # a weight-only backend after the recipe's fake-quant
+            skipped.append(f"{b.name}: {why}")
+            return None
+
+        if forced:
+            for name in forced:
+                b = self.backends.get(name)
+                if b is None:
+                    skipped.append(f"{name}: unknown backend (known: {sorted(self.backends)})")
+                elif r := take(b):
+                    return r
+            raise ValueError(f"requested {self.what} backend(s) {forced} cannot run {_describe(call)}: {skipped}")
+        for name in table:
+            b = self.backends.get(name)
+            if b is None:
+                skipped.append(f"{name}: not loaded")
+            elif name in disabled:
+                skipped.append(f"{name}: disabled by JQUANT_DISABLED_KERNELS")
+            elif r := take(b):
+                return r
+        return Route(None, False, tuple(skipped))
+
+
+def _describe(call: Call) -> str:
+    m = "" if call.m is None else f"M={call.m} "
+    return (
+        f"{m}{call.x_dtype} x {call.qtype.name} [{call.n}, {call.k}] block {call.block} "
+        f"(act {call.act}) on {call.device}"
+    )

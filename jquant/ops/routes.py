@@ -1,0 +1,35 @@
+"""The JAX routing tables: per platform, the order in which `qmatmul` backends are tried.
+
+The first backend whose `Capabilities` cover a call (and that can run here) takes it; the table is
+the whole order, there are no priorities. `jquant kernels` prints it with each backend's
+capabilities, and tests/ops/test_routing.py pins the choice for every code type x M x device.
+Why this order (measurements in bench/results/nvidia_h200/):
+
+* CUDA W4A16 kernels first where they apply: wgmma (sm_90, M >= 40) beats the mma.sync GEMM from
+  M = 40 (qmatmul_crossover.md); the decode kernel (M <= 16) and the GEMM (17..128) beat Pallas.
+* Fused W8A8 kernels before the weight-only ones: they decline weight-only calls, and weight-only
+  kernels take an activation recipe only composed with an XLA fake-quantization.
+* Pallas W4A16/W8A16: decode tiles to M = 64, tensor-core tiles to M = 127; from M = 128 XLA's
+  dequantize -> cuBLAS dot is faster than the fused Pallas-Triton prefill (87 vs 92 us at M = 128).
+* ``xla_dequant_dot`` last on GPU: every code type, any M, one bf16/f16 rounding of the weight.
+  The f32 ``xla_reference`` is the spec, not a GPU path: it runs there only when forced.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ROUTES"]
+
+ROUTES: dict[str, tuple[str, ...]] = {
+    "gpu": (
+        "cuda_w4a16_wgmma",
+        "cuda_w4a16_decode",
+        "cuda_w4a16_gemm",
+        "pallas_triton_w8a8",
+        "xla_w8a8",
+        "pallas_triton_wna16_decode",
+        "pallas_triton_wna16_prefill",
+        "xla_dequant_dot",
+    ),
+    "cpu": ("xla_cpu_chunked", "xla_reference"),
+    "tpu": ("xla_reference",),
+}

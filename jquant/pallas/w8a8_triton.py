@@ -1,0 +1,301 @@
+"""W8A8 matmul (fp8 e4m3 x fp8 e4m3, int8 x int8) as a Pallas kernel for the Triton lowering.
+
+Computes, for activations already quantized by `jquant.ops.act_quant.quantize_act` (codes ``a``
+[M, K], f32 scales ``sa`` [M, ceil(K / A_BK)]) and a canonical 8-bit `QArray` (codes ``w``
+[N, K] as stored, f32 scales ``sw`` [ceil(N / W_BN), ceil(K / W_BK)], ``scale2`` folded in)::
+
+    y[m, n] = sum_kb  sa[m, kb // A_BK] * sw[n // W_BN, kb // W_BK] * sum_{k in kb} a[m, k] * w[n, k]
+
+the math of the Torch-side kernel `torch_bridge.triton.w8a8`. Two scale placements:
+
+* scales constant along K (per-token / per-tensor activations, per-channel / per-tensor weights):
+  the 8-bit dot accumulates the whole K (int32 for int8, f32 for fp8) and both scales multiply
+  the tile once in the epilogue;
+* K-blocked scales (fp8 128x128 weight blocks with 1x128 activation groups, DeepSeek-V3 style, or
+  group-wise weight / activation scales): K is walked in scale blocks of ``kblk = gcd`` of the
+  blocks; each block's 8-bit partial (``kblk / bk`` dots) is scaled and added to an f32
+  accumulator.
+
+Codes are read as stored, no repacking: int8 as is; uint8b128 (compressed-tensors int8 stored
+unsigned) XOR 0x80 then bitcast to int8 in registers (``c - 128`` in two's complement); fp8 e4m3
+as its uint8 bits (an XLA bitcast outside the kernel, no copy), bitcast back after the load:
+Pallas' Triton lowering cannot build the integer ``other=0`` fill of a masked float8 load
+(``NotImplementedError: cannot cast ... tensor<..xi32> to tensor<..xf8E4M3FN>``), and the byte 0
+is +0.0 anyway. Triton rejects unsigned dot operands, hence the int8 view of uint8b128.
+
+Pallas' lowering builds ``tt.dot`` without ``maxNumImpreciseAcc`` (Triton's default, 0), which
+Triton's Hopper WGMMA lowering reads as "promote the fp8 partials to the f32 accumulator after
+every instruction": precise accumulation over long K, not the fast-accumulation mode (unverified
+in a GPU profile so far).
+
+Grid: (cdiv(M, bm), cdiv(N, bn), split_k). Edges of M, N and K are masked (loads give 0, stores
+are masked). With split_k > 1 each program writes an f32 partial [split_k, M, N] and one XLA
+reduction sums them (decode path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+__all__ = ["W8A8Config", "W8A8Layout", "w8a8_matmul", "CODE_KINDS"]
+
+# How the weight codes are stored: fp8 e4m3 bytes, two's-complement int8, or uint8 with bias 128.
+CODE_KINDS = ("fp8", "int8", "uint8b128")
+# Smallest K of one 8-bit tl.dot (mma k for 8-bit operands is 32).
+MIN_BK = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class W8A8Config:
+    """Static launch parameters of `w8a8_matmul`.
+
+    Attributes:
+        bm: rows of x per program (power of two >= 16: the smallest ``tl.dot`` M).
+        bn: output columns (weight rows) per program (power of two >= 16).
+        bk: K columns per dot (power of two >= 32); divides the scale block ``kblk`` when the scales
+            change along K.
+        split_k: number of K chunks run by separate programs (f32 partials, summed after).
+        num_warps: Triton warps per program.
+        num_stages: Triton software-pipelining depth of the K loop.
+    """
+
+    bm: int = 16
+    bn: int = 64
+    bk: int = 128
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 4
+
+    def __post_init__(self):
+        for f, lo in (("bm", 16), ("bn", 16), ("bk", MIN_BK)):
+            v = getattr(self, f)
+            if v < lo or v & (v - 1):
+                raise ValueError(f"W8A8Config.{f}={v} must be a power of two >= {lo} (Triton lowering)")
+        if self.split_k < 1:
+            raise ValueError(f"W8A8Config.split_k={self.split_k} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class W8A8Layout:
+    """Static description of the problem, derived from the QArray and the ActQuant (`jquant.pallas.w8a8`).
+
+    Attributes:
+        n, k: logical weight shape [N, K].
+        codes: one of `CODE_KINDS`: how ``w`` stores its codes.
+        a_bk: K columns per activation scale (``k`` for per-token / per-tensor).
+        w_bn: weight rows per scale row: 1 (per channel, or scales expanded along N), >= n (one scale
+            row), or a multiple of the config's ``bn`` (e.g. 128x128 blocks).
+        w_bk: K columns per weight scale (``k`` for per-channel / per-tensor).
+    """
+
+    n: int
+    k: int
+    codes: str
+    a_bk: int
+    w_bn: int
+    w_bk: int
+
+    def __post_init__(self):
+        if self.codes not in CODE_KINDS:
+            raise ValueError(f"W8A8Layout.codes={self.codes!r} not in {CODE_KINDS}")
+
+    @property
+    def is_int(self) -> bool:
+        return self.codes != "fp8"
+
+    @property
+    def k_blocked(self) -> bool:
+        """True when a scale changes along K (activation groups or weight K blocks)."""
+        return self.a_bk < self.k or self.w_bk < self.k
+
+    @property
+    def kblk(self) -> int:
+        """K columns over which both scales are constant (gcd of the K blocks shorter than K)."""
+        blocks = [b for b in (self.a_bk, self.w_bk) if b < self.k]
+        return math.gcd(*blocks) if blocks else self.k
+
+    @property
+    def a_units(self) -> int:
+        return -(-self.k // self.a_bk)
+
+    @property
+    def w_scale_shape(self) -> tuple[int, int]:
+        return (-(-self.n // self.w_bn), -(-self.k // self.w_bk))
+
+
+def _dot_nt(a, b, acc_dtype):
+    """a [m, k] @ b [n, k].T -> [m, n] (``tl.dot`` with a transposed B, K-major operands)."""
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=acc_dtype)
+
+
+def _kernel(*refs, lay: W8A8Layout, cfg: W8A8Config, m: int, k_chunk: int, out_partial: bool, poison: bool):
+    if poison:  # the NaN-filled buffer aliased to the output: drop its input ref
+        refs = refs[:-2] + refs[-1:]
+    a_ref, sa_ref, w_ref, sw_ref, o_ref = refs
+    bm, bn, bk = cfg.bm, cfg.bn, cfg.bk
+    k = lay.k
+    acc_dt = jnp.int32 if lay.is_int else jnp.float32
+
+    pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    m0 = pid_m * bm
+    n0 = pid_n * bn
+    rows = m0 + jax.lax.broadcasted_iota(jnp.int32, (bm, 1), 0)  # [bm, 1]
+    cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)  # [bn, 1] weight rows = output columns
+    row_ok = rows < m
+    col_ok = cols < lay.n
+    k_begin = pid_s * k_chunk
+
+    def to_dot_operand(c):
+        """Loaded bytes -> dot operand: fp8 bits -> float8_e4m3fn; uint8b128 -> int8 (c ^ 0x80 == c - 128)."""
+        if lay.codes == "fp8":
+            return jax.lax.bitcast_convert_type(c, jnp.float8_e4m3fn)
+        if lay.codes == "uint8b128":
+            return jax.lax.bitcast_convert_type(c ^ jnp.uint8(0x80), jnp.int8)
+        return c
+
+    def load_a(kk):
+        kk = pl.multiple_of(kk, bk)
+        idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+        a = pltriton.load(a_ref.at[pl.ds(m0, bm), pl.ds(kk, bk)], mask=row_ok & (idx < k), other=0)
+        return jax.lax.bitcast_convert_type(a, jnp.float8_e4m3fn) if lay.codes == "fp8" else a
+
+    def load_w(kk):
+        kk = pl.multiple_of(kk, bk)
+        idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, bk), 1)
+        w = pltriton.load(w_ref.at[pl.ds(n0, bn), pl.ds(kk, bk)], mask=col_ok & (idx < k), other=0)
+        return to_dot_operand(w)
+
+    # Scale columns are masked too: the last split-K chunk may hold blocks past K, whose dots are 0
+    # but whose out-of-bounds scales could be NaN (0 * NaN).
+    def a_scale(j):
+        """Activation scales [bm, 1] f32 of scale column j."""
+        return pltriton.load(sa_ref.at[pl.ds(m0, bm), pl.ds(j, 1)], mask=row_ok & (j < lay.a_units), other=0.0)
+
+    n_wn, n_wk = lay.w_scale_shape
+
+    def w_scale(j):
+        """Weight scales of scale column j: [1, bn] (one per output column) or [1, 1] (one per tile)."""
+        if lay.w_bn == 1:
+            s = pltriton.load(sw_ref.at[pl.ds(n0, bn), pl.ds(j, 1)], mask=col_ok & (j < n_wk), other=0.0)
+            return s.reshape(1, bn)
+        r = 0 if n_wn == 1 else jax.lax.div(n0, lay.w_bn)  # the tile lies inside one scale row
+        ok = jnp.full((1, 1), True) & (j < n_wk)
+        return pltriton.load(sw_ref.at[pl.ds(r, 1), pl.ds(j, 1)], mask=ok, other=0.0)
+
+    def dot_steps(k0, n_steps, acc):
+        """acc + the 8-bit dots of ``n_steps`` K steps from column k0 (acc int32 / f32 [bm, bn])."""
+
+        def body(i, acc):
+            kk = k0 + i * bk
+            return acc + _dot_nt(load_a(kk), load_w(kk), acc_dt)
+
+        if n_steps == 1:
+            return body(0, acc)
+        return jax.lax.fori_loop(0, n_steps, body, acc)
+
+    zeros = jnp.zeros((bm, bn), acc_dt)
+    if not lay.k_blocked:
+        acc = dot_steps(k_begin, k_chunk // bk, zeros)
+        out = acc.astype(jnp.float32) * a_scale(0) * w_scale(0)
+    else:
+        kblk = lay.kblk
+
+        def block(b, acc):
+            k0 = pl.multiple_of(k_begin + b * kblk, kblk)
+            part = dot_steps(k0, kblk // bk, zeros)
+            sa = a_scale(jax.lax.div(k0, lay.a_bk))
+            sw = w_scale(jax.lax.div(k0, lay.w_bk))
+            return acc + part.astype(jnp.float32) * sa * sw
+
+        out = jax.lax.fori_loop(0, k_chunk // kblk, block, jnp.zeros((bm, bn), jnp.float32))
+    out_mask = row_ok & col_ok.reshape(1, bn)
+    if out_partial:
+        pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], out, mask=out_mask)
+    else:
+        pltriton.store(o_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], out.astype(o_ref.dtype), mask=out_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("lay", "cfg", "out_dtype", "interpret", "name", "poison"))
+def w8a8_matmul(
+    a,
+    a_scale,
+    w,
+    w_scale,
+    *,
+    lay: W8A8Layout,
+    cfg: W8A8Config,
+    out_dtype=jnp.bfloat16,
+    interpret: bool = False,
+    name: str = "jquant_w8a8",
+    poison: bool = False,
+):
+    """``(a * a_scale) @ (w * w_scale).T`` with 8-bit dots, for the codes and scales described by ``lay``.
+
+    Args:
+        a: [M, K] quantized activations: int8, or float8_e4m3fn (or its uint8 bits) for fp8.
+        a_scale: float32 [M, ceil(K / lay.a_bk)].
+        w: [N, K] weight codes as stored: float8_e4m3fn (or its uint8 bits), int8, or uint8
+            (uint8b128).
+        w_scale: float32 [ceil(N / lay.w_bn), ceil(K / lay.w_bk)] (``scale2`` already folded in).
+        lay: static problem description.
+        cfg: static tile configuration (``bk`` must divide ``lay.kblk`` when ``lay.k_blocked``).
+        out_dtype: result dtype (bf16 / f16; f32 works too).
+        interpret: run the Pallas interpreter (CPU tests).
+        name: kernel name in profiles.
+        poison: tests only: the kernel writes into a NaN-filled buffer (aliased to the output), so
+            any element it fails to write shows up as NaN.
+
+    Returns:
+        [M, N] in ``out_dtype``.
+    """
+    m, k = a.shape
+    if k != lay.k or w.shape != (lay.n, lay.k):
+        raise ValueError(f"a {a.shape} / w {w.shape} do not match the layout (N={lay.n}, K={lay.k})")
+    if a_scale.shape != (m, lay.a_units) or w_scale.shape != lay.w_scale_shape:
+        raise ValueError(
+            f"scale shapes a {a_scale.shape} / w {w_scale.shape}, expected {(m, lay.a_units)} / {lay.w_scale_shape}"
+        )
+    if lay.k_blocked and lay.kblk % cfg.bk:
+        raise ValueError(f"bk={cfg.bk} does not divide the scale block {lay.kblk}")
+    if 1 < lay.w_bn < lay.n and lay.w_bn % cfg.bn:
+        raise ValueError(f"bn={cfg.bn} does not divide the weight scale rows ({lay.w_bn}); expand the scales")
+    if lay.codes == "fp8":  # masked loads fill with integer 0: read the fp8 bytes as uint8 (a bitcast, no copy)
+        a = jax.lax.bitcast_convert_type(a, jnp.uint8) if a.dtype != jnp.uint8 else a
+        w = jax.lax.bitcast_convert_type(w, jnp.uint8) if w.dtype != jnp.uint8 else w
+    step = lay.kblk if lay.k_blocked else cfg.bk  # a split never cuts a scale block
+    steps = -(-k // step)
+    split = max(1, min(cfg.split_k, steps))
+    k_chunk = -(-steps // split) * step
+    split = -(-k // k_chunk)  # drop splits that would start beyond K
+    out_partial = split > 1
+    grid = (pl.cdiv(m, cfg.bm), pl.cdiv(lay.n, cfg.bn), split)
+    out_shape = (
+        jax.ShapeDtypeStruct((split, m, lay.n), jnp.float32)
+        if out_partial
+        else jax.ShapeDtypeStruct((m, lay.n), out_dtype)
+    )
+    kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
+    args = (a, a_scale.astype(jnp.float32), w, w_scale.astype(jnp.float32))
+    aliases = {}
+    if poison:
+        args += (jnp.full(out_shape.shape, jnp.nan, out_shape.dtype),)
+        aliases = {len(args) - 1: 0}
+    y = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        input_output_aliases=aliases,
+        interpret=interpret,
+        name=name,
+        compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+    )(*args)
+    if out_partial:
+        y = y.sum(axis=0).astype(out_dtype)
+    return y
