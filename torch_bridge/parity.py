@@ -30,6 +30,7 @@ import torch
 from jquant.core.activation import ActQuant, fake_quantize
 from jquant.core.dequant import dequantize
 from jquant.core.qarray import QArray
+from jquant.parity import compare_logits, load_transformers_model
 
 __all__ = [
     "LogitsFn",
@@ -41,7 +42,7 @@ __all__ = [
     "oracle_leg",
     "transformers_leg",
     "greedy",
-    "compare_logits",
+    "compare_legs",
     "weight_errors",
 ]
 
@@ -109,12 +110,7 @@ def transformers_leg(src: str | Path) -> Leg:
     """A leg loading ``src`` with ``AutoModelForCausalLM.from_pretrained`` (a ``.gguf`` through ``gguf_file``)."""
 
     def leg(ckpt: Any) -> LogitsFn:
-        from transformers import AutoModelForCausalLM
-
-        p = Path(src)
-        kw = {"gguf_file": p.name} if p.suffix == ".gguf" else {}
-        model = AutoModelForCausalLM.from_pretrained(p.parent if kw else p, dtype=torch.float32, **kw).eval()
-        return _torch_logits_fn(model)
+        return _torch_logits_fn(load_transformers_model(src))
 
     return leg
 
@@ -152,14 +148,15 @@ class Comparison:
     first_divergence: int | None
 
 
-def compare_logits(name: str, ref: np.ndarray, got: np.ndarray, ref_tok: np.ndarray, got_tok: np.ndarray):
-    d = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+def compare_legs(name: str, ref: np.ndarray, got: np.ndarray, ref_tok: np.ndarray, got_tok: np.ndarray) -> Comparison:
+    """Leg ``name`` against the reference: `jquant.parity.compare_logits` plus the greedy continuations."""
+    a = compare_logits(got, ref)
     diverge = np.nonzero((ref_tok != got_tok).any(axis=0))[0]
     return Comparison(
         leg=name,
-        max_abs=float(d.max()),
-        max_over_std=float(d.max() / ref.std()),
-        top1=float((ref.argmax(-1) == got.argmax(-1)).mean()),
+        max_abs=a.max_abs_diff,
+        max_over_std=a.rel,
+        top1=a.top1_agreement,
         greedy_equal=not diverge.size,
         first_divergence=int(diverge[0]) if diverge.size else None,
     )
@@ -276,7 +273,7 @@ def run_parity(
     if reference not in logits:
         raise RuntimeError(f"reference leg {reference!r} failed: {errors.get(reference)}")
     comps = [
-        compare_logits(n, logits[reference], logits[n], tokens[reference], tokens[n]) for n in logits if n != reference
+        compare_legs(n, logits[reference], logits[n], tokens[reference], tokens[n]) for n in logits if n != reference
     ]
     return ParityReport(
         src=str(getattr(src, "metadata", {}).get("source", src)) if hasattr(src, "weights") else str(src),

@@ -22,8 +22,8 @@ def run(args) -> int:
     import jquant
     from jquant.cli.generate import default_src
     from jquant.models import Generator, from_checkpoint
-    from jquant.models.parity import compare_logits, load_transformers_model, transformers_greedy, transformers_logits
     from jquant.models.tokenizer import load_tokenizer, prompt_ids
+    from jquant.parity import compare_logits, load_transformers_model, transformers_greedy, transformers_logits
 
     src = args.src or default_src()
     model = from_checkpoint(jquant.convert(src), dtype=jnp.float32)

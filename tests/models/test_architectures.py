@@ -72,7 +72,7 @@ def test_greedy_generation_matches_transformers(arch):
 @pytest.mark.parametrize("name", ["llama3", "qwen3"])
 def test_bfloat16_model_is_close_to_float32_transformers(name):
     """The accelerator default dtype (bf16 activations and float weights) runs and stays close."""
-    from jquant.models.parity import compare_logits
+    from jquant.parity import compare_logits
 
     folder = hf_dir(name)
     model = from_checkpoint(jquant.convert(folder), dtype=jnp.bfloat16)

@@ -9,7 +9,7 @@ import pytest
 import jquant
 from jquant.core.concat import why_not_concat
 from jquant.models import Generator, from_checkpoint
-from jquant.models.parity import compare_logits
+from jquant.parity import compare_logits
 
 gptq_awq = pytest.importorskip(
     "tests.fixtures.producers_gptq_awq", reason="tests/fixtures/producers_gptq_awq.py absent"

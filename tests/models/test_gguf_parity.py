@@ -12,7 +12,7 @@ import pytest
 
 import jquant
 from jquant.models import Generator, from_checkpoint
-from jquant.models.parity import compare_logits, load_transformers_model, transformers_greedy, transformers_logits
+from jquant.parity import compare_logits, load_transformers_model, transformers_greedy, transformers_logits
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -21,7 +21,7 @@ import pytest
 
 import jquant
 from jquant.models import Generator, from_checkpoint
-from jquant.models.parity import compare_logits, load_transformers_model, transformers_logits
+from jquant.parity import compare_logits, load_transformers_model, transformers_logits
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

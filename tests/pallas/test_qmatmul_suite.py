@@ -42,5 +42,9 @@ def test_suite_has_runnable_cases():
 
     from tests.ops.qmatmul_suite import make_qarray, make_x
 
-    taken = [c for c in RUN if WNA16Backend("prefill", interpret=True).supports(jax.numpy.asarray(make_x(c)), make_qarray(c))[0]]
+    taken = [
+        c
+        for c in RUN
+        if WNA16Backend("prefill", interpret=True).supports(jax.numpy.asarray(make_x(c)), make_qarray(c))[0]
+    ]
     assert len(taken) >= 8, [str(c) for c in taken]

@@ -1,4 +1,7 @@
-"""Parity of jquant's logits with transformers' forward of the same checkpoint (the oracle model).
+"""Logit parity, shared by the JAX legs (`jquant parity`, tests/models) and the Torch legs
+(`torch_bridge.parity`): one comparison, and transformers' forward of the same checkpoint as the
+oracle model. Imports numpy only (torch / transformers lazily), so `torch_bridge` can use it
+without JAX.
 
 transformers loads HF folders natively (GPTQ / AWQ / compressed-tensors checkpoints through their
 own integrations where those run on CPU) and GGUF files with ``from_pretrained(dir, gguf_file=...)``
@@ -14,11 +17,18 @@ import numpy as np
 
 from jquant.convert import gguf_file_of
 
-__all__ = ["ParityReport", "compare_logits", "load_transformers_model", "transformers_logits", "transformers_greedy"]
+__all__ = [
+    "LogitAgreement",
+    "ParityReport",
+    "compare_logits",
+    "load_transformers_model",
+    "transformers_logits",
+    "transformers_greedy",
+]
 
 
 @dataclasses.dataclass
-class ParityReport:
+class LogitAgreement:
     """Logit agreement of two models on the same tokens.
 
     Attributes:
@@ -35,13 +45,16 @@ class ParityReport:
         return f"max|diff| {self.max_abs_diff:.3e}, max|diff|/std {self.rel:.3e}, top-1 agreement {self.top1_agreement:.1%}"
 
 
-def compare_logits(ours: np.ndarray, oracle: np.ndarray) -> ParityReport:
+ParityReport = LogitAgreement  # the name the JAX-side tests and CLI have used
+
+
+def compare_logits(ours: np.ndarray, oracle: np.ndarray) -> LogitAgreement:
     """Compares float logits [..., vocab] of the same shape."""
     ours, oracle = np.asarray(ours, np.float64), np.asarray(oracle, np.float64)
     if ours.shape != oracle.shape:
         raise ValueError(f"logit shapes differ: {ours.shape} vs {oracle.shape}")
     d = float(np.abs(ours - oracle).max())
-    return ParityReport(d, d / float(oracle.std()), float((ours.argmax(-1) == oracle.argmax(-1)).mean()))
+    return LogitAgreement(d, d / float(oracle.std()), float((ours.argmax(-1) == oracle.argmax(-1)).mean()))
 
 
 def load_transformers_model(src: str | os.PathLike, dtype: str = "float32"):
