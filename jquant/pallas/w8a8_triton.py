@@ -44,6 +44,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jquant.pallas.launch import launch
+
 __all__ = ["W8A8Config", "W8A8Layout", "w8a8_matmul", "CODE_KINDS"]
 
 # How the weight codes are stored: fp8 e4m3 bytes, two's-complement int8, or uint8 with bias 128.
@@ -283,19 +285,4 @@ def w8a8_matmul(
     )
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
     args = (a, a_scale.astype(jnp.float32), w, w_scale.astype(jnp.float32))
-    aliases = {}
-    if poison:
-        args += (jnp.full(out_shape.shape, jnp.nan, out_shape.dtype),)
-        aliases = {len(args) - 1: 0}
-    y = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        input_output_aliases=aliases,
-        interpret=interpret,
-        name=name,
-        compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-    )(*args)
-    if out_partial:
-        y = y.sum(axis=0).astype(out_dtype)
-    return y
+    return launch(kernel, args, out_shape, grid, cfg, out_dtype=out_dtype, interpret=interpret, name=name, poison=poison)

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jquant.pallas.launch import launch
 from jquant.pallas.wna16_config import WNA16Config
 
 __all__ = ["WNA16Layout", "wna16_matmul"]
@@ -319,19 +320,4 @@ def wna16_matmul(
     )
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
     args = (*x_in, codes, scale) if zero is None else (*x_in, codes, scale, zero)
-    aliases = {}
-    if poison:
-        args += (jnp.full(out_shape.shape, jnp.nan, out_shape.dtype),)
-        aliases = {len(args) - 1: 0}
-    y = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        input_output_aliases=aliases,
-        interpret=interpret,
-        name=name,
-        compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-    )(*args)
-    if out_partial:
-        y = y.sum(axis=0).astype(x.dtype)
-    return y
+    return launch(kernel, args, out_shape, grid, cfg, out_dtype=x.dtype, interpret=interpret, name=name, poison=poison)
