@@ -285,4 +285,6 @@ def w8a8_matmul(
     )
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
     args = (a, a_scale.astype(jnp.float32), w, w_scale.astype(jnp.float32))
-    return launch(kernel, args, out_shape, grid, cfg, out_dtype=out_dtype, interpret=interpret, name=name, poison=poison)
+    return launch(
+        kernel, args, out_shape, grid, cfg, out_dtype=out_dtype, interpret=interpret, name=name, poison=poison
+    )
