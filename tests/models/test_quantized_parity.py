@@ -96,7 +96,7 @@ def test_gptq_awq_autoround_logits_match_producer(name):
 producers_ct = pytest.importorskip("tests.fixtures.producers_ct", reason="tests/fixtures/producers_ct.py absent")
 
 # Schemes whose transformers forward runs on CPU and that agree with jquant.
-CT_SCHEMES = ["W4A16", "W8A16", "GPTQ", "FP8", "W8A8_STATIC_ASYM", "FP8_WEIGHT_ONLY", "MIXED", "W8A8"]
+CT_SCHEMES = ["W4A16", "W8A16", "GPTQ", "FP8", "W8A8_STATIC_ASYM", "FP8_WEIGHT_ONLY", "MIXED"]
 # Measured 2026-11-26 and left out, with the reason:
 CT_NOT_COMPARED = {
     "W4A16_ASYM": "transformers 5.24 refuses the checkpoint (weight_zero_point size mismatch on load)",
@@ -116,11 +116,20 @@ CT_NOT_COMPARED = {
 # * The oracle is as sensitive to itself: transformers with its RMSNorm computed in float64
 #   (then float32) vs plain transformers gives max|diff|/std 1.17e-1 (FP8_DYNAMIC) and 1.46e-1
 #   with 96.4% top-1 (FP8_BLOCK); jquant vs transformers: 1.17e-1 / 100% and 1.14e-1 / 92.9%.
-#   (Same probe on W8A8: 4.4e-2 for the oracle against itself, 1.9e-6 for jquant.)
+#   (Same probe on W8A8: 4.4e-2 for the oracle against itself.)
+# * Dynamic int8 (W8A8) is tie-sensitive by construction: with compressed-tensors' scale
+#   ``amax / 127.5`` the largest element of every row lands on x / s = +-127.5, an exact tie. A
+#   positive one clamps to 127 either way; a negative one rounds to -128 or -127 depending on the
+#   last bit of amax, s and x / s. Measured 2026-12-05 (2-core AMD EPYC, same packages): layer 0
+#   o_proj row 6, x / s = -127.50001 in torch (-> -128), -127.49999 in jquant (-> -127), inputs
+#   8 ulp apart; from there 1781 of layer 1 down_proj's codes differ and jquant vs transformers
+#   gives 3.2e-2 / 100% top-1 (1.9e-6 in the 2026-11-26 measurement, where no row flipped).
+#   transformers against itself: eager vs sdpa attention 3.3e-2; +-1 ulp noise on the embeddings
+#   4.0e-2 to 4.3e-2 (5 draws); all 100% top-1, but the smallest top-1 margin is 1.7e-2 * std.
 # So what is guaranteed is the per-layer bit-exactness; the logits bound is the measured
 # self-sensitivity with margin, not a parity claim.
-CT_TIE_SENSITIVE = ["FP8_DYNAMIC", "FP8_BLOCK"]
-TIE_SENSITIVE_REL = 0.25
+CT_TIE_SENSITIVE = ["FP8_DYNAMIC", "FP8_BLOCK", "W8A8"]
+TIE_SENSITIVE_REL = {"FP8_DYNAMIC": 0.25, "FP8_BLOCK": 0.25, "W8A8": 0.1}
 TIE_SENSITIVE_TOP1 = 0.9
 
 
@@ -188,7 +197,7 @@ def test_compressed_tensors_dynamic_fp8_teacher_forced(scheme):
     full = np.concatenate([IDS, gen(IDS, max_new_tokens=8)], axis=1)  # teacher-forced: same tokens both sides
     want = _oracle_logits_checking_input_qdq(load_transformers_model(folder), ckpt, full)
     report = compare_logits(gen.logits(full), want)
-    assert report.rel <= TIE_SENSITIVE_REL, f"{scheme}: {report}"
+    assert report.rel <= TIE_SENSITIVE_REL[scheme], f"{scheme}: {report}"
     assert report.top1_agreement >= TIE_SENSITIVE_TOP1, f"{scheme}: {report}"
 
 
