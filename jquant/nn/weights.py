@@ -109,7 +109,10 @@ class Weights:
         from jquant.core.concat import concat_rows, why_not_concat
 
         names = [f"{p}.weight" for p in prefixes]
-        if any(n not in self for n in names) or any(f"{p}.input_quant" in self for p in prefixes):
+        if any(n not in self for n in names):
+            return None
+        acts = [self._weights.get(f"{p}.input_quant") for p in prefixes]
+        if not _one_recipe(acts):
             return None
         biases = [f"{p}.bias" in self for p in prefixes]
         if any(biases) and not all(biases):
@@ -121,12 +124,20 @@ class Weights:
         if why_not_concat(raw):
             return None
         self.used.update(names)
+        act = None if acts[0] is None else self.get(f"{prefixes[0]}.input_quant")
+        self.used.update(f"{p}.input_quant" for p in prefixes if acts[0] is not None)
         weight = to_device(concat_rows(raw), self.dtype)
         bias = None
         if all(biases):
             bias = jnp.concatenate([self.get(f"{p}.bias", (o,)) for p, o in zip(prefixes, out_features)])
         return QuantLinear(
-            in_features, sum(out_features), dtype=self.dtype, implementation=implementation, weight=weight, bias=bias
+            in_features,
+            sum(out_features),
+            dtype=self.dtype,
+            implementation=implementation,
+            weight=weight,
+            bias=bias,
+            input_quant=act,
         )
 
     def embed(self, name: str, num_embeddings: int, features: int, *, implementation=None) -> QuantEmbed:
@@ -143,3 +154,20 @@ class Weights:
 
     def unused(self) -> list[str]:
         return sorted(set(self._weights) - self.used)
+
+
+def _one_recipe(acts: list) -> bool:
+    """Whether projections of the same input share one activation recipe (or none), so that their
+    fused matmul quantizes the input exactly as each would: equal static fields and equal arrays
+    (dynamic recipes depend on the input alone; static ones on their scale values)."""
+    if all(a is None for a in acts):
+        return True
+    if any(a is None for a in acts):
+        return False
+    ref = acts[0]
+    return all(
+        a.static_json() == ref.static_json()
+        and a.arrays().keys() == ref.arrays().keys()
+        and all(np.array_equal(np.asarray(a.arrays()[k]), np.asarray(ref.arrays()[k])) for k in ref.arrays())
+        for a in acts[1:]
+    )

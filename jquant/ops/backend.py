@@ -55,14 +55,16 @@ def available_backends(platform: str) -> list[Backend]:
     return REGISTRY.ordered(platform)
 
 
-def why_not_operands(caps: Capabilities, x: Any, w: Any, act: Any = None) -> str:
+def why_not_operands(caps: Capabilities, x: Any, w: Any, act: Any = None, more=None) -> str:
     """ "" when an op declared by ``caps`` computes ``qmatmul(x, w, act)`` when called directly, else why not.
 
     Checks the operands only (`Capabilities.operands`): no M range, platform or compute
     capability, so ops can be called outside their routed range and lowered on a CPU host.
+    ``more`` is the backend's `why_not_more` hook, asked when the record fits.
     """
     from jquant.core.qarray import QArray
 
     if not isinstance(w, QArray):
         return f"not a QArray ({type(w).__name__})"
-    return check(caps.operands(), Call.of(x.shape, x.dtype, w, Device("any"), act))
+    call = Call.of(x.shape, x.dtype, w, Device("any"), act)
+    return check(caps.operands(), call) or (more(call) if more else "")

@@ -23,7 +23,7 @@ uint8b128 XOR is one elementwise pass over the weight unless XLA fuses it into i
 K-blocked weights whose K is not a multiple of ``kblk`` are padded per call; the Pallas kernel
 (`jquant.pallas.w8a8`) reads all of these in place.
 
-The shared checks (`w8a8_reason`) and geometry (`w8a8_geometry`, `weight_scales_f32`) serve the
+The shared checks (`W8A8_CAPS`, `w8a8_pair_reason`) and geometry (`w8a8_geometry`, `weight_scales_f32`) serve the
 Pallas kernel too.
 """
 
@@ -38,13 +38,12 @@ import numpy as np
 from jquant.core.activation import ActQuant
 from jquant.core.qarray import QArray, register_pytree
 from jquant.core.routing import Capabilities
-from jquant.ops.act_quant import native_act_reason, quantize_act
-from jquant.ops.backend import Backend, register_backend
+from jquant.ops.act_quant import quantize_act
+from jquant.ops.backend import Backend, register_backend, why_not_operands
 
 __all__ = [
     "xla_w8a8_matmul",
     "why_not_xla_w8a8",
-    "w8a8_reason",
     "w8a8_code_kind",
     "w8a8_geometry",
     "weight_scales_f32",
@@ -91,51 +90,42 @@ def _kblk(k: int, a_bk: int, w_bk: int) -> int:
     return math.gcd(*blocks) if blocks else k
 
 
-def w8a8_reason(x, w, act, *, act_dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")) -> str:
-    """Empty string when an 8-bit-dot W8A8 path computes the spec for this call, else the reason.
+# What an 8-bit-dot W8A8 path reads (the Pallas kernel narrows it): fp8 e4m3 / int8 / uint8b128
+# codes without zero points, any scale block, the recipes it fuses (symmetric fp8 / int8 per token,
+# per tensor, per group, or a static per-tensor scale; `jquant.core.routing.act_kind`).
+W8A8_CAPS = Capabilities(
+    platforms=frozenset({"gpu"}),
+    codes=frozenset({"fp8_e4m3", "int8", "uint8"}),
+    zeros=frozenset({"none"}),
+    scale_dtypes=frozenset(_SCALE_DTYPES),
+    scale2=True,
+    row_blocks=None,
+    act_dtypes=frozenset({"bfloat16", "float16", "float32"}),
+    act=frozenset({f"{t}:{g}" for t in ("fp8", "int8") for g in ("token", "tensor", "static", "group*")}),
+)
 
-    Checks only static fields, shapes and dtypes (works on tracers).
 
-    Args:
-        x: activations [..., K].
-        w: the weight.
-        act: its input-activation recipe.
-        act_dtypes: accepted activation dtypes (names).
-    """
-    if not isinstance(w, QArray):
-        return f"not a QArray ({type(w).__name__})"
-    why = native_act_reason(act)
-    if why:
-        return why
-    kind = w8a8_code_kind(w)
-    if kind is None:
-        return f"weight qtype {w.qtype.name} (8-bit dots read fp8_e4m3, int8, uint8b128 codes)"
-    if _ACT_FOR_CODES[kind] != act.qtype.name:
-        return f"{act.qtype.name} activations with {w.qtype.name} weights (no mixed 8-bit dot)"
-    if w.zero is not None:
-        return "weight zero points (asymmetric weights)"
-    sdt = np.dtype(w.scale.dtype).name
-    if sdt not in _SCALE_DTYPES:
-        return f"weight scale dtype {sdt}"
-    if np.dtype(x.dtype).name not in act_dtypes:
-        return f"activation dtype {np.dtype(x.dtype).name} (takes {', '.join(act_dtypes)})"
-    n, k = w.shape
-    if x.shape[-1] != k:
-        return f"x has K={x.shape[-1]}, weight has K={k}"
-    if math.prod(x.shape[:-1]) == 0:
-        return "empty activations"
-    if act.granularity == "group":
-        if k % act.group_size:
-            return f"K={k} is not a multiple of the activation group {act.group_size}"
-        if w.perm is not None and act.group_size < k:
-            # The spec quantizes groups in HF column order; the codes are dotted in perm order.
-            return "act-order perm with per-group activation scales"
+def w8a8_pair_reason(call) -> str:
+    """The part of a W8A8 check that is not data: code / recipe pairing, groups against K and perm."""
+    q, cc = call.qtype, call.device.cc
+    if call.codes == "fp8_e4m3" and cc is not None and cc < (8, 9):
+        return f"fp8 tensor-core MMA needs compute capability >= 8.9, the device has {cc[0]}.{cc[1]}"
+    if call.codes == "uint8" and q.bias != 128:
+        return f"qtype {q.name}: unsigned 8-bit codes are read as int8 only with bias 128"
+    want = "fp8" if call.codes == "fp8_e4m3" else "int8"
+    if not call.act.startswith(want + ":"):
+        return f"{call.act} activations with {q.name} weights (no mixed 8-bit dot)"
+    group = int(call.act.partition(":group")[2] or 0)
+    if group and call.k % group:
+        return f"K={call.k} is not a multiple of the activation group {group}"
+    if group and group < call.k and call.perm:  # the spec quantizes groups in HF column order
+        return "act-order perm with per-group activation scales"
     return ""
 
 
 def why_not_xla_w8a8(x, w, act) -> str:
     """Empty string when `xla_w8a8_matmul` runs this call, else the reason (static checks only)."""
-    return w8a8_reason(x, w, act)
+    return why_not_operands(W8A8_CAPS, x, w, act, more=w8a8_pair_reason)
 
 
 def weight_scales_f32(w: QArray) -> jax.Array:
@@ -163,7 +153,7 @@ def xla_w8a8_matmul(x: jax.Array, w: QArray, act: ActQuant, *, max_partial_bytes
 
     Args:
         x: activations [..., K], bf16 / f16 / f32.
-        w: `QArray` (N, K) with fp8 e4m3, int8 or uint8b128 codes (see `w8a8_reason`).
+        w: `QArray` (N, K) with fp8 e4m3, int8 or uint8b128 codes (see `why_not_xla_w8a8`).
         act: the layer's `ActQuant` (a native recipe, `jquant.ops.act_quant.native_act_reason`).
         max_partial_bytes: bound on the f32 per-block partials of K-blocked scales; above it the
             blocks are dotted in chunks inside a loop.
@@ -220,39 +210,6 @@ def xla_w8a8_matmul(x: jax.Array, w: QArray, act: ActQuant, *, max_partial_bytes
 
             y = jax.lax.fori_loop(0, nb // chunk, body, jnp.zeros((m, n), jnp.float32))
     return y.astype(x.dtype).reshape(*lead, n)
-
-
-# What an 8-bit-dot W8A8 path reads (the Pallas kernel narrows it): fp8 e4m3 / int8 / uint8b128
-# codes without zero points, any scale block, the recipes it fuses (symmetric fp8 / int8 per token,
-# per tensor, per group, or a static per-tensor scale; `jquant.core.routing.act_kind`).
-W8A8_CAPS = Capabilities(
-    platforms=frozenset({"gpu"}),
-    codes=frozenset({"fp8_e4m3", "int8", "uint8"}),
-    zeros=frozenset({"none"}),
-    scale_dtypes=frozenset(_SCALE_DTYPES),
-    scale2=True,
-    row_blocks=None,
-    act_dtypes=frozenset({"bfloat16", "float16", "float32"}),
-    act=frozenset({f"{t}:{g}" for t in ("fp8", "int8") for g in ("token", "tensor", "static", "group*")}),
-)
-
-
-def w8a8_pair_reason(call) -> str:
-    """The part of a W8A8 check that is not data: code / recipe pairing, groups against K and perm."""
-    q, cc = call.qtype, call.device.cc
-    if call.codes == "fp8_e4m3" and cc is not None and cc < (8, 9):
-        return f"fp8 tensor-core MMA needs compute capability >= 8.9, the device has {cc[0]}.{cc[1]}"
-    if call.codes == "uint8" and q.bias != 128:
-        return f"qtype {q.name}: unsigned 8-bit codes are read as int8 only with bias 128"
-    want = "fp8" if call.codes == "fp8_e4m3" else "int8"
-    if not call.act.startswith(want + ":"):
-        return f"{call.act} activations with {q.name} weights (no mixed 8-bit dot)"
-    group = int(call.act.partition(":group")[2] or 0)
-    if group and call.k % group:
-        return f"K={call.k} is not a multiple of the activation group {group}"
-    if group and group < call.k and call.perm:  # the spec quantizes groups in HF column order
-        return "act-order perm with per-group activation scales"
-    return ""
 
 
 class XlaW8A8(Backend):

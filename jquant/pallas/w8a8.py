@@ -26,7 +26,7 @@ import numpy as np
 from jquant.core.activation import ActQuant
 from jquant.core.qarray import QArray, register_pytree
 from jquant.ops.act_quant import quantize_act
-from jquant.ops.backend import Backend
+from jquant.ops.backend import Backend, why_not_operands
 from jquant.ops.device import NUM_SMS_DEFAULT
 from jquant.ops.device import num_sms as device_num_sms
 from jquant.ops.xla_w8a8 import (
@@ -34,7 +34,6 @@ from jquant.ops.xla_w8a8 import (
     w8a8_code_kind,
     w8a8_geometry,
     w8a8_pair_reason,
-    w8a8_reason,
     weight_scales_f32,
 )
 from jquant.pallas.w8a8_triton import MIN_BK, W8A8Config, W8A8Layout, w8a8_matmul
@@ -54,7 +53,20 @@ register_pytree()
 
 # Largest M that gets the split-K decode tiles.
 DECODE_MAX_M = 64
-_ACT_DTYPES = ("bfloat16", "float16")
+
+
+def _why_not_more(call) -> str:
+    """`w8a8_pair_reason`, and the two scales' K blocks must share a multiple of `MIN_BK` (the
+    smallest 8-bit dot K)."""
+    why = w8a8_pair_reason(call)
+    group = int(call.act.partition(":group")[2] or 0)
+    blocks = [b for b in (group, call.block[1]) if 0 < b < call.k]
+    if not why and blocks and math.gcd(*blocks) % MIN_BK:
+        why = f"K scale blocks {blocks}: their gcd is not a multiple of {MIN_BK} (smallest 8-bit dot K)"
+    return why
+
+
+CAPS = dataclasses.replace(W8A8_CAPS, act_dtypes=frozenset({"bfloat16", "float16"}))
 
 
 def why_not(x, w, act) -> str:
@@ -62,15 +74,7 @@ def why_not(x, w, act) -> str:
 
     Static checks only (shapes, dtypes, static fields): works on tracers.
     """
-    why = w8a8_reason(x, w, act, act_dtypes=_ACT_DTYPES)
-    if why:
-        return why
-    n, k = w.shape
-    a_bk, _, w_bk = w8a8_geometry(w, act)
-    blocks = [b for b in (a_bk, w_bk) if b < k]
-    if blocks and math.gcd(*blocks) % MIN_BK:
-        return f"K scale blocks {blocks}: their gcd is not a multiple of {MIN_BK} (smallest 8-bit dot K)"
-    return ""
+    return why_not_operands(CAPS, x, w, act, more=_why_not_more)
 
 
 def layout_of(w: QArray, act: ActQuant) -> W8A8Layout:
@@ -194,19 +198,10 @@ class PallasW8A8(Backend):
     def __init__(self, *, interpret: bool = False, name: str = "pallas_triton_w8a8"):
         self.name = name
         self.interpret = interpret
-        self.caps = dataclasses.replace(
-            W8A8_CAPS,
-            act_dtypes=frozenset(_ACT_DTYPES),
-            platforms=frozenset({"cpu", "gpu"}) if interpret else W8A8_CAPS.platforms,
-        )
+        self.caps = dataclasses.replace(CAPS, platforms=frozenset({"cpu", "gpu"})) if interpret else CAPS
 
     def why_not_more(self, call):
-        why = w8a8_pair_reason(call)
-        group = int(call.act.partition(":group")[2] or 0)
-        blocks = [b for b in (group, call.block[1]) if 0 < b < call.k]
-        if not why and blocks and math.gcd(*blocks) % MIN_BK:
-            why = f"K scale blocks {blocks}: their gcd is not a multiple of {MIN_BK} (smallest 8-bit dot K)"
-        return why
+        return _why_not_more(call)
 
     def __call__(self, x, w, act=None):
         return pallas_w8a8_qmatmul(x, w, act, interpret=self.interpret)
