@@ -5,6 +5,7 @@ Environment set here (before any test module imports the libraries that read it)
 * TRITON_DEFAULT_FP_FUSION=1: silences triton's default-change warning, same numerics as GPU.
 * JAX_PLATFORMS: left alone, so the device run uses the GPU; CPU CI has only the CPU.
 Tests marked ``gpu`` are skipped unless a CUDA device is visible to JAX or torch.
+Skips are summarized as one count per reason (tests/skip_summary.py); ``pytest -rs`` lists each.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+
+from tests.skip_summary import pytest_terminal_summary  # noqa: E402, F401  (the skip summary hook)
 
 
 def _has_gpu() -> bool:

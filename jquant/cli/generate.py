@@ -5,19 +5,32 @@ from __future__ import annotations
 import sys
 import time
 
+from jquant.cli.common import check_src, format_label, mb
+
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate text with a checkpoint (default: SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("src", nargs="?", default=None, help="HF folder, .gguf file or canonical folder")
-    p.add_argument("--prompt", default="What is the capital of France?")
-    p.add_argument("--system", default=None, help="system message (chat models)")
-    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: float32 on CPU, bfloat16 on GPU)")
+    p = sub.add_parser(
+        "generate",
+        help="generate text with a checkpoint (default: SmolLM2-135M-Instruct Q4_1)",
+        description="Stream a completion of --prompt (wrapped in the model's chat template), stop at the model's "
+        "end tokens or after --max-new-tokens, and report weight memory (MB = 10^6 bytes) and tokens/s on stderr.",
+    )
+    p.add_argument(
+        "src", metavar="SRC", nargs="?", default=None,
+        help="HF folder, .gguf file or canonical folder (default: the embedded SmolLM2-135M-Instruct Q4_1 GGUF)",
+    )  # fmt: skip
+    p.add_argument("--prompt", default="What is the capital of France?", help="the user message to complete")
+    p.add_argument("--system", default=None, help="system message for chat models (default: the template's own)")
+    p.add_argument("--no-chat", action="store_true", help="feed the prompt as is, without the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many new tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+        help="activation dtype (default: float32 on CPU, bfloat16 on GPU)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -28,29 +41,31 @@ def default_src() -> str:
 
 
 def run(args) -> int:
+    # checks and the tokenizer first: a wrong path or a missing package is reported before JAX loads
+    src = str(check_src(args.src)) if args.src else default_src()
+    from jquant.convert.tokenizer import end_token_ids, load_tokenizer
+
+    tok = load_tokenizer(src)
+
     import jax.numpy as jnp
 
     import jquant
     from jquant.models import Generator, SamplingConfig, from_checkpoint
     from jquant.models.generate import model_bytes
-    from jquant.models.tokenizer import load_tokenizer, prompt_ids
+    from jquant.models.tokenizer import prompt_ids
 
-    src = args.src or default_src()
     err = sys.stderr
     t0 = time.perf_counter()
     ckpt = jquant.convert(src)
     model = from_checkpoint(ckpt, dtype=getattr(jnp, args.dtype) if args.dtype else None)
-    tok = load_tokenizer(src)
     ids = prompt_ids(tok, args.prompt, chat=not args.no_chat, system=args.system)
     held, bf16 = model_bytes(model)
     print(
-        f"[{ckpt.format}] {src}: weights {held / 1e6:.1f} MB on device (bf16: {bf16 / 1e6:.1f} MB, "
+        f"[{format_label(ckpt)}] {src}: weights {mb(held)} on device (bf16: {mb(bf16)}, "
         f"{bf16 / held:.2f}x), loaded in {time.perf_counter() - t0:.1f} s; prompt {ids.shape[1]} tokens",
         file=err,
     )
-    eos = set(model.config.eos_token_ids)
-    if tok.eos_token_id is not None:
-        eos.add(tok.eos_token_id)
+    eos = end_token_ids(tok, src, model.config.eos_token_ids)
     generated: list[int] = []
     printed = ""
     stamps: list[float] = []
@@ -68,7 +83,7 @@ def run(args) -> int:
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     t1 = time.perf_counter()
     Generator(model)(ids, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed,
-                     eos_token_ids=sorted(eos), on_token=on_token)  # fmt: skip
+                     eos_token_ids=eos, on_token=on_token)  # fmt: skip
     print(file=sys.stdout)
     first = stamps[0] - t1
     # token 2 waits for the decode step's compilation: the steady rate is measured from token 2 on

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
 
+from jquant.cli.common import check_src, format_label, human_bytes
+
 
 def register(sub) -> None:
-    p = sub.add_parser("inspect", help="show format, per-layer quantization and sizes of a checkpoint")
-    p.add_argument("src")
-    p.add_argument("--all", action="store_true", help="list unquantized tensors too")
+    p = sub.add_parser(
+        "inspect",
+        help="show format, per-layer quantization and sizes of a checkpoint",
+        description="Show a checkpoint's source format, each quantized tensor's qtype / bits / group / symmetry / "
+        "act-order / shape / bytes (layers in numeric order), and the size against bf16. Sizes in MB (10^6 bytes).",
+    )
+    p.add_argument("src", metavar="SRC", help="HF checkpoint folder, .gguf file or canonical folder")
+    p.add_argument("--all", action="store_true", help="list unquantized tensors too (default: quantized ones only)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +57,12 @@ def layer_rows(ckpt, include_dense: bool = False) -> list[dict]:
                     bf16_bytes=2 * a.size,
                 )
             )
-    return rows
+    return sorted(rows, key=lambda r: natural_key(r["name"]))
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers inside a name by value: layers 0, 1, 2, ..., 10, not 0, 1, 10, 2."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
 
 
 def _granularity(w) -> str:
@@ -60,25 +73,17 @@ def _granularity(w) -> str:
     return str(w.block[1]) if w.block[0] == 1 else "x".join(map(str, w.block))
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
 def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
     import jquant
 
-    ckpt = jquant.convert(args.src)
+    ckpt = jquant.convert(check_src(args.src))
     console = Console(width=None if sys.stdout.isatty() else 200)  # full tensor names when piped
     arch = (ckpt.config.get("architectures") or [ckpt.config.get("model_type", "?")])[0]
     console.print(
-        f"[bold]{args.src}[/]: format [cyan]{ckpt.format}[/], architecture {arch}, {len(ckpt.weights)} tensors"
+        f"[bold]{args.src}[/]: format [cyan]{format_label(ckpt)}[/], architecture {arch}, {len(ckpt.weights)} tensors"
     )
     rows = layer_rows(ckpt, include_dense=args.all)
     table = Table(show_lines=False)
@@ -86,14 +91,21 @@ def run(args) -> int:
         table.add_column(col, justify="right" if col in ("bits", "bytes") else "left")
     for r in rows:
         table.add_row(
-            r["name"], r["qtype"], str(r["bits"]), r["group"], r["sym"], r["act_order"], r["shape"], _human(r["bytes"])
+            r["name"],
+            r["qtype"],
+            str(r["bits"]),
+            r["group"],
+            r["sym"],
+            r["act_order"],
+            r["shape"],
+            human_bytes(r["bytes"]),
         )
     console.print(table)
     total = sum(np.asarray(w).nbytes if not isinstance(w, jquant.QArray) else w.nbytes for w in ckpt.weights.values())
     bf16 = sum(2 * (w.n * w.k if isinstance(w, jquant.QArray) else np.asarray(w).size) for w in ckpt.weights.values())
     nq = len(ckpt.quantized())
     console.print(
-        f"quantized tensors: {nq}/{len(ckpt.weights)}; total {_human(total)} vs bf16 {_human(bf16)} "
+        f"quantized tensors: {nq}/{len(ckpt.weights)}; total {human_bytes(total)} vs bf16 {human_bytes(bf16)} "
         f"([bold green]{bf16 / max(total, 1):.2f}x[/] smaller)"
     )
     return 0

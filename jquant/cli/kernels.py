@@ -15,6 +15,11 @@ def register(sub) -> None:
     p.add_argument("--device", choices=("cpu", "gpu", "tpu"), help="route for this platform (default: current)")
     p.add_argument("--sm", help="compute capability of that GPU, e.g. 90 or 8.0")
     p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
+    p.add_argument(
+        "--torch",
+        metavar="DEVICE",
+        help="show the Torch bridge's table for a torch device type instead (cuda, cpu, xpu, hpu, ...)",
+    )
     p.set_defaults(func=run)
 
 
@@ -56,6 +61,19 @@ def markdown(device) -> str:
     return "\n".join(lines)
 
 
+def torch_rows(device_type: str) -> list[dict[str, str]]:
+    """The Torch bridge's routing table for a torch device type (declarations only)."""
+    import torch_bridge  # noqa: F401  (registers the torch backends)
+    from torch_bridge.backend import REGISTRY
+
+    rows = []
+    for i, name in enumerate(REGISTRY.table(device_type), 1):
+        b = REGISTRY.backends.get(name)
+        d = b.caps.describe() if b is not None else {"codes": "", "act": "", "M": "", "cc": ""}
+        rows.append({"#": str(i), "backend": name, **d, "status": "ok" if b is not None else "not loaded"})
+    return rows
+
+
 def run(args) -> int:
     device = _device(args.device, args.sm)
     if args.markdown:
@@ -65,12 +83,14 @@ def run(args) -> int:
     from rich.table import Table
 
     explicit = args.device is not None or args.sm is not None
-    t = Table(title=f"qmatmul routing on {device} (first backend whose capabilities cover the call runs it)")
+    where = f"torch {args.torch}" if args.torch else str(device)
+    t = Table(title=f"qmatmul routing on {where} (first backend whose capabilities cover the call runs it)")
     for c in ("#", "backend", "codes", "act", "M", "cc", "status"):
         t.add_column(c)
-    for r in table_rows(device, runtime=not explicit):
+    rows = torch_rows(args.torch) if args.torch else table_rows(device, runtime=not explicit)
+    for r in rows:
         t.add_row(*(r[c] for c in ("#", "backend", "codes", "act", "M", "cc", "status")))
     Console().print(t)
-    if device.platform == "gpu":
+    if device.platform == "gpu" and not args.torch:
         print("Falls back to xla_reference (the f32 spec) only for calls no backend takes (f32 activations).")
     return 0

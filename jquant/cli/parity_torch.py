@@ -30,14 +30,17 @@ def jax_leg(ckpt):
 
 def register(sub) -> None:
     p = sub.add_parser("parity-torch", help="JAX path vs Torch bridge vs references on one checkpoint")
-    p.add_argument("src", help="HF folder, .gguf file or canonical folder")
+    p.add_argument("src", metavar="SRC", help="HF folder, .gguf file or canonical folder")
     p.add_argument("--transformers", action="store_true", help="also load SRC with transformers itself")
-    p.add_argument("--new-tokens", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=8, help="greedy continuation length compared between legs")
     p.add_argument("--tol", type=float, default=1e-4, help="max |logit diff| / std of the reference")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from jquant.cli.common import check_src
+
+    check_src(args.src)
     from torch_bridge.parity import run_parity, spec_leg, torch_bridge_leg, transformers_leg
 
     legs = {"spec": spec_leg, "torch_bridge": torch_bridge_leg, "jax": jax_leg}

@@ -15,6 +15,7 @@ gptq_awq = pytest.importorskip(
     "tests.fixtures.producers_gptq_awq", reason="tests/fixtures/producers_gptq_awq.py absent"
 )
 
+
 def _ct(scheme: str):
     producers_ct = pytest.importorskip("tests.fixtures.producers_ct")
     return producers_ct.llmcompressor_dir() / scheme

@@ -128,3 +128,20 @@ def test_scaled_mm_fp8_backend_arithmetic():
     ref = reference(case, make_x(case), aq.fake_quant(x, "fp8:0").numpy())
     err = np.abs(y.float().numpy() - ref)
     assert y.dtype == torch.bfloat16 and (err <= 2.0**-7 * (np.abs(ref) + np.abs(ref).max() * 0.05)).all(), err.max()
+
+
+@pytest.mark.parametrize("device", ["hpu", "mps", "meta"])
+def test_devices_without_triton_take_the_reference(device):
+    """Gaudi (hpu) and other devices have no Triton driver: the Triton backends decline there."""
+    w = _w(qt.uint4b8, 32, 128, (1, 32))
+    assert tb.select(w, torch.device(device), torch.bfloat16).backend.name == DEQ
+    ok, why = tb.BACKENDS["torch_triton_wxa16"].supports(w, torch.device(device), torch.bfloat16)
+    assert not ok and f"runs on cpu/cuda/xpu, not {device}" in why
+
+
+def test_jquant_kernels_prints_the_torch_table(capsys):
+    from jquant.cli import main
+
+    assert main(["kernels", "--torch", "hpu"]) == 0
+    out = capsys.readouterr().out
+    assert "torch_dequant_matmul" in out and "torch_triton" not in out
