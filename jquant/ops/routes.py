@@ -11,6 +11,8 @@ Why this order (measurements in bench/results/nvidia_h200/):
   kernels take an activation recipe only composed with an XLA fake-quantization.
 * Pallas W4A16/W8A16: decode tiles to M = 64, tensor-core tiles to M = 127; from M = 128 XLA's
   dequantize -> cuBLAS dot is faster than the fused Pallas-Triton prefill (87 vs 92 us at M = 128).
+* ``pallas_triton_wxa16`` for every other weight-only code type up to M = 127 (float zeros,
+  codebooks, fp4, fp8 W8A16, 2-bit), after the integer kernels it generalizes.
 * ``xla_dequant_dot`` last on GPU: every code type, any M, one bf16/f16 rounding of the weight.
   The f32 ``xla_reference`` is the spec, not a GPU path: it runs there only when forced.
 """
@@ -28,6 +30,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
         "xla_w8a8",
         "pallas_triton_wna16_decode",
         "pallas_triton_wna16_prefill",
+        "pallas_triton_wxa16",
         "xla_dequant_dot",
     ),
     "cpu": ("xla_cpu_chunked", "xla_reference"),

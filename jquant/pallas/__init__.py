@@ -10,7 +10,11 @@ Backends (platform ``"gpu"``; their order is `jquant.ops.routes.ROUTES`):
 * ``pallas_triton_wna16_prefill``: same weights, M <= 127, tensor-core tiles (from M = 128 XLA's
   dequantize -> cuBLAS dot is faster on Hopper).
 
-Both lower through Pallas' Triton backend (``pltriton.CompilerParams``); CPU tests run them with
+* ``pallas_triton_wxa16``: every other weight-only code type (float zeros of GGUF Q4_1 / K-quants,
+  16-column groups, 2-bit codes, codebooks NF4 / bnb FP4 / IQ4, fp4 E2M1 with e8m0 or e4m3 scales
+  and ``scale2``, fp8 W8A16), M <= 127, dequantized in registers (`jquant.pallas.wxa16`).
+
+All lower through Pallas' Triton backend (``pltriton.CompilerParams``); CPU tests run them with
 ``interpret=True`` and lower them for CUDA on the CPU host.
 """
 
@@ -23,14 +27,17 @@ from jquant.pallas.w8a8 import PallasW8A8, pallas_w8a8_qmatmul  # noqa: E402
 from jquant.pallas.wna16_backend import CAPS, WNA16Backend, layout_of, why_not, wna16_qmatmul  # noqa: E402
 from jquant.pallas.wna16_config import WNA16Config, decode_config, prefill_config  # noqa: E402
 from jquant.pallas.wna16_triton import WNA16Layout, wna16_matmul  # noqa: E402
+from jquant.pallas.wxa16 import PallasWXA16, wxa16_qmatmul  # noqa: E402
 
 register_backend(PallasW8A8())
 register_backend(WNA16Backend("decode"))
 register_backend(WNA16Backend("prefill"))
+register_backend(PallasWXA16())
 
 __all__ = [
     "CAPS",
     "PallasW8A8",
+    "PallasWXA16",
     "pallas_w8a8_qmatmul",
     "WNA16Backend",
     "WNA16Config",
@@ -41,4 +48,5 @@ __all__ = [
     "why_not",
     "wna16_matmul",
     "wna16_qmatmul",
+    "wxa16_qmatmul",
 ]

@@ -14,13 +14,15 @@ kernels_cuda) do not read, dequantizing in registers from the canonical `QArray`
   per-channel, per-tensor or 2-D blocks (FP8 128x128), and NVFP4's ``scale2``;
 * act-order ``perm`` (one gather of x outside the kernel).
 
-Tiles (`decode_config` / `prefill_config`): every config reads 128 code bytes per weight row per K
-step (bk = 128 * P codes, P codes per byte) so each code plane's f32 tile is the same
-[bn, 128] whatever the container; decode (M <= `DECODE_MAX_M`) uses the 16-row M tile, 64-row N
-tiles and split-K of `jquant.pallas.wna16_config.decode_config` (the H200 sweep's best for the
-4-bit kernel), prefill the 64 x 128 tensor-core tiles of its ``prefill_config``. These are first
-choices carried over from the WNA16 sweeps and the Torch bridge (`torch_bridge.triton.configs`),
-not yet swept for this kernel; ``bench/qmatmul_wxa16.py`` measures them.
+Tiles (`decode_config` / `prefill_config`): the step bk scales with the codes per byte P, so that
+every container streams the same code bytes per weight row per step and each code plane's f32
+tile has the same size: decode (M <= `DECODE_MAX_M`) reads 128 bytes (bk = 128 * P; planes
+[64, 128]) with the 16-row M tile, 64-row N tiles and split-K of
+`jquant.pallas.wna16_config.decode_config` (the H200 sweep's best for the 4-bit kernel); prefill
+reads 64 bytes (bk = 64 * P; planes [128, 64]) in the 64 x 128 tensor-core tiles of its
+``prefill_config``. These are first choices carried over from the WNA16 sweeps and the Torch
+bridge (`torch_bridge.triton.configs`), not yet swept for this kernel; ``bench/qmatmul_wxa16.py``
+measures them.
 """
 
 from __future__ import annotations

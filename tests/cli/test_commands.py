@@ -192,6 +192,7 @@ def test_bench_runs_the_module_in_a_child_and_writes_results(tmp_path, capsys, m
     """
     import jquant.cli.bench as b
 
+    monkeypatch.chdir(tmp_path)
     calls = []
 
     def fake_run(cmd, env):

@@ -4,6 +4,7 @@ the README's command list, and the skip summary of the test run (all fast: no mo
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -140,23 +141,12 @@ def test_skips_are_summarized_per_reason(tmp_path):
         "-c",
         str(tmp_path / "pytest.ini"),
     ]
-    env_path = {"PYTHONPATH": str(ROOT)}
-    import os
-
-    r = subprocess.run(
-        [*cmd, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env_path}, timeout=120
-    )
+    kw = dict(capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    r = subprocess.run([*cmd, str(tmp_path)], **kw)
     assert r.returncode == 0, r.stdout
     assert "SKIPPED [" not in r.stdout
     assert "8 skipped, 2 kinds of reason" in r.stdout
     assert re.search(r"^\s+5  needs a CUDA GPU$", r.stdout, re.M)
     assert re.search(r"^\s+3  backend declines Case\(\.\.\.\): M=N > N$", r.stdout, re.M)
-    r = subprocess.run(
-        [*cmd, "-rs", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, **env_path},
-        timeout=120,
-    )
+    r = subprocess.run([*cmd, "-rs", str(tmp_path)], **kw)
     assert "SKIPPED [" in r.stdout and "kinds of reason" not in r.stdout  # -rs still lists each

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from jquant.cli import main
@@ -20,9 +22,16 @@ def test_generate_hf_folder_streams_and_reports(capsys):
 
 
 def test_parity_gguf_file(capsys):
+    """Progress on stderr as each step starts; the report, then one PASS line with the thresholds, exit 0."""
     gguf_files = pytest.importorskip("tests.fixtures.gguf_files", reason="tests/fixtures/gguf_files.py is absent")
     path, _ = gguf_files.tiny_gguf("qwen3")
     rc = main(["parity", str(path), "--prompt", "hello world", "--no-chat", "--max-new-tokens", "6"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert rc == 0, out
-    assert "top-1 agreement 100.0%" in out and "greedy 6 tokens identical" in out
+    assert "top-1 agreement 100.0%" in out and re.search(r"greedy [1-6] tokens identical", out)
+    assert re.fullmatch(
+        r"PASS: 1 prompt; max\|diff\|/std \S+ <= 1e-03, top-1 agreement 100.0% >= 100.0%, greedy continuations identical",
+        out.strip().splitlines()[-1],
+    ), out
+    steps = re.findall(r"^\[\s*[\d.]+ s\] (.*)$", err, re.M)
+    assert any("transformers" in s for s in steps) and any("prompt 1/1" in s for s in steps), err

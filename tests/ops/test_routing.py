@@ -29,6 +29,7 @@ ABBREV = {
     "xla.w8a8": "xla_w8a8",
     "pl.dec": "pallas_triton_wna16_decode",
     "pl.pre": "pallas_triton_wna16_prefill",
+    "pl.wx": "pallas_triton_wxa16",
     "xla.deq": "xla_dequant_dot",
     "cpu.chk": "xla_cpu_chunked",
     "ref": "xla_reference",
@@ -51,8 +52,8 @@ uint4b8 channel            | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu
 uint8b128 channel          | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 uint8b128 channel          | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 uint8b128 channel          | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-uint2 g64 zero             | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-uint2 g64 zero             | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+uint2 g64 zero             | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+uint2 g64 zero             | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 uint2 g64 zero             | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 uint3b4 g128               | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 uint3b4 g128               | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
@@ -60,8 +61,8 @@ uint3b4 g128               | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu
 q4_0 uint4b8 g32           | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 q4_0 uint4b8 g32           | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
 q4_0 uint4b8 g32           | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-q4_1 uint4 g32 float zero  | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-q4_1 uint4 g32 float zero  | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+q4_1 uint4 g32 float zero  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+q4_1 uint4 g32 float zero  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 q4_1 uint4 g32 float zero  | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 q6_k uint6b32 g16          | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q6_k uint6b32 g16          | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
@@ -69,35 +70,35 @@ q6_k uint6b32 g16          | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu
 q8_0 int8 g32              | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q8_0 int8 g32              | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q8_0 int8 g32              | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-nf4 g64                    | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-nf4 g64                    | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+nf4 g64                    | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+nf4 g64                    | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 nf4 g64                    | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-bnb_fp4 g64                | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-bnb_fp4 g64                | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+bnb_fp4 g64                | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+bnb_fp4 g64                | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 bnb_fp4 g64                | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-iq4nl g32                  | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-iq4nl g32                  | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+iq4nl g32                  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+iq4nl g32                  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 iq4nl g32                  | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-mxfp4 g32                  | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-mxfp4 g32                  | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+mxfp4 g32                  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+mxfp4 g32                  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 mxfp4 g32                  | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-nvfp4 w4a16                | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-nvfp4 w4a16                | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+nvfp4 w4a16                | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+nvfp4 w4a16                | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 nvfp4 w4a16                | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-nvfp4 w4a4                 | sm_90 | xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
-nvfp4 w4a4                 | sm_80 | xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
+nvfp4 w4a4                 | sm_90 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
+nvfp4 w4a4                 | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 nvfp4 w4a4                 | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
-fp8 channel w8a16          | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
-fp8 channel w8a16          | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+fp8 channel w8a16          | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+fp8 channel w8a16          | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 fp8 channel w8a16          | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 fp8 channel w8a8           | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
-fp8 channel w8a8           | sm_80 | xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
+fp8 channel w8a8           | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 channel w8a8           | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 fp8 tensor static          | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
-fp8 tensor static          | sm_80 | xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
+fp8 tensor static          | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 tensor static          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 fp8 block128 w8a8          | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
-fp8 block128 w8a8          | sm_80 | xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
+fp8 block128 w8a8          | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 block128 w8a8          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 int8 channel w8a8          | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
 int8 channel w8a8          | sm_80 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
