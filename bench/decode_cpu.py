@@ -83,7 +83,7 @@ def _backend_name() -> str:
         shape=(49152, 576),
         block=(1, 32),
     )
-    return select(jax.ShapeDtypeStruct((1, 576), jnp.float32), w)[0].name
+    return select(jax.ShapeDtypeStruct((1, 576), jnp.float32), w).backend.name
 
 
 def _transformers(tokens: int) -> dict:
