@@ -19,7 +19,47 @@ def register(sub) -> None:
     )
     p.add_argument("src", metavar="SRC", help="HF checkpoint folder, .gguf file or canonical folder")
     p.add_argument("--all", action="store_true", help="list unquantized tensors too (default: quantized ones only)")
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also show, per kind of quantized layer, the qmatmul backend at M = 1 / 16 / 128 / 1024 and why "
+        "the ones before it in the routing table declined (default device: the current one)",
+    )
+    p.add_argument("--device", choices=("cpu", "gpu", "tpu"), help="with --kernels: route for this platform")
+    p.add_argument("--sm", help="with --kernels: compute capability of that GPU, e.g. 90")
     p.set_defaults(func=run)
+
+
+KERNEL_MS = (1, 16, 128, 1024)
+
+
+def kernel_rows(ckpt, device) -> list[dict]:
+    """Per kind of quantized layer (code type, block, zero, activation recipe): the layers, the backend
+    at each M in `KERNEL_MS` (``+fq``: after the recipe's fake-quantization) and the reasons at M = 16."""
+    import jax
+    import jax.numpy as jnp
+
+    from jquant.core.routing import act_kind
+    from jquant.ops.qmatmul import select
+
+    kinds: dict[tuple, dict] = {}
+    for name, w in ckpt.quantized().items():
+        act = ckpt.weights.get(name.rpartition(".")[0] + ".input_quant")
+        zero = "none" if w.zero is None else np.dtype(w.zero.dtype).name
+        key = (w.qtype.name, w.block if w.block != w.shape else "tensor", zero, act_kind(act), w.k)
+        if key in kinds:
+            kinds[key]["layers"] += 1
+            continue
+        routes = {}
+        for m in KERNEL_MS:
+            r = select(jax.ShapeDtypeStruct((m, w.k), jnp.bfloat16), w, act, device=device)
+            routes[m] = r.backend.name + ("+fq" if r.composed else "")
+            if m == 16:
+                why = list(r.skipped)
+        kinds[key] = dict(
+            kind=f"{key[0]} K={w.k} block {key[1]} zero {zero} act {key[3]}", layers=1, routes=routes, why=why
+        )
+    return list(kinds.values())
 
 
 def layer_rows(ckpt, include_dense: bool = False) -> list[dict]:
@@ -108,4 +148,20 @@ def run(args) -> int:
         f"quantized tensors: {nq}/{len(ckpt.weights)}; total {human_bytes(total)} vs bf16 {human_bytes(bf16)} "
         f"([bold green]{bf16 / max(total, 1):.2f}x[/] smaller)"
     )
+    if args.kernels:
+        from jquant.cli.kernels import _device
+
+        device = _device(args.device, args.sm)
+        kt = Table(title=f"qmatmul backends on {device} (bf16 activations; jquant kernels shows the table)")
+        for col in ("layer kind", "layers", *(f"M={m}" for m in KERNEL_MS)):
+            kt.add_column(col)
+        rows = kernel_rows(ckpt, device)
+        for r in rows:
+            kt.add_row(r["kind"], str(r["layers"]), *(r["routes"][m] for m in KERNEL_MS))
+        console.print(kt)
+        for r in rows:
+            if r["why"]:
+                console.print(f"{r['kind']}, M=16 -> {r['routes'][16]}; before it:")
+                for why in r["why"]:
+                    console.print(f"  {why}", highlight=False)
     return 0

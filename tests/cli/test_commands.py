@@ -207,3 +207,18 @@ def test_bench_runs_the_module_in_a_child_and_writes_results(tmp_path, capsys, m
     assert out.is_dir() and f"results in {out}/" in capsys.readouterr().err
     assert main(["bench", "torch", "--dry", "--quick"]) == 0  # no GPU: --dry runs on the CPU interpreter
     assert calls[-1][2:] == ["bench.torch_qmatmul", "--out", str(Path("bench/results/cpu")), "--dry", "--quick"]
+
+
+def test_inspect_kernels_names_each_layer_kinds_backend(canonical, capsys):
+    """`inspect --kernels` routes each kind of layer as on an H100/H200, with the reasons at M = 16."""
+    assert main(["inspect", str(canonical), "--kernels", "--device", "gpu", "--sm", "90"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "uint4 K=256 block (1, 128)" in line and "12" in line)
+    # K = 256 is a multiple of 128: the CUDA kernels' ranges (decode, GEMM, wgmma from M = 40)
+    assert re.findall(r"(?:cuda|pallas|xla)_\w+", row) == [
+        "cuda_w4a16_decode",
+        "cuda_w4a16_decode",
+        "cuda_w4a16_wgmma",
+        "cuda_w4a16_wgmma",
+    ]
+    assert "xla_reference" not in out and "M=16 -> cuda_w4a16_decode; before it:" in out
