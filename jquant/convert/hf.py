@@ -93,11 +93,18 @@ def _exists(p: Path, index: Path) -> bool:
     return True
 
 
-def iter_groups(names: dict[str, SafetensorsFile]) -> Iterator[TensorGroup]:
-    """Groups tensors by module prefix (the name up to its last dot), in a stable order."""
+def iter_groups(
+    names: dict[str, SafetensorsFile], split: Callable[[str], tuple[str, str]] | None = None
+) -> Iterator[TensorGroup]:
+    """Groups tensors by module prefix, in a stable order.
+
+    Args:
+        names: tensor name -> opened shard.
+        split: name -> (prefix, suffix), the format's `Format.split_name`; default: at the last dot.
+    """
     groups: dict[str, dict[str, tuple]] = defaultdict(dict)
     for name, f in names.items():
-        prefix, _, suffix = name.rpartition(".")
+        prefix, suffix = split(name) if split is not None else name.rpartition(".")[::2]
         groups[prefix][suffix] = (f, name)
     for prefix in sorted(groups):
         yield TensorGroup(prefix, groups[prefix])
@@ -110,7 +117,7 @@ def convert_hf(folder: Path, *, progress: Callable[[int, int, str], None] | None
     names = open_shards(folder)
     fmt: Format = detect_format(config, list(names), file=folder / "config.json")
     weights: dict[str, Any] = {}
-    groups = list(iter_groups(names))
+    groups = list(iter_groups(names, fmt.split_name))
     for i, group in enumerate(groups):
         if progress is not None:
             progress(i, len(groups), group.prefix)

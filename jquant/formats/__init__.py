@@ -8,6 +8,7 @@ Importing this package registers every format below. Add a format by writing one
 from jquant.formats import (  # noqa: F401
     autoround,
     awq,
+    bnb,
     compressed_tensors,
     fp8,
     gguf,

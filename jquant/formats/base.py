@@ -126,6 +126,15 @@ class Format(abc.ABC):
         """JSON-able summary stored in the canonical checkpoint's metadata."""
         return {"format": self.name}
 
+    def split_name(self, name: str) -> tuple[str, str]:
+        """(module prefix, suffix) of a tensor name: which `TensorGroup` it joins.
+
+        The default splits at the last dot (``a.b.qweight -> ("a.b", "qweight")``). Formats whose
+        partner tensors carry dotted suffixes (bitsandbytes' ``<m>.weight.absmax``) override it.
+        """
+        prefix, _, suffix = name.rpartition(".")
+        return prefix, suffix
+
     # Shared helper: modules that are not quantized keep every tensor as is.
     @staticmethod
     def passthrough(group: TensorGroup, skip: Collection[str] = ()) -> dict[str, np.ndarray]:
