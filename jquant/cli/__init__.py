@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from jquant.core.errors import FormatError
@@ -74,17 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(msg: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    # one line, never wrapped (soft_wrap), whatever the terminal width
+    text = " ".join(str(msg).split("\n"))
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one subcommand; every failure is one line on stderr.
+
+    Exit status: 0 success; 2 a jquant error (bad input: `FormatError`; an existing OUT; a file
+    that cannot be read or written: `OSError`, e.g. no space left); 130 Ctrl-C; 1 an unexpected
+    exception (a bug: the line asks for a report; ``JQUANT_DEBUG=1`` shows the traceback instead).
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FormatError, FileExistsError, FileNotFoundError) as e:
-        from rich.console import Console
-        from rich.markup import escape
-
-        # one line, never wrapped (soft_wrap), whatever the terminal width
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+    except (FormatError, OSError) as e:  # FileExistsError / FileNotFoundError / ENOSPC are OSErrors
+        _one_line(str(e))
         return 2
+    except KeyboardInterrupt:
+        _one_line("interrupted (Ctrl-C); nothing was written")
+        return 130
+    except Exception as e:
+        if os.environ.get("JQUANT_DEBUG"):
+            raise
+        _one_line(
+            f"unexpected {type(e).__name__}: {str(e)[:300]} -- this is a bug in jquant; please report it "
+            "with the command line and the traceback that JQUANT_DEBUG=1 shows"
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,23 +17,29 @@ so an interrupted or failing conversion never leaves a partial OUT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from jquant.convert._io import read_json
 from jquant.convert.checkpoint import Checkpoint
 from jquant.convert.safetensors_io import SafetensorsFile, write_safetensors
+from jquant.convert.validate import check_config
 from jquant.core.activation import ActQuant
-from jquant.core.errors import CorruptFileError, FormatError, UnsupportedFormatError
+from jquant.core.errors import ConfigError, CorruptFileError, FormatError, UnsupportedFormatError
 from jquant.core.qarray import LAYOUT_VERSION, QArray
 from jquant.core.qtypes import QType
 
-__all__ = ["save", "load", "is_canonical", "MARKER"]
+__all__ = ["save", "load", "is_canonical", "remove_stale", "MARKER"]
 
 MARKER = "jquant.json"
 _FIELDS = ("data", "scale", "zero", "perm", "scale2")
@@ -49,7 +55,7 @@ _TOKENIZER_FILES = (
 
 
 def is_canonical(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / MARKER).exists()
+    return Path(path).is_dir() and os.path.lexists(Path(path) / MARKER)
 
 
 def save(
@@ -61,55 +67,149 @@ def save(
 ) -> Path:
     """Writes ``ckpt`` as a canonical folder at ``out`` atomically.
 
+    The folder is written as ``.OUT.tmp-PID`` beside OUT and renamed into place when complete; an
+    existing OUT (``overwrite``) is first renamed to ``.OUT.old-PID``, then removed. The temporary
+    folder is removed on any error, on Ctrl-C (SIGINT) and on SIGTERM (a handler is installed
+    while writing, from the main thread); what a SIGKILL leaves behind is removed by the next
+    `save` to the same OUT (`remove_stale`). A cleanup that fails is reported as a warning naming
+    the folder, never silently skipped.
+
     Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        FileExistsError: ``out`` exists (a dangling symbolic link included) and ``overwrite`` is False.
+        OSError: the output cannot be written (no space left, permissions...); nothing is left behind.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
+    if os.path.lexists(out) and not overwrite:
         raise FileExistsError(f"{out} exists (pass overwrite=True / --force to replace it)")
+    remove_stale(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        tensors: dict[str, np.ndarray] = {}
-        statics: dict[str, dict] = {}
-        acts: dict[str, dict] = {}
-        items = list(ckpt.weights.items())
-        for i, (name, w) in enumerate(items):
-            if progress is not None:
-                progress(i, len(items), name)
-            if isinstance(w, QArray):
-                w.validate(name)
-                statics[name] = w.static_json()
-                for f, a in w.arrays().items():
-                    tensors[f"{name}:{f}"] = np.asarray(a)
-            elif isinstance(w, ActQuant):
-                w.validate(name)
-                acts[name] = w.static_json()
-                for f, a in w.arrays().items():
-                    tensors[f"{name}:{f}"] = np.asarray(a)
+    with _cleanup_on_sigterm():
+        try:
+            tmp.mkdir(parents=True)
+            _write(ckpt, tmp, progress)
+            if os.path.lexists(out):
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, old)
+                os.replace(tmp, out)
+                _remove(old)
             else:
-                tensors[name] = np.asarray(w)
-        meta = {"qarrays": json.dumps(statics), "layout_version": str(LAYOUT_VERSION)}
-        if acts:
-            meta["activations"] = json.dumps(acts)
-        write_safetensors(tmp / "model.safetensors", tensors, meta)
-        (tmp / "config.json").write_text(json.dumps(ckpt.config, indent=2, default=str))
-        _save_tokenizer(ckpt, tmp)
-        marker = {"layout_version": LAYOUT_VERSION, "format": ckpt.format, "metadata": ckpt.metadata}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=_json_default))
-        if progress is not None:
-            progress(len(items), len(items), "")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                os.replace(tmp, out)
+        finally:
+            _remove(tmp)
     return out
+
+
+def _write(ckpt: Checkpoint, tmp: Path, progress) -> None:
+    tensors: dict[str, np.ndarray] = {}
+    statics: dict[str, dict] = {}
+    acts: dict[str, dict] = {}
+    items = list(ckpt.weights.items())
+    for i, (name, w) in enumerate(items):
+        if progress is not None:
+            progress(i, len(items), name)
+        if isinstance(w, QArray):
+            w.validate(name)
+            statics[name] = w.static_json()
+            for f, a in w.arrays().items():
+                tensors[f"{name}:{f}"] = np.asarray(a)
+        elif isinstance(w, ActQuant):
+            w.validate(name)
+            acts[name] = w.static_json()
+            for f, a in w.arrays().items():
+                tensors[f"{name}:{f}"] = np.asarray(a)
+        else:
+            tensors[name] = np.asarray(w)
+    meta = {"qarrays": json.dumps(statics), "layout_version": str(LAYOUT_VERSION)}
+    if acts:
+        meta["activations"] = json.dumps(acts)
+    write_safetensors(tmp / "model.safetensors", tensors, meta)
+    (tmp / "config.json").write_text(json.dumps(ckpt.config, indent=2, default=str))
+    _save_tokenizer(ckpt, tmp)
+    marker = {"layout_version": LAYOUT_VERSION, "format": ckpt.format, "metadata": ckpt.metadata}
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=_json_default))
+    if progress is not None:
+        progress(len(items), len(items), "")
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover from an earlier call
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # another user's live process
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_stale(out: str | os.PathLike) -> list[Path]:
+    """Removes ``.OUT.tmp-PID`` / ``.OUT.old-PID`` beside ``out`` whose process is no longer running.
+
+    What a killed `save` (SIGKILL, power loss) leaves behind; each removal is reported as a warning.
+
+    Returns:
+        the paths removed.
+    """
+    out = Path(out)
+    parent = out.parent
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for e in entries:
+        m = _LEFTOVER.fullmatch(e.name)
+        if not m or m.group("name") != out.name or _alive(int(m.group("pid"))):
+            continue
+        p = Path(e.path)
+        if _remove(p):
+            warnings.warn(
+                f"removed {p}, left by jquant process {m.group('pid')} that no longer runs (killed while writing)",
+                stacklevel=3,
+            )
+            removed.append(p)
+    return removed
+
+
+def _remove(p: Path) -> bool:
+    """Removes a file, link or folder tree; a failure is reported as a warning naming it. True if removed."""
+    if not os.path.lexists(p):
+        return False
+    try:
+        if p.is_symlink() or not p.is_dir():
+            p.unlink()
+        else:
+            shutil.rmtree(p)
+        return True
+    except OSError as e:
+        warnings.warn(f"could not remove {p} ({e.strerror or e}); remove it by hand", stacklevel=3)
+        return False
+
+
+@contextlib.contextmanager
+def _cleanup_on_sigterm():
+    """While writing: SIGTERM raises SystemExit(143) so that the ``finally`` cleanup runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM does not interrupt the cleanup
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except (ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _save_tokenizer(ckpt: Checkpoint, folder: Path) -> None:
@@ -142,21 +242,36 @@ def _json_default(o):
 
 
 def load(folder: str | os.PathLike) -> Checkpoint:
-    """Loads a canonical folder written by `save` (arrays memory-mapped)."""
+    """Loads a canonical folder written by `save` (arrays memory-mapped).
+
+    Raises:
+        CorruptFileError / ConfigError: unreadable or malformed ``jquant.json``, ``config.json`` or
+            QArray / activation descriptions, naming the file and tensor.
+        UnsupportedFormatError: another ``layout_version``.
+    """
     folder = Path(folder)
-    marker = json.loads((folder / MARKER).read_text())
+    marker = read_json(folder / MARKER, CorruptFileError)
     if marker.get("layout_version") != LAYOUT_VERSION:
         raise UnsupportedFormatError(
-            f"canonical layout_version {marker.get('layout_version')} but this jquant reads {LAYOUT_VERSION}",
+            f"canonical layout_version {str(marker.get('layout_version'))[:40]} but this jquant reads {LAYOUT_VERSION}",
             file=folder / MARKER,
         )
-    config = json.loads((folder / "config.json").read_text())
+    fmt = marker.get("format")
+    if not isinstance(fmt, str) or not fmt:
+        raise CorruptFileError("'format' must be a non-empty string", file=folder / MARKER, tensor="format")
+    meta = marker.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise CorruptFileError("'metadata' must be an object", file=folder / MARKER, tensor="metadata")
+    config = read_json(folder / "config.json", ConfigError)
+    check_config(config, file=folder / "config.json")
     sf = SafetensorsFile(folder / "model.safetensors")
     try:
         statics = json.loads(sf.metadata.get("qarrays", "{}"))
         acts = json.loads(sf.metadata.get("activations", "{}"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise CorruptFileError("__metadata__['qarrays'] or ['activations'] is not valid JSON", file=sf.path) from None
+    if not isinstance(statics, dict) or not isinstance(acts, dict):
+        raise CorruptFileError("__metadata__['qarrays'] and ['activations'] must be JSON objects", file=sf.path)
     weights: dict = {}
     qnames = set(statics)
     for name in sf:
@@ -173,21 +288,44 @@ def load(folder: str | os.PathLike) -> Checkpoint:
     for name, st in statics.items():
         arrays = {f: sf[f"{name}:{f}"] for f in _FIELDS if f"{name}:{f}" in sf}
         if "data" not in arrays or "scale" not in arrays:
-            raise FormatError("QArray without data or scale", file=sf.path, tensor=name)
-        q = QArray(
-            **arrays,
-            qtype=QType.from_json(st["qtype"]),
-            shape=tuple(st["shape"]),
-            block=tuple(st["block"]),
-            layout_version=st["layout_version"],
-        )
-        weights[name] = q.validate(name)
+            raise CorruptFileError("QArray without data or scale", file=sf.path, tensor=name)
+        try:
+            if not isinstance(st, dict):
+                raise TypeError(f"description is a {type(st).__name__}, not an object")
+            if not isinstance(st["qtype"], dict):
+                raise TypeError("qtype is not an object")
+            shape, block = _ints(st["shape"], "shape"), _ints(st["block"], "block")
+            q = QArray(
+                **arrays,
+                qtype=QType.from_json(st["qtype"]),
+                shape=shape,
+                block=block,
+                layout_version=st["layout_version"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptFileError(
+                f"bad QArray description ({type(e).__name__}: {e})", file=sf.path, tensor=name
+            ) from None
+        try:
+            weights[name] = q.validate(name)
+        except FormatError as e:
+            raise e.with_file(sf.path) from None
     for name, st in acts.items():
         arrays = {f: np.asarray(sf[f"{name}:{f}"]) for f in _ACT_FIELDS if f"{name}:{f}" in sf}
         try:
+            if not isinstance(st, dict):
+                raise TypeError(f"description is a {type(st).__name__}, not an object")
             weights[name] = ActQuant.from_json(st, arrays).validate(name)
-        except (KeyError, TypeError) as e:
+        except FormatError as e:
+            raise e.with_file(sf.path) from None
+        except (KeyError, TypeError, ValueError) as e:
             raise CorruptFileError(f"bad activation description ({e})", file=sf.path, tensor=name) from None
-    metadata = dict(marker.get("metadata", {}))
+    metadata = dict(meta)
     metadata["canonical_path"] = str(folder)
-    return Checkpoint(format=marker["format"], config=config, weights=weights, metadata=metadata)
+    return Checkpoint(format=fmt, config=config, weights=weights, metadata=metadata)
+
+
+def _ints(v, what: str) -> tuple[int, int]:
+    if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise ValueError(f"{what} must be two integers, got {str(v)[:60]}")
+    return tuple(v)

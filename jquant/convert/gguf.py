@@ -22,7 +22,9 @@ import numpy as np
 
 from jquant.convert.checkpoint import Checkpoint
 from jquant.convert.gguf_reader import GGUFFile
-from jquant.core.errors import CorruptFileError, UnsupportedFormatError
+from jquant.convert.gguf_tokenizer import check_tokenizer_metadata
+from jquant.convert.validate import check_config
+from jquant.core.errors import ConfigError, CorruptFileError, FormatError, UnsupportedFormatError
 from jquant.core.qarray import LAYOUT_VERSION, QArray
 from jquant.formats.base import TensorGroup
 from jquant.formats.gguf import GGUF, NON_WEIGHTS, RawTensor, hf_name
@@ -85,6 +87,8 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
     path = Path(path)
     f = GGUFFile(path)
     splits = f.metadata.get("split.count", 1)
+    if not isinstance(splits, int) or isinstance(splits, bool):
+        raise ConfigError(f"expected an integer, got {f.value_types['split.count']}", file=path, tensor="split.count")
     if splits != 1:  # llama.cpp's gguf-split shards (split.count / split.no); one file holds a part of the tensors
         raise UnsupportedFormatError(
             f"this is one of {splits!r} split files; merge them first (llama-gguf-split --merge)",
@@ -95,6 +99,9 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
     if rope_freqs is not None and f.ggml_type("rope_freqs.weight").name != "F32":
         raise CorruptFileError("rope_freqs must be F32", file=path, tensor="rope_freqs.weight")
     fmt = GGUF.from_metadata(f.metadata, list(f.tensors), rope_freqs=rope_freqs, file=path)
+    check_config(fmt.config, file=path)
+    if "tokenizer.ggml.model" in f.metadata or "tokenizer.ggml.tokens" in f.metadata:
+        check_tokenizer_metadata(f)
     records = _Records(f)
     groups: dict[str, dict[str, tuple[_Records, str]]] = collections.defaultdict(dict)
     seen: dict[str, str] = {}
@@ -111,7 +118,10 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
     for i, prefix in enumerate(groups):
         if progress is not None:
             progress(i, len(groups), prefix)
-        weights.update(fmt.convert_module(TensorGroup(prefix, groups[prefix])))
+        try:
+            weights.update(fmt.convert_module(TensorGroup(prefix, groups[prefix])))
+        except FormatError as e:
+            raise e.with_file(path) from None
     if progress is not None:
         progress(len(groups), len(groups), "")
     types = collections.Counter(t.type.name for t in f.tensors.values())

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from jquant.convert._io import regular_file
 from jquant.core.errors import CorruptFileError, UnsupportedFormatError
 from jquant.formats.gguf import RawTensor
 from jquant.formats.gguf.types import GGML_TYPES, GGMLType
@@ -39,6 +40,15 @@ __all__ = ["GGUFFile", "TensorInfo", "GGUF_MAGIC", "DEFAULT_ALIGNMENT"]
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 GGML_MAX_DIMS = 4  # ggml.h
+
+# Limits on what a header may make the reader build in memory (documented in the README). Numeric
+# arrays cost at most 8 bytes of memory per byte of file; strings and nested arrays cost a Python
+# object each (~60-120 bytes) for 8-12 bytes of file, so their number is capped, and so is nesting.
+MAX_TENSORS = 1 << 17  # tensor infos (a 671B MoE GGUF has ~1.1k)
+MAX_KV = 1 << 16  # metadata keys (real files: ~20-60)
+MAX_METADATA_STRINGS = 1 << 22  # strings in metadata arrays, all keys together (256k vocab + 500k merges: ~0.8M)
+MAX_NESTED_ARRAYS = 1 << 16  # arrays inside arrays, all keys together (real files: none)
+MAX_ARRAY_DEPTH = 8  # ARRAY[ARRAY[...]] nesting
 
 # GGUF metadata value types (gguf-py constants.py GGUFValueType): id -> (name, numpy dtype or None).
 _SCALARS: dict[int, tuple[str, np.dtype, str]] = {  # id -> (name, numpy dtype, struct format)
@@ -146,7 +156,7 @@ class GGUFFile(Mapping):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        size = self.path.stat().st_size
+        size = regular_file(self.path, CorruptFileError)
         if size < 24:
             raise CorruptFileError(f"file is {size} bytes, too short for a GGUF header (24 bytes)", file=self.path)
         self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
@@ -171,6 +181,13 @@ class GGUFFile(Mapping):
                 f"header claims {n_tensors} tensors and {n_kv} metadata keys, more than a {size}-byte file can hold (truncated or corrupt)",
                 file=self.path,
             )
+        if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+            raise CorruptFileError(
+                f"header claims {n_tensors} tensors and {n_kv} metadata keys; jquant's limits are "
+                f"{MAX_TENSORS} tensors and {MAX_KV} keys",
+                file=self.path,
+            )
+        self._strings = self._nested = 0
         self.metadata: dict[str, Any] = {}
         self.value_types: dict[str, str] = {}
         for i in range(n_kv):
@@ -210,7 +227,20 @@ class GGUFFile(Mapping):
                 )
 
     # ---- parsing helpers --------------------------------------------------------------------
-    def _value(self, cur: _Cursor, vtype: int, key: str) -> tuple[Any, str]:
+    def _count(self, strings: int, nested: int, key: str) -> None:
+        self._strings += strings
+        self._nested += nested
+        if self._strings > MAX_METADATA_STRINGS or self._nested > MAX_NESTED_ARRAYS:
+            what, limit = (
+                ("strings", MAX_METADATA_STRINGS)
+                if self._strings > MAX_METADATA_STRINGS
+                else ("nested arrays", MAX_NESTED_ARRAYS)
+            )
+            raise CorruptFileError(
+                f"metadata {key!r}: more than {limit} {what} in the metadata (jquant's limit)", file=self.path
+            )
+
+    def _value(self, cur: _Cursor, vtype: int, key: str, depth: int = 0) -> tuple[Any, str]:
         if vtype in _SCALARS:
             name, dt, fmt = _SCALARS[vtype]
             v = cur.unpack(fmt, dt.itemsize, f"value of {key!r}")
@@ -227,10 +257,17 @@ class GGUFFile(Mapping):
                 return arr, f"ARRAY[{name}]"
             if etype == _STRING:
                 cur.need(count * 8, f"array {key!r} of {count} strings")
+                self._count(count, 0, key)
                 return [cur.string(f"element {j} of {key!r}") for j in range(count)], "ARRAY[STRING]"
             if etype == _ARRAY:
+                if depth + 1 >= MAX_ARRAY_DEPTH:
+                    raise CorruptFileError(
+                        f"metadata {key!r}: arrays nested deeper than {MAX_ARRAY_DEPTH} (jquant's limit)",
+                        file=self.path,
+                    )
                 cur.need(count * 12, f"array {key!r} of {count} arrays")
-                vals = [self._value(cur, _ARRAY, f"{key}[{j}]")[0] for j in range(count)]
+                self._count(0, count, key)
+                vals = [self._value(cur, _ARRAY, f"{key}[{j}]", depth + 1)[0] for j in range(count)]
                 return vals, "ARRAY[ARRAY]"
             raise CorruptFileError(f"metadata {key!r}: unknown array element type {etype}", file=self.path)
         raise CorruptFileError(f"metadata {key!r}: unknown value type {vtype}", file=self.path)

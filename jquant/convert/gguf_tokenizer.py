@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from jquant.convert.gguf_reader import GGUFFile
-from jquant.core.errors import UnsupportedFormatError
+from jquant.core.errors import ConfigError, UnsupportedFormatError
 
 __all__ = ["build_tokenizer", "load_tokenizer", "save_tokenizer", "tokenizer_settings", "SPLIT_REGEX"]
 
@@ -78,6 +78,52 @@ def _byte_alphabet() -> dict[int, str]:
             cs.append(256 + n)
             n += 1
     return dict(zip(bs, map(chr, cs), strict=True))
+
+
+# tokenizer.ggml.* key -> the value type jquant's tokenizer builder reads.
+_TOKENIZER_TYPES: dict[str, tuple[str, ...]] = {
+    "tokenizer.ggml.model": ("STRING",),
+    "tokenizer.ggml.pre": ("STRING",),
+    "tokenizer.chat_template": ("STRING",),
+    "tokenizer.ggml.tokens": ("ARRAY[STRING]",),
+    "tokenizer.ggml.merges": ("ARRAY[STRING]",),
+    "tokenizer.ggml.add_bos_token": ("BOOL",),
+    "tokenizer.ggml.add_eos_token": ("BOOL",),
+}
+_INTS = ("UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64")
+_FLOATS = ("FLOAT32", "FLOAT64")
+
+
+def check_tokenizer_metadata(f: GGUFFile) -> None:
+    """Refuses tokenizer metadata of the wrong type or length before anything builds a tokenizer from it.
+
+    Raises:
+        ConfigError: naming the key: a value of the wrong GGUF type, ``scores`` / ``token_type`` of
+            another length than ``tokens``, a merge that is not two tokens separated by one space.
+    """
+    md, vt = f.metadata, f.value_types
+
+    def bad(key: str, problem: str) -> ConfigError:
+        return ConfigError(problem, file=f.path, tensor=key)
+
+    for key, want in _TOKENIZER_TYPES.items():
+        if key in md and vt[key] not in want:
+            raise bad(key, f"value of type {vt[key]}, expected {' or '.join(want)}")
+    for key in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "seperator_token_id"):
+        k = f"tokenizer.ggml.{key}"
+        if k in md and vt[k] not in _INTS:
+            raise bad(k, f"value of type {vt[k]}, expected an integer")
+    n = len(md.get("tokenizer.ggml.tokens", ()))
+    for key, kinds in (("tokenizer.ggml.scores", _FLOATS + _INTS), ("tokenizer.ggml.token_type", _INTS)):
+        if key in md:
+            if vt[key] not in tuple(f"ARRAY[{k}]" for k in kinds):
+                raise bad(key, f"value of type {vt[key]}, expected a numeric array")
+            if len(md[key]) != n:
+                raise bad(key, f"{len(md[key])} entries for {n} tokens")
+    for i, m in enumerate(md.get("tokenizer.ggml.merges", ())):
+        parts = m.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise bad("tokenizer.ggml.merges", f"merge #{i} {m[:40]!r} is not two tokens separated by one space")
 
 
 def tokenizer_settings(f: GGUFFile) -> dict[str, Any]:

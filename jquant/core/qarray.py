@@ -124,6 +124,11 @@ class QArray:
             fail(f"qtype must be a QType, got {self.qtype!r}")
         if self.layout_version != LAYOUT_VERSION:
             fail(f"layout_version {self.layout_version} but this jquant reads {LAYOUT_VERSION}")
+        if not all(
+            isinstance(t, tuple) and len(t) == 2 and all(isinstance(v, int | np.integer) for v in t)
+            for t in (self.shape, self.block)
+        ):
+            fail(f"shape {self.shape!r} and block {self.block!r} must be pairs of integers")
         n, k = self.shape
         if n <= 0 or k <= 0:
             fail(f"bad logical shape {self.shape}")
@@ -170,6 +175,11 @@ class QArray:
             if self.zero is not None and np.dtype(self.zero.dtype).kind == "u" and self.zero.size:
                 if int(self.zero.max()) >> q.bits:
                     fail(f"zero point {int(self.zero.max())} does not fit {q.bits} bits")
+            elif self.zero is not None and isinstance(self.zero, np.ndarray):  # float zeros (offsets)
+                z = self.zero.astype(np.float32)
+                if not np.isfinite(z).all():
+                    bad = np.argwhere(~np.isfinite(z))[0]
+                    fail(f"non-finite zero {z[tuple(bad)]} at block {tuple(int(i) for i in bad)}")
         return self
 
     # ---- metadata (for the canonical file format) --------------------------------------

@@ -186,6 +186,8 @@ class AutoRound(Format, name="auto-round"):
     """AutoRound integer exports, read through the GPTQ or AWQ layout its ``packing_format`` names."""
 
     quant_methods = ("auto-round", "autoround", "intel/auto-round")
+    partner_suffixes = frozenset({"qzeros", "scales", "g_idx"})
+    main_suffix = "qweight"
 
     def __init__(self, cfg: AutoRoundConfig):
         self.cfg = cfg

@@ -100,6 +100,8 @@ class AWQ(Format, name="awq"):
     """AWQ GEMM int32-packed checkpoints -> ``uint4`` codes + uint8 zero points."""
 
     quant_methods = ("awq",)
+    partner_suffixes = frozenset({"qzeros", "scales", "g_idx"})
+    main_suffix = "qweight"
 
     def __init__(self, cfg: AWQConfig):
         self.cfg = cfg

@@ -13,6 +13,7 @@ This module and every format file import numpy only: no JAX, no torch.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -24,6 +25,11 @@ from jquant.core.qarray import QArray
 __all__ = ["Format", "TensorGroup", "get_format", "registered_formats", "detect_format", "quant_config"]
 
 _REGISTRY: dict[str, type[Format]] = {}
+# dtypes a ``weight`` only has as quantized codes: passed through as a plain array, it would be read
+# as if the codes were the values (a missing scale tensor, or a config that does not cover the module).
+_CODE_DTYPES = frozenset(
+    {"int8", "uint8", "int16", "int32", "uint32", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu"}
+)
 
 
 class TensorGroup(Mapping):
@@ -135,9 +141,28 @@ class Format(abc.ABC):
         prefix, _, suffix = name.rpartition(".")
         return prefix, suffix
 
+    # Suffixes that only exist beside a quantized weight (GPTQ's qzeros / scales / g_idx, fp8's
+    # weight_scale...): `passthrough` refuses them, so that a module whose quantized weight is
+    # missing fails naming it instead of leaving its partners behind as plain tensors.
+    partner_suffixes: ClassVar[frozenset[str]] = frozenset()
+    main_suffix: ClassVar[str] = "weight"
+
     # Shared helper: modules that are not quantized keep every tensor as is.
-    @staticmethod
-    def passthrough(group: TensorGroup, skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+    def passthrough(self, group: TensorGroup, skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+        orphans = sorted(s for s in group if s in self.partner_suffixes and s not in skip)
+        if orphans:
+            have = ", ".join(sorted(group))
+            raise FormatError(
+                f"{', '.join(orphans)} without a quantized {self.main_suffix} (module has: {have})",
+                file=group.file(orphans[0]),
+                tensor=group.full_name(self.main_suffix),
+            )
+        if "weight" in group and "weight" not in skip and group.dtype("weight").name in _CODE_DTYPES:
+            raise FormatError(
+                f"{group.dtype('weight').name} weight (quantized codes) without its scales (module has: {', '.join(sorted(group))})",
+                file=group.file("weight"),
+                tensor=group.full_name("weight"),
+            )
         return {group.full_name(s): group[s] for s in group if s not in skip}
 
 
@@ -202,4 +227,6 @@ def detect_format(config: Mapping[str, Any], tensor_names: Collection[str], *, f
     try:
         return owners[0].from_config(config, tensor_names)
     except FormatError as e:
+        if file is not None and e.file is not None and e.file == os.path.basename(str(file)):
+            raise type(e)(e.problem, file=file, tensor=e.tensor) from None  # "config.json" -> its full path
         raise e.with_file(file) from None

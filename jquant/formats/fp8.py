@@ -251,6 +251,7 @@ class FP8(Format, name="fp8"):
     """HF fine-grained (block) FP8 and per-tensor FP8 (see module docstring)."""
 
     quant_methods = ("fp8",)
+    partner_suffixes = frozenset({"weight_scale_inv", "weight_scale", "input_scale"})
 
     def __init__(self, cfg: FP8Config):
         self.cfg = cfg
@@ -310,6 +311,7 @@ class FBGEMMFP8(Format, name="fbgemm_fp8"):
     """FBGEMM FP8: per-row weight scales, dynamic per-token activations clamped at ``activation_scale_ub``."""
 
     quant_methods = ("fbgemm_fp8",)
+    partner_suffixes = frozenset({"weight_scale", "input_scale_ub"})
 
     def __init__(self, ub: float | None, exclude: tuple[str, ...]):
         self.ub = ub

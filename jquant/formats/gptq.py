@@ -178,6 +178,8 @@ class GPTQ(Format, name="gptq"):
     """GPTQ int32-packed checkpoints -> ``uint{b}b{2^(b-1)}`` (symmetric) or ``uint{b}`` + zeros."""
 
     quant_methods = ("gptq",)
+    partner_suffixes = frozenset({"qzeros", "scales", "g_idx"})
+    main_suffix = "qweight"
 
     def __init__(self, cfg: GPTQConfig, file=None):
         self.cfg = cfg

@@ -63,6 +63,7 @@ class ModelOpt(Format, name="modelopt"):
     """ModelOpt FP8 / NVFP4 / MXFP8 exports (see module docstring)."""
 
     quant_methods = ("modelopt",)
+    partner_suffixes = frozenset({"weight_scale", "weight_scale_2"})
 
     def __init__(self, cfg: ModelOptConfig):
         self.cfg = cfg

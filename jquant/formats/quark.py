@@ -92,6 +92,7 @@ class Quark(Format, name="quark"):
     """AMD Quark FP8 / MXFP4 (see module docstring)."""
 
     quant_methods = ("quark",)
+    partner_suffixes = frozenset({"weight_scale", "weight_zero_point"})
 
     def __init__(self, glob: LayerConfig, layers: dict[str, LayerConfig], exclude: tuple[str, ...], kv_group):
         self.glob = glob

@@ -30,6 +30,7 @@ override ``modify_tensors``), verified by the transformers-load tests.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -85,6 +86,8 @@ def arch_spec(metadata: Mapping[str, Any], *, file: Any = None) -> ArchSpec:
     arch = metadata.get("general.architecture")
     if arch is None:
         raise ConfigError("metadata has no general.architecture", file=file, tensor="general.architecture")
+    if not isinstance(arch, str):
+        raise ConfigError(f"expected a string, got {type(arch).__name__}", file=file, tensor="general.architecture")
     if arch not in ARCHS:
         raise UnsupportedFormatError(
             f"GGUF architecture {arch!r} is not supported; supported: {sorted(ARCHS)}",
@@ -103,10 +106,17 @@ def _num(
             raise ConfigError("required metadata key is missing", file=file, tensor=key)
         return default
     v = metadata[key]
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+    ok = (
+        isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and (kind is float or float(v).is_integer())
+    )
     if not ok or (positive and v <= 0) or v < 0:
         raise ConfigError(
-            f"expected a {'positive' if positive else 'non-negative'} {kind.__name__}, got {v!r}", file=file, tensor=key
+            f"expected a finite {'positive' if positive else 'non-negative'} {kind.__name__}, got {v!r}",
+            file=file,
+            tensor=key,
         )
     return kind(v)
 
@@ -118,8 +128,12 @@ def _rope_scaling(metadata: Mapping[str, Any], arch: str, file: Any) -> dict[str
     tensor of per-frequency divisors, which `llama3_rope_scaling` turns back into HF's dict.
     """
     kind = metadata.get(f"{arch}.rope.scaling.type")
-    if kind in (None, "none"):
+    if kind is None or (isinstance(kind, str) and kind == "none"):
         return None
+    if not isinstance(kind, str):
+        raise ConfigError(
+            f"expected a string, got {type(kind).__name__}", file=file, tensor=f"{arch}.rope.scaling.type"
+        )
     out: dict[str, Any] = {"rope_type": kind}
     if f"{arch}.rope.scaling.factor" in metadata:
         out["factor"] = _num(metadata, f"{arch}.rope.scaling.factor", file, float)
@@ -207,7 +221,7 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, fil
         kv_heads = _num(metadata, kv_key, file, default=heads)
     head_dim = _num(metadata, f"{a}.{spec.head_dim_key}", file, default=hidden // heads) if spec.head_dim_key else None
     tokens = metadata.get("tokenizer.ggml.tokens")
-    vocab = _num(metadata, f"{a}.vocab_size", file, default=len(tokens) if tokens else -1)
+    vocab = _num(metadata, f"{a}.vocab_size", file, default=len(tokens) if isinstance(tokens, list) and tokens else -1)
     cfg: dict[str, Any] = {
         "architectures": [spec.hf_class],
         "model_type": spec.model_type,
