@@ -7,7 +7,8 @@ canonical folder).
 
 `check_model` checks a converted Llama-family checkpoint against its config the way
 `jquant.models.from_checkpoint` will read it: every decoder layer's full set of tensors present
-(norms, q/k/v/o, gate/up/down), no layer beyond ``num_hidden_layers``, the embedding, final norm
+(norms, q/k/v/o, gate/up/down; for Mixtral / Qwen3-MoE the router and every expert's
+gate/up/down in sparse layers), no layer beyond ``num_hidden_layers``, the embedding, final norm
 and ``lm_head`` (unless tied), and every shape consistent with the config. A checkpoint that holds
 the token embedding claims to be a whole model and is checked by `jquant.convert`
 unless ``check_model=False`` (a bag of weights without one, as unit tests write, is not).
@@ -27,7 +28,14 @@ from jquant.core.errors import ConfigError, FormatError, UnsupportedFormatError
 
 __all__ = ["check_config", "check_model", "claims_whole_model", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3", "mixtral", "qwen3_moe")
+
+# MoE model types (mirrors `jquant.models.mixtral.MOE_NAMES` and `DecoderConfig.from_hf`): the sparse
+# block's module name, its experts' (gate, up, down) names, and the config key of the expert width.
+_MOE = {
+    "mixtral": ("block_sparse_moe", ("w1", "w3", "w2"), "intermediate_size"),
+    "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj"), "moe_intermediate_size"),
+}
 
 # Config keys that, when present, must be positive integers / finite positive numbers.
 _POSITIVE_INTS = (
@@ -111,6 +119,12 @@ def _need(config: Mapping[str, Any], key: str, file: Any) -> int:
     return v
 
 
+def _sparse_layer(config: Mapping[str, Any], i: int) -> bool:
+    """Whether layer ``i`` of a MoE model has routed experts (Qwen3-MoE: ``decoder_sparse_step`` / ``mlp_only_layers``)."""
+    step = config.get("decoder_sparse_step") or 1
+    return i not in (config.get("mlp_only_layers") or ()) and (i + 1) % step == 0
+
+
 def check_model(config: Mapping[str, Any], weights: Mapping[str, Any], *, file: Any = None) -> None:
     """Checks a converted Llama-family checkpoint against its config (see the module docstring).
 
@@ -183,6 +197,17 @@ def check_model(config: Mapping[str, Any], weights: Mapping[str, Any], *, file: 
         if f"{p}.self_attn.q_norm.weight" in weights or f"{p}.self_attn.k_norm.weight" in weights:
             for qk in ("q", "k"):
                 expect(f"{p}.self_attn.{qk}_norm.weight", (d,), "head_dim; q_norm and k_norm come together")
+        if mt in _MOE and _sparse_layer(config, i):
+            module, (g, u, dn), width_key = _MOE[mt]
+            n_exp, width = (
+                config.get("num_local_experts") or _need(config, "num_experts", file),
+                _need(config, width_key, file),
+            )
+            expect(f"{p}.{module}.gate.weight", (n_exp, hidden), "num_experts x hidden_size (the router)")
+            for j in range(n_exp):
+                for proj, shape in ((g, (width, hidden)), (u, (width, hidden)), (dn, (hidden, width))):
+                    expect(f"{p}.{module}.experts.{j}.{proj}.weight", shape, f"{width_key}, hidden_size")
+            continue
         for proj, shape in (("gate", (inter, hidden)), ("up", (inter, hidden)), ("down", (hidden, inter))):
             expect(f"{p}.mlp.{proj}_proj.weight", shape, "intermediate_size, hidden_size")
             maybe(f"{p}.mlp.{proj}_proj.bias", shape[:1], "intermediate_size, hidden_size")

@@ -17,6 +17,7 @@ from jquant.models.config import SUPPORTED_MODEL_TYPES, DecoderConfig
 from jquant.models.generate import Generator, SamplingConfig, generate
 from jquant.models.kv_cache import KVCache
 from jquant.models.llama import LlamaForCausalLM
+from jquant.models.mixtral import MoeForCausalLM
 from jquant.nn.weights import Weights
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Generator",
     "KVCache",
     "LlamaForCausalLM",
+    "MoeForCausalLM",
     "SamplingConfig",
     "default_dtype",
     "from_checkpoint",
@@ -47,6 +49,8 @@ def from_checkpoint(
 ) -> LlamaForCausalLM:
     """The Flax model for ``ckpt``'s architecture, with its weights on the default device.
 
+    `LlamaForCausalLM` for the dense Llama family; `MoeForCausalLM` for Mixtral and Qwen3-MoE.
+
     Quantized weights move to the device as `QArray` pytrees (codes stay packed); float tensors are
     cast to ``dtype``. Nothing is dequantized whole: matmuls and embedding lookups go through
     `jquant.ops`.
@@ -58,8 +62,8 @@ def from_checkpoint(
             tensors such as KV-cache scales may be legitimate).
         scan_layers: run identical decoder layers under ``lax.scan`` (None: whenever they are
             identical in structure; see `LlamaForCausalLM`).
-        fuse_projections: q/k/v and gate/up as one stacked matmul each where their weights stack
-            losslessly (same code type and scale layout, same act-order permutation).
+        fuse_projections: q/k/v and gate/up (experts' too) as one stacked matmul each where their
+            weights stack losslessly (same code type and scale layout, same act-order permutation).
 
     Raises:
         UnsupportedFormatError / ConfigError: an architecture or config outside the Llama family.
@@ -67,7 +71,8 @@ def from_checkpoint(
     """
     cfg = DecoderConfig.from_hf(ckpt.config)
     w = Weights(ckpt.weights, dtype or default_dtype(), source=ckpt.metadata.get("source"))
-    model = LlamaForCausalLM(cfg, w, scan_layers=scan_layers, fuse_projections=fuse_projections)
+    model_cls = MoeForCausalLM if cfg.num_experts else LlamaForCausalLM  # mixtral, qwen3_moe
+    model = model_cls(cfg, w, scan_layers=scan_layers, fuse_projections=fuse_projections)
     # Rotary tables recomputed by HF are sometimes saved; everything else must be used.
     left = [n for n in w.unused() if not n.endswith("rotary_emb.inv_freq")]
     if left:

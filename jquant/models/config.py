@@ -13,7 +13,12 @@ __all__ = ["DecoderConfig", "SUPPORTED_MODEL_TYPES"]
 # HF ``model_type``s whose decoder is the Llama block (pre-norm, rotary GQA attention, SwiGLU MLP).
 # Differences are data, read from the config and the tensors present: q/k/v biases (Qwen2), q/k
 # RMSNorm (Qwen3), explicit head_dim (Qwen3), sliding windows (Mistral), tied embeddings (SmolLM2).
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3")
+# The MoE types (`jquant.models.mixtral`) replace the MLP of their sparse layers by routed experts.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3", "mixtral", "qwen3_moe")
+
+# Per MoE model type: (config key of the expert width, default of ``norm_topk_prob``; None: the
+# architecture always renormalizes its top-k probabilities and has no such key, as Mixtral).
+_MOE = {"mixtral": ("intermediate_size", None), "qwen3_moe": ("moe_intermediate_size", False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +31,12 @@ class DecoderConfig:
             ``llama3``: ``factor``, ``low_freq_factor``, ``high_freq_factor``,
             ``original_max_position_embeddings``; for ``linear``: ``factor``).
         layer_windows: per layer, the sliding-window size (None: full causal attention).
+        num_experts: routed experts per MoE layer (0: a dense model).
+        num_experts_per_tok: top-k of the router.
+        moe_intermediate_size: one expert's MLP width.
+        norm_topk_prob: renormalize the top-k router probabilities to sum to 1.
+        moe_layers: per layer, whether its MLP is the routed experts (Qwen3-MoE's
+            ``decoder_sparse_step`` / ``mlp_only_layers``); empty for dense models.
     """
 
     model_type: str
@@ -43,6 +54,11 @@ class DecoderConfig:
     layer_windows: tuple[int | None, ...]
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True
+    moe_layers: tuple[bool, ...] = ()
 
     @property
     def rope(self) -> dict[str, Any]:
@@ -95,6 +111,24 @@ class DecoderConfig:
             raise ConfigError(f"{len(windows)} layer_types for {n_layers} layers", tensor="config.layer_types")
         eos = config.get("eos_token_id")
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        moe = {}
+        if mt in _MOE:
+            width_key, norm_default = _MOE[mt]
+            n_exp = int(config.get("num_local_experts") or need("num_experts"))
+            top_k = int(need("num_experts_per_tok"))
+            if not 0 < top_k <= n_exp:
+                raise ConfigError(
+                    f"num_experts_per_tok={top_k} must be in 1..{n_exp} (the experts)",
+                    tensor="config.num_experts_per_tok",
+                )
+            step, dense_only = int(config.get("decoder_sparse_step") or 1), set(config.get("mlp_only_layers") or ())
+            moe = dict(
+                num_experts=n_exp,
+                num_experts_per_tok=top_k,
+                moe_intermediate_size=int(need(width_key)),
+                norm_topk_prob=True if norm_default is None else bool(config.get("norm_topk_prob", norm_default)),
+                moe_layers=tuple(i not in dense_only and (i + 1) % step == 0 for i in range(n_layers)),
+            )
         return cls(
             model_type=mt,
             vocab_size=int(need("vocab_size")),
@@ -111,4 +145,5 @@ class DecoderConfig:
             layer_windows=windows,
             bos_token_id=config.get("bos_token_id"),
             eos_token_ids=eos,
+            **moe,
         )

@@ -127,14 +127,16 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: DecoderConfig, w: Weights, layer: int, *, fuse: bool = True):
+    """Pre-norm attention + MLP block; ``mlp`` replaces the SwiGLU MLP (MoE layers, `jquant.models.mixtral`)."""
+
+    def __init__(self, cfg: DecoderConfig, w: Weights, layer: int, *, fuse: bool = True, mlp: nnx.Module | None = None):
         p = f"model.layers.{layer}"
         self.input_layernorm = w.norm(f"{p}.input_layernorm.weight", cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg, w, f"{p}.self_attn", layer, fuse=fuse)
         self.post_attention_layernorm = w.norm(
             f"{p}.post_attention_layernorm.weight", cfg.hidden_size, cfg.rms_norm_eps
         )
-        self.mlp = MLP(cfg, w, f"{p}.mlp", fuse=fuse)
+        self.mlp = MLP(cfg, w, f"{p}.mlp", fuse=fuse) if mlp is None else mlp
 
     def __call__(self, x, cos, sin, positions, kv, start):
         a, kv = self.self_attn(self.input_layernorm(x), cos, sin, positions, kv, start)
@@ -189,7 +191,7 @@ class LlamaForCausalLM(nnx.Module):
         self.config = cfg
         self.dtype = w.dtype
         self.embed_tokens = w.embed("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
-        layers = [DecoderLayer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
+        layers = [self.decoder_layer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
         same = _homogeneous(layers)
         if scan_layers and not same:
             raise ConfigError("scan_layers=True but the decoder layers differ in structure or weight types")
@@ -207,6 +209,11 @@ class LlamaForCausalLM(nnx.Module):
             self.lm_head = nnx.data(None)  # tied: logits = embed_tokens.attend(h)
         else:
             raise ConfigError("no lm_head.weight and tie_word_embeddings is false", tensor="lm_head.weight")
+
+    @staticmethod
+    def decoder_layer(cfg: DecoderConfig, w: Weights, layer: int, *, fuse: bool) -> DecoderLayer:
+        """Decoder layer ``layer`` (subclasses swap its MLP: `jquant.models.mixtral`)."""
+        return DecoderLayer(cfg, w, layer, fuse=fuse)
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.config
