@@ -40,6 +40,28 @@ def default_src() -> str:
     return str(default_model_path())
 
 
+def enable_compile_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache so a second run starts without recompiling.
+
+    The cache lives in ``$JQUANT_JAX_CACHE`` (default ``~/.cache/jquant/jax``; empty: off), unless
+    the user already configured one (``JAX_COMPILATION_CACHE_DIR``). Returns the directory in use.
+    """
+    import os
+    from pathlib import Path
+
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    d = os.environ.get("JQUANT_JAX_CACHE", str(Path.home() / ".cache" / "jquant" / "jax"))
+    if not d:
+        return None
+    jax.config.update("jax_compilation_cache_dir", d)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small CPU programs count too
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return d
+
+
 def run(args) -> int:
     # checks and the tokenizer first: a wrong path or a missing package is reported before JAX loads
     src = str(check_src(args.src)) if args.src else default_src()
@@ -47,6 +69,7 @@ def run(args) -> int:
 
     tok = load_tokenizer(src)
 
+    enable_compile_cache()
     import jax.numpy as jnp
 
     import jquant

@@ -108,7 +108,7 @@ register_backend(XlaDequantDot())
 
 # Kernel packages that register backends on import, per platform (tokamax's guarded imports): loaded
 # the first time the dispatcher runs on that platform, so `qmatmul` users need not import them.
-KERNEL_PACKAGES: dict[str, tuple[str, ...]] = {"gpu": ("jquant.pallas", "kernels_cuda")}
+KERNEL_PACKAGES: dict[str, tuple[str, ...]] = {"gpu": ("jquant.pallas", "kernels_cuda"), "cpu": ("kernels_cpu",)}
 _LOADED: dict[str, dict[str, str]] = {}
 
 

@@ -15,6 +15,9 @@ Why this order (measurements in bench/results/nvidia_h200/):
   codebooks, fp4, fp8 W8A16, 2-bit), after the integer kernels it generalizes.
 * ``xla_dequant_dot`` last on GPU: every code type, any M, one bf16/f16 rounding of the weight.
   The f32 ``xla_reference`` is the spec, not a GPU path: it runs there only when forced.
+* CPU: the C++ ``cpu_qmatmul`` (kernels_cpu) for 4/8-bit integer and 4-bit codebook weights up to
+  M = 32, where it beats the chunked XLA dequantization 2-6x (bench/results/cpu/decode.md); then
+  ``xla_cpu_chunked`` for everything else.
 """
 
 from __future__ import annotations
@@ -33,6 +36,6 @@ ROUTES: dict[str, tuple[str, ...]] = {
         "pallas_triton_wxa16",
         "xla_dequant_dot",
     ),
-    "cpu": ("xla_cpu_chunked", "xla_reference"),
+    "cpu": ("cpu_qmatmul", "xla_cpu_chunked", "xla_reference"),
     "tpu": ("xla_reference",),
 }

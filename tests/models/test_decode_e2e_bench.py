@@ -49,12 +49,15 @@ def test_tiny_end_to_end(tmp_path, capsys):
         assert r["decode_tok_s"] > 0 and r["prefill_ms"] > 0
     assert rows["bf16"]["ratio_vs_bf16"] == pytest.approx(1.0)
     w4 = rows["w4a16"]
-    assert w4["backend"] == "xla_cpu_chunked"  # the CPU dispatcher's pick for 4-bit g128
-    assert w4["lowered_decode_backends"] == ["xla_cpu_chunked"]
+    from kernels_cpu.build import compiler_path
+
+    want = "cpu_qmatmul" if compiler_path() else "xla_cpu_chunked"  # the CPU dispatcher's pick for 4-bit g128
+    assert w4["backend"] == want
+    assert w4["lowered_decode_backends"] == [want]
     assert w4["weight_bytes"] < rows["bf16"]["weight_bytes"]
     text = md.read_text()
     assert "| variant | backend | decode tok/s | ms/token | prefill ms | ratio vs bf16 |" in text
-    assert "| w4a16 | xla_cpu_chunked |" in text
+    assert f"| w4a16 | {want} |" in text
     assert "ratio vs bf16" in capsys.readouterr().out.splitlines()[-4]  # the table is printed last
 
 

@@ -31,7 +31,7 @@ def test_kernel_packages_load_on_their_platform():
     assert set(status) == {"jquant.pallas", "kernels_cuda"}
     assert all(v == "ok" or v.startswith("not loaded: ") for v in status.values())
     assert status["kernels_cuda"] == "ok"  # importing needs neither a GPU nor nvcc (the build is lazy)
-    assert load_kernel_packages("cpu") == {}
+    assert load_kernel_packages("cpu") == {"kernels_cpu": "ok"}  # importing does not build it
 
 
 def test_dense_weight_is_plain_matmul():
@@ -90,22 +90,25 @@ def test_table_order_then_fallback_with_reasons(m1_backend):
     x4, _ = _xw(4)
     r = select(x4, w, platform="cpu")
     b, skipped = r.backend, list(r.skipped)
-    assert b.name == "xla_cpu_chunked"  # the next CPU backend in the table (the reference comes last)
-    assert skipped == ["test_m1_only: M=4 outside 1..1 (this kernel's range)"]
+    # the next CPU backend in the table that runs here (kernels_cpu needs a C++ compiler; the reference comes last)
+    nxt = "xla_cpu_chunked" if BACKENDS["cpu_qmatmul"].unavailable(None) else "cpu_qmatmul"
+    assert b.name == nxt
+    assert skipped[0] == "test_m1_only: M=4 outside 1..1 (this kernel's range)"
     report = explain(x4, w, platform="cpu")
-    assert "-> xla_cpu_chunked" in report and "M=4 outside 1..1" in report
+    assert f"-> {nxt}" in report and "M=4 outside 1..1" in report
     qmatmul(x1, w)
     assert m1_backend.calls == 1
 
 
 def test_disabled_kernels_env(m1_backend, monkeypatch):
-    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "other, test_m1_only, xla_cpu_chunked")
+    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "other, test_m1_only, cpu_qmatmul, xla_cpu_chunked")
     x1, w = _xw(1)
     r = select(x1, w, platform="cpu")
     b, skipped = r.backend, list(r.skipped)
     assert b.name == "xla_reference"
     assert skipped == [
         "test_m1_only: disabled by JQUANT_DISABLED_KERNELS",
+        "cpu_qmatmul: disabled by JQUANT_DISABLED_KERNELS",
         "xla_cpu_chunked: disabled by JQUANT_DISABLED_KERNELS",
     ]
 

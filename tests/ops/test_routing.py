@@ -31,6 +31,7 @@ ABBREV = {
     "pl.pre": "pallas_triton_wna16_prefill",
     "pl.wx": "pallas_triton_wxa16",
     "xla.deq": "xla_dequant_dot",
+    "cpu.q": "cpu_qmatmul",
     "cpu.chk": "xla_cpu_chunked",
     "ref": "xla_reference",
 }
@@ -39,46 +40,46 @@ ABBREV = {
 EXPECTED = """
 uint4b8 g128               | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 uint4b8 g128               | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
-uint4b8 g128               | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+uint4b8 g128               | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 uint4 g128 zero            | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 uint4 g128 zero            | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
-uint4 g128 zero            | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+uint4 g128 zero            | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 uint4b8 g128 act-order     | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 uint4b8 g128 act-order     | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
-uint4b8 g128 act-order     | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+uint4b8 g128 act-order     | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 uint4b8 channel            | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 uint4b8 channel            | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
-uint4b8 channel            | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+uint4b8 channel            | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 uint8b128 channel          | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 uint8b128 channel          | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
-uint8b128 channel          | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+uint8b128 channel          | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 uint2 g64 zero             | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 uint2 g64 zero             | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 uint2 g64 zero             | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 uint3b4 g128               | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 uint3b4 g128               | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
-uint3b4 g128               | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+uint3b4 g128               | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 q4_0 uint4b8 g32           | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 q4_0 uint4b8 g32           | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
-q4_0 uint4b8 g32           | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+q4_0 uint4b8 g32           | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 q4_1 uint4 g32 float zero  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 q4_1 uint4 g32 float zero  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
-q4_1 uint4 g32 float zero  | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+q4_1 uint4 g32 float zero  | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 q6_k uint6b32 g16          | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q6_k uint6b32 g16          | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
-q6_k uint6b32 g16          | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+q6_k uint6b32 g16          | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 q8_0 int8 g32              | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q8_0 int8 g32              | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
-q8_0 int8 g32              | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+q8_0 int8 g32              | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 nf4 g64                    | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 nf4 g64                    | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
-nf4 g64                    | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+nf4 g64                    | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 bnb_fp4 g64                | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 bnb_fp4 g64                | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
-bnb_fp4 g64                | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+bnb_fp4 g64                | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 iq4nl g32                  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 iq4nl g32                  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
-iq4nl g32                  | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
+iq4nl g32                  | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 mxfp4 g32                  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 mxfp4 g32                  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 mxfp4 g32                  | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
@@ -102,10 +103,10 @@ fp8 block128 w8a8          | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.
 fp8 block128 w8a8          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 int8 channel w8a8          | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
 int8 channel w8a8          | sm_80 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
-int8 channel w8a8          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
+int8 channel w8a8          | cpu   | cpu.q+fq  cpu.q+fq  cpu.q+fq  cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 int8 channel w8a8 asym     | sm_90 | pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 int8 channel w8a8 asym     | sm_80 | pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
-int8 channel w8a8 asym     | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
+int8 channel w8a8 asym     | cpu   | cpu.q+fq  cpu.q+fq  cpu.q+fq  cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 """
 
 
