@@ -36,3 +36,28 @@ def launch(kernel, args: tuple, out_shape: jax.ShapeDtypeStruct, grid, cfg, *, o
         compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
     )(*args)
     return y.sum(axis=0).astype(out_dtype) if len(out_shape.shape) == 3 else y
+
+
+def check_tiles(cls: str, *, bm: int, bn: int, bk: int, split_k: int, gemv: bool = False, min_bk: int = 16) -> None:
+    """The Triton lowering's tile rules shared by the kernels' configs: powers of two, at least 16
+    (``bm`` 1 for a GEMV, ``bk`` at least ``min_bk``), and a positive K split.
+
+    Raises:
+        ValueError: naming the config class and the field.
+    """
+    for f, v, lo in (("bm", bm, 1 if gemv else 16), ("bn", bn, 16), ("bk", bk, min_bk)):
+        if v < lo or v & (v - 1):
+            raise ValueError(f"{cls}.{f}={v} must be a power of two >= {lo} (Triton lowering)")
+    if gemv and bm != 1:
+        raise ValueError(f"{cls}.gemv needs bm == 1")
+    if split_k < 1:
+        raise ValueError(f"{cls}.split_k={split_k} must be >= 1")
+
+
+def store_tile(o_ref, acc, *, m0, n0, bm: int, bn: int, pid_s, out_partial: bool, mask) -> None:
+    """Writes the [bm, bn] f32 tile at (m0, n0): into the f32 partial slab ``pid_s`` of a split K,
+    else cast to the output dtype; ``mask`` keeps rows and columns past M and N unwritten."""
+    if out_partial:
+        pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], acc, mask=mask)
+    else:
+        pltriton.store(o_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(o_ref.dtype), mask=mask)

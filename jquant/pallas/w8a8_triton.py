@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jquant.pallas.launch import launch
+from jquant.pallas.launch import check_tiles, launch, store_tile
 
 __all__ = ["W8A8Config", "W8A8Layout", "w8a8_matmul", "CODE_KINDS"]
 
@@ -76,12 +76,7 @@ class W8A8Config:
     num_stages: int = 4
 
     def __post_init__(self):
-        for f, lo in (("bm", 16), ("bn", 16), ("bk", MIN_BK)):
-            v = getattr(self, f)
-            if v < lo or v & (v - 1):
-                raise ValueError(f"W8A8Config.{f}={v} must be a power of two >= {lo} (Triton lowering)")
-        if self.split_k < 1:
-            raise ValueError(f"W8A8Config.split_k={self.split_k} must be >= 1")
+        check_tiles("W8A8Config", bm=self.bm, bn=self.bn, bk=self.bk, split_k=self.split_k, min_bk=MIN_BK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,10 +213,7 @@ def _kernel(*refs, lay: W8A8Layout, cfg: W8A8Config, m: int, k_chunk: int, out_p
 
         out = jax.lax.fori_loop(0, k_chunk // kblk, block, jnp.zeros((bm, bn), jnp.float32))
     out_mask = row_ok & col_ok.reshape(1, bn)
-    if out_partial:
-        pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], out, mask=out_mask)
-    else:
-        pltriton.store(o_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], out.astype(o_ref.dtype), mask=out_mask)
+    store_tile(o_ref, out, m0=m0, n0=n0, bm=bm, bn=bn, pid_s=pid_s, out_partial=out_partial, mask=out_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("lay", "cfg", "out_dtype", "interpret", "name", "poison"))

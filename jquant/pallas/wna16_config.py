@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from jquant.ops.device import NUM_SMS_DEFAULT
+from jquant.pallas.launch import check_tiles
 
 __all__ = ["WNA16Config", "decode_config", "prefill_config", "DECODE_MAX_M", "NUM_SMS_DEFAULT"]
 
@@ -60,15 +61,7 @@ class WNA16Config:
     split_x: bool = False
 
     def __post_init__(self):
-        for f in ("bm", "bn", "bk"):
-            v = getattr(self, f)
-            lo = 1 if (f == "bm" and self.gemv) else 16
-            if v < lo or v & (v - 1):
-                raise ValueError(f"WNA16Config.{f}={v} must be a power of two >= {lo} (Triton lowering)")
-        if self.gemv and self.bm != 1:
-            raise ValueError("WNA16Config.gemv needs bm == 1")
-        if self.split_k < 1:
-            raise ValueError(f"WNA16Config.split_k={self.split_k} must be >= 1")
+        check_tiles("WNA16Config", bm=self.bm, bn=self.bn, bk=self.bk, split_k=self.split_k, gemv=self.gemv)
 
 
 def _pow2_at_least(v: int, lo: int) -> int:

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jquant.pallas.launch import launch
+from jquant.pallas.launch import launch, store_tile
 from jquant.pallas.wna16_config import WNA16Config
 
 __all__ = ["WNA16Layout", "wna16_matmul"]
@@ -258,10 +258,7 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
     elif swap:
         acc = acc.T
     out_mask = row_ok & col_ok.reshape(1, bn)
-    if out_partial:
-        pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], acc, mask=out_mask)
-    else:
-        pltriton.store(o_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(o_ref.dtype), mask=out_mask)
+    store_tile(o_ref, acc, m0=m0, n0=n0, bm=bm, bn=bn, pid_s=pid_s, out_partial=out_partial, mask=out_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("lay", "cfg", "interpret", "name", "poison"))

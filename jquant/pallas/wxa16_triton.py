@@ -64,7 +64,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from jquant.core.qtypes import E2M1_VALUES, QType
-from jquant.pallas.launch import launch
+from jquant.pallas.launch import check_tiles, launch, store_tile
 
 __all__ = [
     "WXA16Config",
@@ -279,15 +279,7 @@ class WXA16Config:
     gemv: bool = False
 
     def __post_init__(self):
-        for f in ("bm", "bn", "bk"):
-            v = getattr(self, f)
-            lo = 1 if (f == "bm" and self.gemv) else 16
-            if v < lo or v & (v - 1):
-                raise ValueError(f"WXA16Config.{f}={v} must be a power of two >= {lo} (Triton lowering)")
-        if self.gemv and self.bm != 1:
-            raise ValueError("WXA16Config.gemv needs bm == 1")
-        if self.split_k < 1:
-            raise ValueError(f"WXA16Config.split_k={self.split_k} must be >= 1")
+        check_tiles("WXA16Config", bm=self.bm, bn=self.bn, bk=self.bk, split_k=self.split_k, gemv=self.gemv)
 
 
 def _dot_nt(a, b):
@@ -403,10 +395,7 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
     elif lay.scale_on_output:
         acc = acc * (s_c.reshape(1, bn) if s_c.shape[0] == bn else s_c)
     out_mask = row_ok & col_ok.reshape(1, bn)
-    if out_partial:
-        pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], acc, mask=out_mask)
-    else:
-        pltriton.store(o_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(o_ref.dtype), mask=out_mask)
+    store_tile(o_ref, acc, m0=m0, n0=n0, bm=bm, bn=bn, pid_s=pid_s, out_partial=out_partial, mask=out_mask)
 
 
 @functools.partial(jax.jit, static_argnames=("m", "lay", "cfg", "interpret", "name", "poison"))
