@@ -136,7 +136,7 @@ def decode_config(m: int, n: int, k: int, *, planes: int, num_sms: int = NUM_SMS
     bm = _pow2_at_least(m, 16)
     bk = _STEP_BYTES * planes
     split = max(1, min(4, k // (4 * bk)))
-    return WXA16Config(bm=bm, bn=64, bk=bk, split_k=split, num_warps=4, num_stages=3)
+    return WXA16Config(bm=bm, bn=64, bk=bk, split_k=split, num_warps=4, num_stages=_stages(3, bm, 64, bk, planes))
 
 
 def prefill_config(m: int, n: int, k: int, *, planes: int, num_sms: int = NUM_SMS_DEFAULT) -> WXA16Config:
@@ -144,7 +144,19 @@ def prefill_config(m: int, n: int, k: int, *, planes: int, num_sms: int = NUM_SM
     at M <= 256, bench/results/nvidia_h200; 64 code bytes per row per step keep the dequantized
     [128, 64] plane tile at 8K elements, the Torch bridge's prefill tile)."""
     del m, n, k, num_sms
-    return WXA16Config(bm=64, bn=128, bk=64 * planes, num_warps=4, num_stages=4)
+    return WXA16Config(bm=64, bn=128, bk=64 * planes, num_warps=4, num_stages=_stages(4, 64, 128, 64 * planes, planes))
+
+
+# Shared memory the software pipeline may fill (H100 / H200 allow 227 KB per block; the rest is
+# left to Triton's layout conversions). Q2_K at M = 64 asked for 256 KB with 3 stages on H200.
+_SMEM_BUDGET = 160 * 1024
+
+
+def _stages(want: int, bm: int, bn: int, bk: int, planes: int) -> int:
+    """``want`` pipeline stages, fewer when a stage's x tile (bf16 [bm, bk]) and codes ([bn, bk /
+    planes] bytes) would overflow `_SMEM_BUDGET`; at least 2."""
+    per_stage = bm * bk * 2 + bn * (bk // planes)
+    return max(2, min(want, _SMEM_BUDGET // per_stage))
 
 
 def config_for(m: int, w: QArray, *, num_sms: int | None = None) -> WXA16Config:
@@ -227,7 +239,13 @@ class PallasWXA16(Backend):
         self.name = name
         self.interpret = interpret
         self.config = config
-        self.caps = dataclasses.replace(CAPS, platforms=frozenset({"cpu", "gpu"}) if interpret else CAPS.platforms)
+        # Routed: every code type but the 16-entry tables (NF4, bnb FP4, IQ4): their in-register gather
+        # made the kernel 2.3-2.5x slower than XLA's bf16 dequantize -> dot on H200 at M = 1 / 16
+        # (bench/results/nvidia_h200/qmatmul_wxa16.json); the op itself still runs them (tests).
+        routed = CAPS.codes - {"nf4", "bnb_fp4", "iq4nl"}
+        self.caps = dataclasses.replace(
+            CAPS, codes=routed, platforms=frozenset({"cpu", "gpu"}) if interpret else CAPS.platforms
+        )
 
     def why_not_more(self, call: Call) -> str:
         """Code types in `CAPS.codes` without a value decoder (a storage dtype the kernel cannot read)."""

@@ -71,14 +71,14 @@ q6_k uint6b32 g16          | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu
 q8_0 int8 g32              | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q8_0 int8 g32              | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q8_0 int8 g32              | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-nf4 g64                    | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
-nf4 g64                    | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+nf4 g64                    | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+nf4 g64                    | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
 nf4 g64                    | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-bnb_fp4 g64                | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
-bnb_fp4 g64                | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+bnb_fp4 g64                | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+bnb_fp4 g64                | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
 bnb_fp4 g64                | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-iq4nl g32                  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
-iq4nl g32                  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+iq4nl g32                  | sm_90 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+iq4nl g32                  | sm_80 | xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
 iq4nl g32                  | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 mxfp4 g32                  | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 mxfp4 g32                  | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
@@ -92,17 +92,17 @@ nvfp4 w4a4                 | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 fp8 channel w8a16          | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 fp8 channel w8a16          | sm_80 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 fp8 channel w8a16          | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-fp8 channel w8a8           | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
+fp8 channel w8a8           | sm_90 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
 fp8 channel w8a8           | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 channel w8a8           | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
-fp8 tensor static          | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
+fp8 tensor static          | sm_90 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
 fp8 tensor static          | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 tensor static          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
-fp8 block128 w8a8          | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
+fp8 block128 w8a8          | sm_90 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
 fp8 block128 w8a8          | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 block128 w8a8          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
-int8 channel w8a8          | sm_90 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
-int8 channel w8a8          | sm_80 | pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
+int8 channel w8a8          | sm_90 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
+int8 channel w8a8          | sm_80 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
 int8 channel w8a8          | cpu   | cpu.q+fq  cpu.q+fq  cpu.q+fq  cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 int8 channel w8a8 asym     | sm_90 | pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 int8 channel w8a8 asym     | sm_80 | pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq pl.dec+fq xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
