@@ -61,3 +61,29 @@ def store_tile(o_ref, acc, *, m0, n0, bm: int, bn: int, pid_s, out_partial: bool
         pltriton.store(o_ref.at[pid_s, pl.ds(m0, bm), pl.ds(n0, bn)], acc, mask=mask)
     else:
         pltriton.store(o_ref.at[pl.ds(m0, bm), pl.ds(n0, bn)], acc.astype(o_ref.dtype), mask=mask)
+
+
+def split_k_grid(m: int, n: int, k: int, step: int, cfg, out_dtype):
+    """The grid of a split-K kernel: ``(grid, k_chunk, out_shape, out_partial)``.
+
+    K is cut into at most ``cfg.split_k`` chunks of whole ``step``s (splits that would start beyond
+    K are dropped); the grid is (M tiles, N tiles, splits). With one split the output is [M, N] in
+    ``out_dtype``, else f32 partials [split, M, N] that `launch` sums.
+    """
+    steps = -(-k // step)
+    split = max(1, min(cfg.split_k, steps))
+    k_chunk = -(-steps // split) * step
+    split = -(-k // k_chunk)
+    out_partial = split > 1
+    grid = (pl.cdiv(m, cfg.bm), pl.cdiv(n, cfg.bn), split)
+    shape = (split, m, n) if out_partial else (m, n)
+    return grid, k_chunk, jax.ShapeDtypeStruct(shape, jnp.float32 if out_partial else out_dtype), out_partial
+
+
+def tile_origin(m: int, n: int, bm: int, bn: int):
+    """In a kernel: ``(pid_s, m0, n0, row_ok [bm, 1], col_ok [bn, 1])`` of this program's tile."""
+    pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    m0, n0 = pid_m * bm, pid_n * bn
+    rows = m0 + jax.lax.broadcasted_iota(jnp.int32, (bm, 1), 0)
+    cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)  # weight rows = output columns
+    return pid_s, m0, n0, rows < m, cols < n

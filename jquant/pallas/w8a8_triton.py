@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jquant.pallas.launch import check_tiles, launch, store_tile
+from jquant.pallas.launch import check_tiles, launch, split_k_grid, store_tile, tile_origin
 
 __all__ = ["W8A8Config", "W8A8Layout", "w8a8_matmul", "CODE_KINDS"]
 
@@ -140,13 +140,7 @@ def _kernel(*refs, lay: W8A8Layout, cfg: W8A8Config, m: int, k_chunk: int, out_p
     k = lay.k
     acc_dt = jnp.int32 if lay.is_int else jnp.float32
 
-    pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    m0 = pid_m * bm
-    n0 = pid_n * bn
-    rows = m0 + jax.lax.broadcasted_iota(jnp.int32, (bm, 1), 0)  # [bm, 1]
-    cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)  # [bn, 1] weight rows = output columns
-    row_ok = rows < m
-    col_ok = cols < lay.n
+    pid_s, m0, n0, row_ok, col_ok = tile_origin(m, lay.n, bm, bn)
     k_begin = pid_s * k_chunk
 
     def to_dot_operand(c):
@@ -264,17 +258,7 @@ def w8a8_matmul(
         a = jax.lax.bitcast_convert_type(a, jnp.uint8) if a.dtype != jnp.uint8 else a
         w = jax.lax.bitcast_convert_type(w, jnp.uint8) if w.dtype != jnp.uint8 else w
     step = lay.kblk if lay.k_blocked else cfg.bk  # a split never cuts a scale block
-    steps = -(-k // step)
-    split = max(1, min(cfg.split_k, steps))
-    k_chunk = -(-steps // split) * step
-    split = -(-k // k_chunk)  # drop splits that would start beyond K
-    out_partial = split > 1
-    grid = (pl.cdiv(m, cfg.bm), pl.cdiv(lay.n, cfg.bn), split)
-    out_shape = (
-        jax.ShapeDtypeStruct((split, m, lay.n), jnp.float32)
-        if out_partial
-        else jax.ShapeDtypeStruct((m, lay.n), out_dtype)
-    )
+    grid, k_chunk, out_shape, out_partial = split_k_grid(m, lay.n, k, step, cfg, out_dtype)
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
     args = (a, a_scale.astype(jnp.float32), w, w_scale.astype(jnp.float32))
     return launch(

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from jquant.pallas.launch import launch, store_tile
+from jquant.pallas.launch import launch, split_k_grid, store_tile, tile_origin
 from jquant.pallas.wna16_config import WNA16Config
 
 __all__ = ["WNA16Layout", "wna16_matmul"]
@@ -110,13 +110,7 @@ def _kernel(*refs, lay: WNA16Layout, cfg: WNA16Config, m: int, k_chunk: int, out
     gemv = cfg.gemv  # bm == 1: broadcast-multiply and row sums in f32, no tl.dot
     split_x = x_planes is not None
 
-    pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    m0 = pid_m * bm
-    n0 = pid_n * bn
-    rows = m0 + jax.lax.broadcasted_iota(jnp.int32, (bm, 1), 0)  # [bm, 1]
-    cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)  # [bn, 1] weight rows = output columns
-    row_ok = rows < m
-    col_ok = cols < lay.n
+    pid_s, m0, n0, row_ok, col_ok = tile_origin(m, lay.n, bm, bn)
     k_begin = pid_s * k_chunk
     kb_begin = pid_s * (k_chunk // per_byte)
 
@@ -304,17 +298,7 @@ def wna16_matmul(
     if lay.has_zero != (zero is not None):
         raise ValueError("zero must be passed exactly when lay.has_zero")
     bk = cfg.bk
-    steps = -(-k // bk)
-    split = max(1, min(cfg.split_k, steps))
-    k_chunk = -(-steps // split) * bk
-    split = -(-k // k_chunk)  # drop splits that would start beyond K
-    out_partial = split > 1
-    grid = (pl.cdiv(m, cfg.bm), pl.cdiv(lay.n, cfg.bn), split)
-    out_shape = (
-        jax.ShapeDtypeStruct((split, m, lay.n), jnp.float32)
-        if out_partial
-        else jax.ShapeDtypeStruct((m, lay.n), x.dtype)
-    )
+    grid, k_chunk, out_shape, out_partial = split_k_grid(m, lay.n, k, bk, cfg, x.dtype)
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
     args = (*x_in, codes, scale) if zero is None else (*x_in, codes, scale, zero)
     return launch(kernel, args, out_shape, grid, cfg, out_dtype=x.dtype, interpret=interpret, name=name, poison=poison)

@@ -64,7 +64,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from jquant.core.qtypes import E2M1_VALUES, QType
-from jquant.pallas.launch import check_tiles, launch, store_tile
+from jquant.pallas.launch import check_tiles, launch, split_k_grid, store_tile, tile_origin
 
 __all__ = [
     "WXA16Config",
@@ -308,13 +308,7 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
     gemv = cfg.gemv
     decode = VALUE_DECODERS[lay.value]
 
-    pid_m, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    m0 = pid_m * bm
-    n0 = pid_n * bn
-    rows = m0 + jax.lax.broadcasted_iota(jnp.int32, (bm, 1), 0)  # [bm, 1]
-    cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)  # [bn, 1] weight rows = output columns
-    row_ok = rows < m
-    col_ok = cols < lay.n
+    pid_s, m0, n0, row_ok, col_ok = tile_origin(m, lay.n, bm, bn)
     k_begin = pid_s * k_chunk
     kb_begin = pid_s * (k_chunk // planes)
     s2 = s2_ref[0, 0] if s2_ref is not None else None
@@ -328,6 +322,7 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
             return pltriton.load(ref.at[pl.ds(n0, bn), pl.ds(g0, ng)], mask=col_ok & g_ok, other=other)
         if lay.n_srows == 1:
             return pltriton.load(ref.at[pl.ds(0, 1), pl.ds(g0, ng)], mask=g_ok, other=other)
+        cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
         srow = jax.lax.div(cols, lay.scale_bn)  # 2-D blocks: gather each row's scale row
         return pltriton.load(ref.at[srow, g_idx], mask=col_ok & g_ok, other=other)
 
@@ -448,17 +443,7 @@ def wxa16_matmul(
         raise ValueError(f"bk={cfg.bk} gives {cfg.bk // planes}-column code planes; tl.dot needs >= 16")
     if cfg.gemv and m != 1:
         raise ValueError("gemv configs take M = 1")
-    steps = -(-lay.k // cfg.bk)
-    split = max(1, min(cfg.split_k, steps))
-    k_chunk = -(-steps // split) * cfg.bk
-    split = -(-lay.k // k_chunk)  # drop splits that would start beyond K
-    out_partial = split > 1
-    grid = (pl.cdiv(m, cfg.bm), pl.cdiv(lay.n, cfg.bn), split)
-    out_shape = (
-        jax.ShapeDtypeStruct((split, m, lay.n), jnp.float32)
-        if out_partial
-        else jax.ShapeDtypeStruct((m, lay.n), xt.dtype)
-    )
+    grid, k_chunk, out_shape, out_partial = split_k_grid(m, lay.n, lay.k, cfg.bk, cfg, xt.dtype)
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)
     args = tuple(a for a in (xt, codes, scale, zero, scale2, lut) if a is not None)
     return launch(kernel, args, out_shape, grid, cfg, out_dtype=xt.dtype, interpret=interpret, name=name, poison=poison)
