@@ -50,12 +50,22 @@ def _round_to_fp4(v: jax.Array) -> jax.Array:
     return out * ((v > 0).astype(jnp.float32) - (v < 0).astype(jnp.float32))  # -0.0 -> +0.0, NaN stays
 
 
+def _round_to_e4m3(v: jax.Array) -> jax.Array:
+    """Nearest float8 e4m3fn value of f32 ``v`` (|v| <= 448), as f32.
+
+    The barrier is load-bearing: XLA GPU's ``SimplifyFPConversions`` pass (on by default, with
+    ``xla_allow_excess_precision``) folds a chain of float converts ``f32 -> f8 -> f32`` into
+    nothing, so without it the rounding silently vanishes on a GPU (and only there).
+    """
+    return jax.lax.optimization_barrier(v.astype(jnp.float8_e4m3fn)).astype(jnp.float32)
+
+
 def _round_codes(q: jax.Array, act: ActQuant) -> jax.Array:
     name = act.qtype.name
     if name == "int8":
         return jnp.round(q)  # round half to even, like np.rint / torch.round
     if name == "fp8_e4m3":
-        return q.astype(jnp.float8_e4m3fn).astype(jnp.float32)
+        return _round_to_e4m3(q)
     return _round_to_fp4(q)
 
 
@@ -91,7 +101,7 @@ def _dynamic_scale(xu: jax.Array, act: ActQuant):
     s = _div(amax, f32(scale_divisor(act.qtype.name, act.scale_rule)))
     if act.scale_dtype == "float8_e4m3fn":
         g = act.global_scale.astype(f32).reshape(())
-        s8 = jnp.clip(g * s, -448, 448).astype(jnp.float8_e4m3fn).astype(f32)
+        s8 = _round_to_e4m3(jnp.clip(g * s, -448, 448))
         return _div(jnp.where(s8 == 0, _E4M3_ZERO_SCALE, s8), g), None  # CT _get_dtype_eps: 0.125
     return jnp.where(s == 0, f32(1), s), None
 
@@ -180,9 +190,9 @@ def quantize_act(x: jax.Array, act: ActQuant) -> tuple[jax.Array, jax.Array]:
         s = act.scale.astype(jnp.float32).reshape(1, 1, 1)
     lo = jnp.float32(-128.0 if name == "int8" else -ACT_QTYPES[name])  # same clip as `fake_quantize`
     q = jnp.clip(_div(xu, s), lo, jnp.float32(ACT_QTYPES[name]))
-    # _round_codes gives the code *values* in f32 (integers / e4m3 values): converting them to the
-    # code dtype is exact.
-    codes = _round_codes(q, act).astype(_NATIVE_CODE_DTYPES[name]).reshape(x.shape)
+    # One rounding to the code dtype: the same value `_round_codes` gives `fake_quantize` (int8:
+    # half to even, exact in int8 after the clip; fp8: the f32 -> e4m3fn conversion).
+    codes = (jnp.round(q) if name == "int8" else q).astype(_NATIVE_CODE_DTYPES[name]).reshape(x.shape)
     if act.granularity == "group":
         scales = s.reshape(*lead, -1)  # [..., units, 1] -> [..., units]
     else:  # token: [..., 1, 1]; tensor (dynamic or static): [1, 1, 1], one value for every row

@@ -62,3 +62,16 @@ def test_jnp_fp4_mx_bit_exact_over_wide_range(name):
     np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
     x[1, 1, 5] = np.nan
     assert np.isnan(fake_quantize(x, act)[1, 1, 5]) and np.isnan(np.asarray(qdq(jnp.asarray(x), act))[1, 1, 5])
+
+
+@pytest.mark.parametrize("name", ["fp8-dyn-token", "fp8-static", "nvfp4"])
+def test_e4m3_rounding_survives_gpu_convert_folding(name):
+    """XLA GPU's ``SimplifyFPConversions`` (default on, ``xla_allow_excess_precision``) folds the
+    chain ``f32 -> f8 -> f32`` into nothing, which made the fp8 fake-quantization a no-op on the GPU
+    (found on an H200: every fp8 W8A8 kernel looked wrong against that reference). The rounding
+    must sit behind an optimization barrier in the program lowered for CUDA."""
+    import re
+
+    x = jax.ShapeDtypeStruct((4, 64), jnp.bfloat16)
+    text = jax.jit(jnp_fake_quantize).trace(x, RECIPES[name]).lower(lowering_platforms=("cuda",)).as_text()
+    assert re.search(r"optimization_barrier[^\n]*f8E4M3FN", text), "no barrier around the e4m3 rounding"
