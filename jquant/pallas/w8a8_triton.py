@@ -23,10 +23,10 @@ Pallas' Triton lowering cannot build the integer ``other=0`` fill of a masked fl
 (``NotImplementedError: cannot cast ... tensor<..xi32> to tensor<..xf8E4M3FN>``), and the byte 0
 is +0.0 anyway. Triton rejects unsigned dot operands, hence the int8 view of uint8b128.
 
-Pallas' lowering builds ``tt.dot`` without ``maxNumImpreciseAcc`` (Triton's default, 0), which
+fp8 accumulation: Pallas' lowering builds ``tt.dot`` without ``maxNumImpreciseAcc`` (0), which
 Triton's Hopper WGMMA lowering reads as "promote the fp8 partials to the f32 accumulator after
-every instruction": precise accumulation over long K, not the fast-accumulation mode (unverified
-in a GPU profile so far).
+every instruction"; that ran the fp8 kernel at about 40% of its int8 speed on an H100.
+``W8A8Config.imprecise_acc`` sets it per kernel (`jquant.pallas.fp8_accumulation`).
 
 Grid: (cdiv(M, bm), cdiv(N, bn), split_k). Edges of M, N and K are masked (loads give 0, stores
 are masked). With split_k > 1 each program writes an f32 partial [split_k, M, N] and one XLA
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from jquant.pallas import fp8_accumulation
 from jquant.pallas.launch import check_tiles, launch, split_k_grid, store_tile, tile_origin
 
 __all__ = ["W8A8Config", "W8A8Layout", "w8a8_matmul", "CODE_KINDS"]
@@ -52,6 +53,8 @@ __all__ = ["W8A8Config", "W8A8Layout", "w8a8_matmul", "CODE_KINDS"]
 CODE_KINDS = ("fp8", "int8", "uint8b128")
 # Smallest K of one 8-bit tl.dot (mma k for 8-bit operands is 32).
 MIN_BK = 32
+# fp8 partial sums promoted to f32 every this many K elements (DeepSeek-V3's 128: 4 wgmma steps).
+FP8_IMPRECISE_ACC = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,9 @@ class W8A8Config:
         split_k: number of K chunks run by separate programs (f32 partials, summed after).
         num_warps: Triton warps per program.
         num_stages: Triton software-pipelining depth of the K loop.
+        imprecise_acc: fp8 only: K elements the tensor cores sum in their reduced-precision
+            accumulator before the partials join the f32 accumulator (`jquant.pallas.fp8_accumulation`;
+            0 = after every MMA instruction, Pallas' default; 2**30 = never, Triton's sm_90 default).
     """
 
     bm: int = 16
@@ -74,9 +80,12 @@ class W8A8Config:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 4
+    imprecise_acc: int = FP8_IMPRECISE_ACC
 
     def __post_init__(self):
         check_tiles("W8A8Config", bm=self.bm, bn=self.bn, bk=self.bk, split_k=self.split_k, min_bk=MIN_BK)
+        if self.imprecise_acc < 0:
+            raise ValueError(f"W8A8Config.imprecise_acc={self.imprecise_acc} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,6 +266,8 @@ def w8a8_matmul(
     if lay.codes == "fp8":  # masked loads fill with integer 0: read the fp8 bytes as uint8 (a bitcast, no copy)
         a = jax.lax.bitcast_convert_type(a, jnp.uint8) if a.dtype != jnp.uint8 else a
         w = jax.lax.bitcast_convert_type(w, jnp.uint8) if w.dtype != jnp.uint8 else w
+        name = f"{name}_acc{cfg.imprecise_acc}"
+        fp8_accumulation.register(name, cfg.imprecise_acc)
     step = lay.kblk if lay.k_blocked else cfg.bk  # a split never cuts a scale block
     grid, k_chunk, out_shape, out_partial = split_k_grid(m, lay.n, k, step, cfg, out_dtype)
     kernel = functools.partial(_kernel, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk, out_partial=out_partial, poison=poison)

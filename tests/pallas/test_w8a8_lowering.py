@@ -73,3 +73,19 @@ def test_edges_f16_poison_and_split_lower(geo):
     for m in (1, 16, 129, 1024):
         lower(m, lay, config_for(m, lay, num_sms=132), out_dtype=jnp.float16, poison=True)
     lower(3, lay, W8A8Config(bm=16, bn=32, bk=64, split_k=5))
+
+
+@pytest.mark.parametrize("acc", [0, 128, 2**30])
+def test_fp8_dots_carry_the_configured_promotion_interval(acc):
+    """Pallas builds ``tt.dot`` without ``maxNumImpreciseAcc``; the W8A8 kernel's fp8 dots get the
+    config's value (`jquant.pallas.fp8_accumulation`), int8 dots and other kernels nothing."""
+    from jquant.pallas import fp8_accumulation
+
+    lay = _layout("fp8-block128-group128", 256, 512)
+    before = fp8_accumulation.applied(f"jquant_w8a8_test_acc{acc}")
+    lower(128, lay, W8A8Config(bm=64, bn=64, bk=64, imprecise_acc=acc))
+    assert fp8_accumulation.applied(f"jquant_w8a8_test_acc{acc}") > before
+    lower(128, _layout("int8-channel", 256, 512), W8A8Config(bm=64, bn=64, bk=64))
+    assert not any(k.startswith("jquant_w8a8_test") and "int8" in k for k in fp8_accumulation._APPLIED)
+    with pytest.raises(ValueError, match="imprecise_acc"):
+        W8A8Config(imprecise_acc=-1)
