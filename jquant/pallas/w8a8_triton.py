@@ -18,10 +18,8 @@ the math of the Torch-side kernel `torch_bridge.triton.w8a8`. Two scale placemen
 
 Codes are read as stored, no repacking: int8 as is; uint8b128 (compressed-tensors int8 stored
 unsigned) XOR 0x80 then bitcast to int8 in registers (``c - 128`` in two's complement); fp8 e4m3
-as its uint8 bits (an XLA bitcast outside the kernel, no copy), bitcast back after the load:
-Pallas' Triton lowering cannot build the integer ``other=0`` fill of a masked float8 load
-(``NotImplementedError: cannot cast ... tensor<..xi32> to tensor<..xf8E4M3FN>``), and the byte 0
-is +0.0 anyway. Triton rejects unsigned dot operands, hence the int8 view of uint8b128.
+as is, with a float ``other=0.0`` fill (Pallas' Triton lowering cannot cast an integer fill to
+float8). Triton rejects unsigned dot operands, hence the int8 view of uint8b128.
 
 fp8 accumulation: Pallas' lowering builds ``tt.dot`` without ``maxNumImpreciseAcc`` (0), which
 Triton's Hopper WGMMA lowering reads as "promote the fp8 partials to the f32 accumulator after
@@ -153,23 +151,25 @@ def _kernel(*refs, lay: W8A8Layout, cfg: W8A8Config, m: int, k_chunk: int, out_p
     k_begin = pid_s * k_chunk
 
     def to_dot_operand(c):
-        """Loaded bytes -> dot operand: fp8 bits -> float8_e4m3fn; uint8b128 -> int8 (c ^ 0x80 == c - 128)."""
-        if lay.codes == "fp8":
-            return jax.lax.bitcast_convert_type(c, jnp.float8_e4m3fn)
+        """Loaded codes -> dot operand: uint8b128 -> int8 (c ^ 0x80 == c - 128); others as loaded."""
         if lay.codes == "uint8b128":
             return jax.lax.bitcast_convert_type(c ^ jnp.uint8(0x80), jnp.int8)
         return c
 
+    # fp8 tiles load as fp8 with a float fill (an integer fill does not lower to float8), straight
+    # into the dot: a bitcast between the load and the dot kept Triton from pipelining the loads
+    # (fp8 ran at ~0.6x the int8 kernel's speed on an H100).
+    fill = 0.0 if lay.codes == "fp8" else 0
+
     def load_a(kk):
         kk = pl.multiple_of(kk, bk)
         idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-        a = pltriton.load(a_ref.at[pl.ds(m0, bm), pl.ds(kk, bk)], mask=row_ok & (idx < k), other=0)
-        return jax.lax.bitcast_convert_type(a, jnp.float8_e4m3fn) if lay.codes == "fp8" else a
+        return pltriton.load(a_ref.at[pl.ds(m0, bm), pl.ds(kk, bk)], mask=row_ok & (idx < k), other=fill)
 
     def load_w(kk):
         kk = pl.multiple_of(kk, bk)
         idx = kk + jax.lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-        w = pltriton.load(w_ref.at[pl.ds(n0, bn), pl.ds(kk, bk)], mask=col_ok & (idx < k), other=0)
+        w = pltriton.load(w_ref.at[pl.ds(n0, bn), pl.ds(kk, bk)], mask=col_ok & (idx < k), other=fill)
         return to_dot_operand(w)
 
     # Scale columns are masked too: the last split-K chunk may hold blocks past K, whose dots are 0
@@ -263,9 +263,9 @@ def w8a8_matmul(
         raise ValueError(f"bk={cfg.bk} does not divide the scale block {lay.kblk}")
     if 1 < lay.w_bn < lay.n and lay.w_bn % cfg.bn:
         raise ValueError(f"bn={cfg.bn} does not divide the weight scale rows ({lay.w_bn}); expand the scales")
-    if lay.codes == "fp8":  # masked loads fill with integer 0: read the fp8 bytes as uint8 (a bitcast, no copy)
-        a = jax.lax.bitcast_convert_type(a, jnp.uint8) if a.dtype != jnp.uint8 else a
-        w = jax.lax.bitcast_convert_type(w, jnp.uint8) if w.dtype != jnp.uint8 else w
+    if lay.codes == "fp8":  # fp8 codes may arrive as their uint8 bits
+        a = jax.lax.bitcast_convert_type(a, jnp.float8_e4m3fn) if a.dtype == jnp.uint8 else a
+        w = jax.lax.bitcast_convert_type(w, jnp.float8_e4m3fn) if w.dtype == jnp.uint8 else w
         name = f"{name}_acc{cfg.imprecise_acc}"
         fp8_accumulation.register(name, cfg.imprecise_acc)
     step = lay.kblk if lay.k_blocked else cfg.bk  # a split never cuts a scale block

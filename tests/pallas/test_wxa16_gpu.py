@@ -78,7 +78,11 @@ def test_gpu_matches_spec(wid, m):
     xd, wd, y = _check(wid, m, jnp.bfloat16)
     if m in (1, 127):  # the public entry, forced to this backend: the same kernel, bit for bit
         b = _backend()
-        assert b.supports(xd, wd)[0], b.supports(xd, wd)[1]
+        ok, why = b.supports(xd, wd)
+        if wd.qtype.codebook is not None:  # codebooks are not routed here (slower than dequantize -> dot)
+            assert not ok and "codes" in why, why
+            return
+        assert ok, why
         y2 = jax.jit(functools.partial(qmatmul, implementation=b.name))(xd, wd)
         np.testing.assert_array_equal(np.asarray(y2.astype(jnp.float32)), np.asarray(y.astype(jnp.float32)))
 
