@@ -34,7 +34,7 @@ SCHEMES = {"fp8_pc": "fp8-channel-bf16", "fp8_b128": "fp8-block128", "int8_pc": 
 ACCS = (0, 128, 2**30)
 
 
-def configs(m: int):
+def configs(m: int, accs=ACCS):
     """Candidate `W8A8Config`s for M rows (prefill tiles; decode tiles below 64 rows)."""
     from jquant.pallas.w8a8_triton import W8A8Config
 
@@ -45,7 +45,7 @@ def configs(m: int):
         tiles = [(64, 128, 128, 1, 4, 4), (128, 128, 128, 1, 8, 3), (128, 256, 128, 1, 8, 3)]
     out = []
     for bm, bn, bk, split, warps, stages in tiles:
-        for acc in ACCS:
+        for acc in accs:
             out.append(
                 W8A8Config(bm=bm, bn=bn, bk=bk, split_k=split, num_warps=warps, num_stages=stages, imprecise_acc=acc)
             )
@@ -99,10 +99,12 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="8b_qkv,70b_o,70b_gate_up")
     p.add_argument("--ms", default="1024,4096")
     p.add_argument("--schemes", default="fp8_pc,fp8_b128")
+    p.add_argument("--accs", default=",".join(map(str, ACCS)), help="W8A8Config.imprecise_acc values")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--budget-s", type=float, default=240.0)
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     args = p.parse_args(argv)
+    cfg_accs = [int(a) for a in args.accs.split(",")]
     t0 = time.time()
     rng = np.random.default_rng(0)
     rows = []
@@ -132,10 +134,10 @@ def main(argv=None) -> int:
                 record("xla_w8a8", functools.partial(xla_w8a8_matmul, act=act))
                 record("quantize_act only", functools.partial(_quantize_only, act=act), check=False)
                 record(f"pallas default {config_for(m, lay)}", functools.partial(pallas_w8a8_qmatmul, act=act))
-                for cfg in configs(m):
+                for cfg in configs(m, tuple(int(a) for a in args.accs.split(","))):
                     if lay.k_blocked and lay.kblk % cfg.bk:
                         continue
-                    if not lay.is_int or cfg.imprecise_acc == ACCS[0]:
+                    if not lay.is_int or cfg.imprecise_acc == cfg_accs[0]:
                         c = dataclasses.asdict(cfg)
                         name = "pallas bm{bm} bn{bn} bk{bk} w{num_warps} s{num_stages} acc{imprecise_acc}".format(**c)
                         record(name, functools.partial(pallas_w8a8_qmatmul, act=act, cfg=cfg))
