@@ -5,6 +5,7 @@ Public API::
     ckpt = jquant.convert(src)                     # HF folder, .gguf file, or canonical folder
     w = jquant.dequantize(ckpt.weights[name])      # dense [N, K] float32 (the spec)
     model = jquant.models.from_checkpoint(ckpt)    # Flax NNX causal LM
+    qckpt = jquant.quantize(float_ckpt, "fp8")     # online quantization (jquant.quantize package)
 
 ``jquant.core`` / ``jquant.formats`` / ``jquant.convert`` import no JAX; the JAX-side subpackages
 (``ops``, ``nn``, ``models``, ``pallas``) load on first attribute access.
@@ -24,6 +25,7 @@ from jquant.core import (
     UnsupportedFormatError,
     dequantize,
 )
+from jquant.quantize import quantize
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,7 @@ __all__ = [
     "convert",
     "dequantize",
     "load",
+    "quantize",
     "save",
 ]
 

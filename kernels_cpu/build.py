@@ -9,6 +9,10 @@ flag: the library runs on any x86-64 (or other) CPU, and picks its AVX-512 / AVX
 at load time from cpuid (each path is compiled with its own target attribute). The build writes to
 a temporary file and renames it, so a failed or interrupted build never leaves a library behind.
 ``python -m kernels_cpu.build`` prebuilds it.
+
+``ffi=False`` builds the same kernels without the XLA FFI handler (``-DJQ_NO_FFI``: no jaxlib headers,
+no JAX import): the Torch bridge calls its plain C entry point ``jquant_cpu_qmatmul_raw`` through
+ctypes (`torch_bridge.cpu`), in environments without JAX too.
 """
 
 from __future__ import annotations
@@ -64,42 +68,45 @@ def sources() -> list[Path]:
     return sorted(CSRC.glob("*.cc"))
 
 
-def compile_command(out: Path) -> list[str]:
+def compile_command(out: Path, ffi: bool = True) -> list[str]:
     cxx = compiler_path()
     if cxx is None:
         raise BuildError("no C++ compiler found (looked at $JQUANT_CXX, $CXX, c++, g++, clang++)")
-    return [cxx, *FLAGS, f"-I{_include_dir()}", *map(str, sources()), "-o", str(out)]
+    inc = [f"-I{_include_dir()}"] if ffi else ["-DJQ_NO_FFI"]
+    return [cxx, *FLAGS, *inc, *map(str, sources()), "-o", str(out)]
 
 
 def _cache_dir() -> Path:
     return Path(os.environ.get("JQUANT_CPU_CACHE", Path.home() / ".cache" / "jquant" / "kernels_cpu"))
 
 
-def library_path() -> Path:
-    """Where the library for the current sources, compiler and jaxlib lives (built or not)."""
-    import jaxlib
-
+def library_path(ffi: bool = True) -> Path:
+    """Where the library for the current sources, compiler and jaxlib (``ffi``) lives (built or not)."""
     h = hashlib.sha256()
     for p in sources():
         h.update(p.name.encode())
         h.update(p.read_bytes())
     cxx = compiler_path()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout if cxx else "none"
-    for part in (str(cxx), version, jaxlib.__version__, *FLAGS):
+    if ffi:
+        import jaxlib
+
+        version += jaxlib.__version__
+    for part in (str(cxx), version, *FLAGS):
         h.update(part.encode())
-    return _cache_dir() / f"libjquant_cpu-{h.hexdigest()[:16]}.so"
+    return _cache_dir() / f"libjquant_cpu{'' if ffi else '_noffi'}-{h.hexdigest()[:16]}.so"
 
 
-def build(*, force: bool = False, verbose: bool = False) -> Path:
-    """Compiles the library if it is not cached yet; returns its path.
+def build(*, force: bool = False, verbose: bool = False, ffi: bool = True) -> Path:
+    """Compiles the library (``ffi=False``: without the XLA handler) if it is not cached yet; returns its path.
 
     Raises:
         BuildError: no compiler, or the compiler failed (its output is in the message).
     """
-    out = library_path()
+    out = library_path(ffi)
     if out.exists() and not force:
         return out
-    cmd = compile_command(out)  # raises BuildError without a compiler
+    cmd = compile_command(out, ffi)  # raises BuildError without a compiler
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"jquant: building the CPU kernels once -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -117,14 +124,19 @@ def build(*, force: bool = False, verbose: bool = False) -> Path:
 
 
 @functools.cache
-def load_library() -> ctypes.CDLL:
-    """Builds (if needed) and loads the library once per process."""
+def load_library(ffi: bool = True) -> ctypes.CDLL:
+    """Builds (if needed) and loads the library (``ffi=False``: the JAX-free variant) once per process."""
     try:
-        lib = ctypes.CDLL(str(build()))
+        lib = ctypes.CDLL(str(build(ffi=ffi)))
     except OSError as e:
         raise BuildError(f"could not load the CPU library: {e}") from e
     lib.jquant_cpu_read_bandwidth.restype = ctypes.c_double
     lib.jquant_cpu_read_bandwidth.argtypes = (ctypes.c_size_t, ctypes.c_int, ctypes.c_int)
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.jquant_cpu_qmatmul_raw.restype = c_int
+    lib.jquant_cpu_qmatmul_raw.argtypes = (
+        ptr, ptr, i64, i64, i64, ptr, c_int, ptr, c_int, ptr, c_int, ptr, c_int, i64, c_int,
+    )  # fmt: skip
     return lib
 
 

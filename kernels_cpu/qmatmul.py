@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.qarray import QArray
-from jquant.core.routing import Capabilities
-from jquant.ops.backend import Backend, why_not_operands
+from jquant.ops.backend import Backend, register_backend, why_not_operands
+from kernels_cpu.caps import CAPS, M_MAX, code_table, more_reasons
 
 __all__ = [
     "CAPS",
@@ -45,46 +45,17 @@ __all__ = [
     "get_isa",
     "read_bandwidth",
     "ISAS",
+    "M_MAX",
 ]
 
 ISAS = ("scalar", "avx2", "avx512")
-
-# Routed range: M up to 32 (decode, batched decode, short prefill chunks). Above it XLA's own dot on a
-# chunk-wise dequantized weight (xla_cpu_chunked) is as fast (bench/results/cpu/decode.md).
-M_MAX = 32
-
-CAPS = Capabilities(
-    platforms=frozenset({"cpu"}),
-    codes=frozenset({"uint4", "uint8", "int8", "nf4", "iq4nl", "bnb_fp4", "fp4_e2m1"}),
-    zeros=frozenset({"none", "uint8", "float32", "float16", "bfloat16"}),
-    scale_dtypes=frozenset({"float32", "float16", "bfloat16"}),
-    row_blocks=frozenset({1}),
-    group_multiple=16,
-    k_multiple=32,
-    act_dtypes=frozenset({"float32", "bfloat16", "float16"}),
-    m_max=M_MAX,
-)
 OPERAND_CAPS = CAPS.operands()
-
-
-def _more(call) -> str:
-    if call.qtype.container_bits == 4 and call.group < call.k and call.group % 32:
-        return f"group size {call.group} is not a multiple of 32 (4-bit codes are read 32 at a time)"
-    return ""
+_more = more_reasons
 
 
 def why_not(x, w: QArray) -> str:
     """ "" when `cpu_qmatmul` computes ``x @ dequantize(w).T`` when called directly, else why not."""
     return why_not_operands(OPERAND_CAPS, x, w, more=_more)
-
-
-def code_table(qtype) -> np.ndarray:
-    """The f32 value of each 4-bit code (``code - bias``, or the codebook); zeros for 8-bit codes."""
-    if qtype.container_bits != 4:
-        return np.zeros(16, np.float32)
-    if qtype.codebook is not None:
-        return np.asarray(qtype.codebook, np.float32)
-    return (np.arange(16) - qtype.bias).astype(np.float32)
 
 
 def _layer_view(w: QArray) -> QArray:
@@ -146,6 +117,8 @@ class CpuQmatmulBackend(Backend):
 
     name = "cpu_qmatmul"
     caps = CAPS
+    # Takes ``layer=`` (jquant.ops.qmatmul): reads a scanned model's layer of the stacked weights in place.
+    reads_stacked = True
 
     def why_not_more(self, call) -> str:
         return _more(call)
@@ -159,8 +132,8 @@ class CpuQmatmulBackend(Backend):
             return f"CPU kernel library unavailable: {str(e).splitlines()[0]}"
         return ""
 
-    def __call__(self, x, w, act=None):
-        return cpu_qmatmul(x, w)
+    def __call__(self, x, w, act=None, *, layer=None):
+        return cpu_qmatmul(x, w, layer)
 
 
 # ---- runtime controls (ctypes into the loaded library) ------------------------------------------------
@@ -190,3 +163,6 @@ def get_isa(detected: bool = False) -> str:
 def read_bandwidth(nbytes: int = 1 << 29, threads: int = 1, reps: int = 5) -> float:
     """Streaming-read memory bandwidth in bytes/s with ``threads`` threads (best of ``reps``)."""
     return float(_lib().jquant_cpu_read_bandwidth(int(nbytes), int(threads), int(reps)))
+
+
+register_backend(CpuQmatmulBackend())

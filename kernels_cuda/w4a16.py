@@ -175,9 +175,8 @@ CAPS = dataclasses.replace(OPERAND_CAPS, m_max=MAX_M)
 
 def why_not(x, w) -> str:
     """ "" when the decode kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
-    m = math.prod(x.shape[:-1])
-    why = why_not_operands(CAPS, x, w)
-    return why or ("" if 1 <= m <= MAX_M else f"M={m} outside 1..{MAX_M} (decode kernel)")
+    m = math.prod(x.shape[:-1])  # M = 0 is the operand check's ("empty activations")
+    return why_not_operands(CAPS, x, w) or ("" if CAPS.takes_m(m) else f"M={m} outside {CAPS.m_range} (decode kernel)")
 
 
 def w4a16_decode(

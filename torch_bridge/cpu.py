@@ -15,12 +15,21 @@
 * ``torch_cpu_int8pack``: ``torch.ops.aten._weight_int8pack_mm`` (``x @ w.T * s[n]``, int8 w,
   per-channel s): int8 codes or ``uint8b128`` (GPTQ 8-bit symmetric, ``code ^ 0x80`` is the int8
   value), per-channel or per-tensor scales, no zero point. Also run in float32.
+* ``torch_cpu_qmatmul``: jquant's own C++ CPU kernel (`kernels_cpu`, the one the JAX side routes
+  as ``cpu_qmatmul``), built without its XLA handler (``ffi=False``: no JAX) and called through
+  ctypes on the canonical tensors as stored (4-bit / 8-bit integer codes and 4-bit codebooks with
+  per-row groups: GGUF Q4_0 / Q4_1 / Q5 / Q6 / Q8_0 / K-quants / IQ4, GPTQ, AWQ, NF4, ...): codes are
+  read and scaled in registers, nothing is dequantized per call. f32 activations and accumulation
+  (bf16 / f16 inputs are widened), the same function as the JAX path (f32 rounding only). Up to
+  ``MAX_M`` = 32 rows; longer inputs (prefill) take dequantize + matmul.
 * ``torch_dequant_matmul``: the reference on any device: `torch_bridge.dequant` (bit-exact twin of
   the numpy spec) then a float32 matmul. Supports everything; tried last.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import functools
 import json
 
@@ -29,11 +38,14 @@ import torch
 from jquant.core.qarray import QArray
 from jquant.core.qtypes import QType
 from jquant.core.routing import Capabilities
+from kernels_cpu.caps import CAPS as KERNEL_CAPS
+from kernels_cpu.caps import code_table as kernel_code_table
+from kernels_cpu.caps import more_reasons as kernel_more_reasons
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import KernelSpec, TorchBackend, register_backend
 from torch_bridge.dequant import block_scale, dequantize_permuted, unpack_codes
 
-__all__ = ["DequantMatmul", "CpuInt4Pack", "CpuInt8Pack", "qtype_of", "canonical_from"]
+__all__ = ["DequantMatmul", "CpuKernel", "CpuInt4Pack", "CpuInt8Pack", "qtype_of", "canonical_from"]
 
 _FIELDS = ("data", "scale", "zero", "perm", "scale2")
 TINYGEMM_GROUPS = (256, 128, 64, 32)  # allowed qGroupSize of _weight_int4pack_mm_for_cpu, largest first
@@ -200,6 +212,71 @@ class CpuInt8Pack(TorchBackend):
         return torch.ops.aten._weight_int8pack_mm(xa.float().contiguous(), tensors[0], tensors[1]).to(x.dtype)
 
 
+_DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.uint8: 3}  # the kernel's dtype codes
+
+
+@functools.cache
+def _cpu_library() -> ctypes.CDLL:
+    """kernels_cpu's library without the XLA handler, built on first use (raises BuildError)."""
+    from kernels_cpu.build import load_library
+
+    return load_library(ffi=False)
+
+
+class CpuKernel(TorchBackend):
+    """jquant's C++ CPU qmatmul (`kernels_cpu`) through ctypes; see the module docstring.
+
+    ``prepare`` keeps the canonical tensors (contiguous, on the CPU) plus the 16-entry f32 code table;
+    ``run`` calls ``jquant_cpu_qmatmul_raw`` on their data pointers (threads: ``JQUANT_CPU_THREADS``,
+    default all cores, the kernel's own pool). Measured in bench/results/cpu/decode.md.
+    """
+
+    MAX_M = 32
+
+    name = "torch_cpu_qmatmul"
+    caps = dataclasses.replace(KERNEL_CAPS, m_max=None, act_dtypes=None)  # M is per call: `run` decides
+
+    def why_not_more(self, call):
+        return kernel_more_reasons(call)
+
+    def unavailable(self, call):
+        from kernels_cpu.build import BuildError
+
+        try:
+            _cpu_library()
+        except BuildError as e:
+            return f"CPU kernel library unavailable: {str(e).splitlines()[0]}"
+        return ""
+
+    def prepare(self, w, device, dtype, act_quant):
+        q = w.qtype
+        cnames, ctensors = canonical_tensors(w, device)
+        ctensors = [t.contiguous() for t in ctensors]
+        table = torch.from_numpy(kernel_code_table(q))
+        bias = 0 if q.signed or q.container_bits == 4 else q.bias
+        return _spec(self.name, w, ["table"] + cnames, bits=q.container_bits, bias=bias), [table] + ctensors
+
+    def run(self, x, tensors, spec):
+        if x.shape[0] > self.MAX_M:  # prefill: one dequantization, then the BLAS GEMM
+            return dequant_matmul(x, tensors, spec)  # (canonical_from skips the table)
+        f = dict(zip(spec.names, tensors))
+        n, k = spec.shape
+        xa = x.index_select(-1, f["perm"].long()) if "perm" in f else x
+        xa = xa.float().contiguous()
+        y = torch.empty((x.shape[0], n), dtype=torch.float32)
+        data, scale, zero = f["data"], f["scale"], f.get("zero")
+        rc = _cpu_library().jquant_cpu_qmatmul_raw(
+            xa.data_ptr(), y.data_ptr(), x.shape[0], n, k, data.data_ptr(), int(data.dtype == torch.int8),
+            scale.data_ptr(), _DT[scale.dtype], zero.data_ptr() if zero is not None else None,
+            _DT[zero.dtype] if zero is not None else 4, f["table"].data_ptr(), spec.get("bits"),
+            min(spec.block[1], k), spec.get("bias"),
+        )  # fmt: skip
+        if rc != 0:  # unreachable after `supports`: the declarations and the kernel's checks disagree
+            raise ValueError(f"torch_cpu_qmatmul: the kernel refused {spec.shape} {spec.block} (code {rc})")
+        return y.to(x.dtype)
+
+
 register_backend(DequantMatmul())
+register_backend(CpuKernel())
 register_backend(CpuInt4Pack())
 register_backend(CpuInt8Pack())

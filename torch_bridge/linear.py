@@ -6,9 +6,7 @@ import torch
 from torch import nn
 
 from jquant.core.qarray import QArray
-from torch_bridge import act_quant as aq
-from torch_bridge.backend import select
-from torch_bridge.ops import qmatmul_prepared
+from torch_bridge.ops import load_plan, prepare, qmatmul_prepared
 from torch_bridge.tensor import to_torch
 
 __all__ = ["QuantLinear"]
@@ -21,9 +19,10 @@ class QuantLinear(nn.Module):
 
     The canonical tensors are registered buffers (``weight_data``, ``weight_scale``, and
     ``weight_zero`` / ``weight_perm`` / ``weight_scale2`` when present), so ``.to(device)`` and
-    ``state_dict`` see them. On the first call for a (device, activation dtype) the dispatcher
-    (`torch_bridge.backend.select`) picks a backend and derives its tensors once; they are kept
-    per (device, dtype). Call `prepare` before ``torch.compile`` so tracing finds them ready.
+    ``state_dict`` see them. On the first call for a (device, activation dtype) the layer is
+    routed for every M (`torch_bridge.ops.prepare`) and the backends' tensors are derived once;
+    they are kept per (device, dtype). Call `prepare` before ``torch.compile`` so tracing finds
+    them ready.
 
     Args:
         weight: canonical `QArray` [out_features, in_features] (numpy, torch or DLPack leaves).
@@ -65,7 +64,7 @@ class QuantLinear(nn.Module):
             self.bias = bias  # the replaced nn.Linear's own parameter: shared, not copied
         else:
             self.bias = nn.Parameter(bias.detach().to(bias_device, copy=True), requires_grad=False)
-        self._prepared: dict[tuple[torch.device, torch.dtype], tuple[str, list[torch.Tensor], str]] = {}
+        self._prepared: dict[tuple[torch.device, torch.dtype], tuple[str, list[torch.Tensor]]] = {}
 
     def qweight(self) -> QArray:
         """The canonical `QArray` with the buffers as leaves (on their current device)."""
@@ -73,23 +72,21 @@ class QuantLinear(nn.Module):
         return QArray(**leaves, qtype=self.qtype, shape=(self.out_features, self.in_features), block=self.block)
 
     def prepare(self, device: torch.device | str, dtype: torch.dtype) -> str:
-        """Selects and prepares the backend for activations of ``dtype`` on ``device``; returns its name."""
+        """Routes and prepares the layer for activations of ``dtype`` on ``device``; returns its backends."""
         device = torch.device(device)
         if device.type not in ("cpu", "meta") and device.index is None:  # "cuda" -> "cuda:0", "xpu" -> "xpu:0"
             device = torch.device(device.type, torch.get_device_module(device.type).current_device())
         key = (device, dtype)
         if key not in self._prepared:
-            w = self.qweight()
-            act = aq.resolve(self.act_quant, w.k, w.block[1])
-            backend = select(w, device, dtype, act_quant=act, implementation=self.implementation).backend
-            spec, tensors = backend.prepare(w, device, dtype, act)
-            self._prepared[key] = (spec.dumps(), tensors, backend.name)
-        return self._prepared[key][2]
+            self._prepared[key] = prepare(
+                self.qweight(), device, dtype, act_quant=self.act_quant, implementation=self.implementation
+            )
+        return _backends(self._prepared[key][0])
 
     @property
     def backend(self) -> str | None:
-        """Name of the backend of the most recent `prepare` (None before the first call)."""
-        return next(reversed(self._prepared.values()))[2] if self._prepared else None
+        """The backends of the most recent `prepare` (None before the first call)."""
+        return _backends(next(reversed(self._prepared.values()))[0]) if self._prepared else None
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() / .half() on a model: prepared tensors are re-derived lazily, and the
@@ -108,7 +105,7 @@ class QuantLinear(nn.Module):
         key = (x.device, x.dtype)
         if key not in self._prepared:
             self.prepare(x.device, x.dtype)
-        spec, tensors, _ = self._prepared[key]
+        spec, tensors = self._prepared[key]
         y = qmatmul_prepared(x, tensors, spec)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
@@ -119,3 +116,8 @@ class QuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype.name}, "
             f"block={self.block}, bias={self.bias is not None}, act_quant={self.act_quant}, backend={self.backend}"
         )
+
+
+def _backends(spec: str) -> str:
+    """The backends of a prepared plan by M: ``"a"``, or ``"a, b"`` (b takes the larger M)."""
+    return ", ".join(e.backend.name for e in load_plan(spec))

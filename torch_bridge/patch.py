@@ -7,10 +7,20 @@ matching parameter or buffer, and an activation recipe (``<module>.input_quant``
 quantizes its inputs as the checkpoint specifies. A quantized embedding table (GGUF quantizes ``token_embd``) is
 dequantized into its ``nn.Embedding`` (a row gather needs no matmul kernel; the table is the one
 weight stored dense). Names the model does not have are an error, never silently dropped.
+
+MoE experts: jquant checkpoints name them per expert (``<block>.experts.{e}.<proj>.weight``), while
+transformers 5 holds each block's experts as 3-D parameters in one module (``MixtralExperts``,
+``Qwen2MoeExperts``, ``Qwen3MoeExperts``, ``GptOssExperts``; Mixtral's ``block_sparse_moe`` is
+renamed ``mlp``). Quantized experts replace that module by a `QuantExperts` (one `QuantLinear` per
+expert and projection, the HF module's own ``_apply_gate`` for the activation, so gpt-oss' clamped,
+interleaved SwiGLU and the plain SwiGLU are transformers' code); dense per-expert weights are copied
+into the 3-D parameters (``gate_up_proj[e] = cat([gate, up])``, transposed for gpt-oss' [E, in, out]).
+Fused 3-D names (``mlp.experts.gate_up_proj``) are parameters already and are copied as they are.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -24,7 +34,7 @@ from torch_bridge.dequant import dequantize
 from torch_bridge.linear import QuantLinear
 from torch_bridge.tensor import as_tensor, to_torch
 
-__all__ = ["patch_model", "from_checkpoint", "PatchReport"]
+__all__ = ["patch_model", "from_checkpoint", "PatchReport", "QuantExperts"]
 
 
 class PatchReport(dict):
@@ -77,9 +87,11 @@ def patch_model(
     weights = _weights(ckpt)
     recipes = {n.rpartition(".")[0]: a for n, a in weights.items() if isinstance(a, ActQuant)}
     dense = []
+    # Pass 0: per-expert weights into (or in place of) transformers' 3-D experts modules.
+    done = _patch_experts(model, weights, report, act_quant=act_quant, implementation=implementation, device=device)
     # Pass 1: quantized weights replace their modules (a replaced Linear keeps its bias parameter).
     for name, w in weights.items():
-        if isinstance(w, ActQuant):
+        if isinstance(w, ActQuant) or name in done:
             continue
         if not isinstance(w, QArray):
             dense.append(name)
@@ -123,6 +135,9 @@ def patch_model(
     buffers = dict(model.named_buffers(remove_duplicate=False))
     for name in dense:
         target = params.get(name, buffers.get(name))
+        if target is None and ".block_sparse_moe." in name:  # Mixtral's router, transformers 5 spelling
+            alt = name.replace(".block_sparse_moe.", ".mlp.")
+            target = params.get(alt, buffers.get(alt))
         if target is None:
             report["unknown"].append(name)
             continue
@@ -132,6 +147,137 @@ def patch_model(
         raise ConfigError(f"the model has no parameter for {len(report['unknown'])} checkpoint tensors",
                           tensor=report["unknown"][0])  # fmt: skip
     return report
+
+
+_EXPERT_RE = re.compile(r"(?P<block>.+)\.experts\.(?P<e>\d+)\.(?P<proj>[A-Za-z0-9_]+)\.(?P<leaf>weight|bias)")
+# Checkpoint projection names -> role (Mixtral's w1 / w3 / w2; gpt-oss' fused, interleaved gate_up_proj).
+_ROLES = {"w1": "gate", "w3": "up", "w2": "down", "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
+          "gate_up_proj": "gate_up"}  # fmt: skip
+
+
+class QuantExperts(nn.Module):
+    """A transformers-5 experts module (``forward(hidden_states, top_k_index, top_k_weights)``) over
+    one linear per expert and projection (`QuantLinear`, or ``nn.Linear`` for dense experts).
+
+    Per expert e: ``gate_up = gate_up_e(x)`` (gpt-oss, rows as its checkpoint interleaves them) or
+    ``cat([gate_e(x), up_e(x)], -1)``, then the replaced module's own ``_apply_gate`` (with its
+    ``act_fn`` / ``alpha`` / ``limit``), then ``down_e``; weighted by the token's routing weight and
+    ``index_add``-ed per token, in expert order, as transformers' eager experts loop does.
+
+    Args:
+        original: the replaced experts module (its gate function and its settings are kept).
+        linears: role (``gate_up`` or ``gate`` / ``up``, and ``down``) -> E modules.
+    """
+
+    def __init__(self, original: nn.Module, linears: dict[str, list[nn.Module]]):
+        super().__init__()
+        self.num_experts = len(linears["down"])
+        self.gate_fn = type(original)._apply_gate
+        for attr in ("act_fn", "alpha", "limit"):
+            if hasattr(original, attr):
+                setattr(self, attr, getattr(original, attr))
+        self.fused = "gate_up" in linears
+        for role, mods in linears.items():
+            setattr(self, f"{role}_proj", nn.ModuleList(mods))
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        """[tokens, hidden], int [tokens, k], float [tokens, k] -> [tokens, hidden]."""
+        out = torch.zeros_like(hidden_states)
+        for e in range(self.num_experts):
+            token, pos = torch.where(top_k_index == e)
+            if token.numel() == 0:
+                continue
+            x = hidden_states[token]
+            gu = self.gate_up_proj[e](x) if self.fused else torch.cat([self.gate_proj[e](x), self.up_proj[e](x)], -1)
+            y = self.down_proj[e](self.gate_fn(self, gu)) * top_k_weights[token, pos, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+
+def _experts_module(model: nn.Module, block: str) -> tuple[str, nn.Module] | None:
+    for name in (f"{block}.experts", f"{block.replace('.block_sparse_moe', '.mlp')}.experts"):
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(getattr(m, "down_proj", None), nn.Parameter):  # the 3-D experts of transformers 5
+            return name, m
+    return None
+
+
+def _patch_experts(model, weights, report, *, act_quant, implementation, device) -> set[str]:
+    """Pass 0 of `patch_model` (module docstring); returns the checkpoint names it consumed."""
+    blocks: dict[str, dict[tuple[int, str, str], str]] = {}
+    for name in weights:
+        m = _EXPERT_RE.fullmatch(name)
+        if m and m["proj"] in _ROLES:
+            blocks.setdefault(m["block"], {})[(int(m["e"]), _ROLES[m["proj"]], m["leaf"])] = name
+    done: set[str] = set()
+    for block, names in blocks.items():
+        found = _experts_module(model, block)
+        if found is None:
+            continue  # left to the generic passes, which report what the model has no place for
+        mod_name, experts = found
+        n_exp = experts.num_experts
+        roles = ("gate_up", "down") if any(r == "gate_up" for _, r, _ in names) else ("gate", "up", "down")
+        for e in range(n_exp):
+            for r in roles:
+                if (e, r, "weight") not in names:
+                    raise ConfigError(
+                        f"expert {e} has no {r} projection in the checkpoint", tensor=f"{block}.experts.{e}"
+                    )
+        if any(isinstance(weights[n], ActQuant) for n in names.values()):
+            raise ConfigError("experts with input-activation recipes are not supported", tensor=block)
+        if any(isinstance(weights[n], QArray) for n in names.values()):
+            dev = device if device is not None else experts.down_proj.device
+            if torch.device(dev).type == "meta":
+                dev = "cpu"
+            linears = {
+                r: [_expert_linear(weights, names, e, r, act_quant, implementation, dev) for e in range(n_exp)]
+                for r in roles
+            }
+            parent, _, child = mod_name.rpartition(".")
+            setattr(model.get_submodule(parent), child, QuantExperts(experts, linears))
+            report["quantized"].extend(n for n in names.values() if isinstance(weights[n], QArray))
+            report["dense"].extend(n for n in names.values() if not isinstance(weights[n], QArray))
+        else:
+            _copy_experts(experts, weights, names, roles, n_exp, block)
+            report["dense"].extend(names.values())
+        done.update(names.values())
+    return done
+
+
+def _expert_linear(weights, names, e, role, act_quant, implementation, device) -> nn.Module:
+    w = weights[names[(e, role, "weight")]]
+    b = names.get((e, role, "bias"))
+    bias = None if b is None else as_tensor(np.asarray(weights[b])).to(device)
+    if isinstance(w, QArray):
+        act = None if act_quant == CHECKPOINT else act_quant
+        return QuantLinear(w, bias, act_quant=act, implementation=implementation, device=device)
+    t = as_tensor(np.asarray(w)).to(device)
+    lin = nn.Linear(t.shape[1], t.shape[0], bias=bias is not None, device=device, dtype=t.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(t)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def _copy_experts(experts, weights, names, roles, n_exp, block) -> None:
+    """Dense per-expert weights into the 3-D parameters (HF [E, out, in], or [E, in, out] when transposed)."""
+    transposed = getattr(experts, "is_transposed", False)
+    for e in range(n_exp):
+        w = {r: as_tensor(np.asarray(weights[names[(e, r, "weight")]])) for r in roles}
+        gate_up = w["gate_up"] if "gate_up" in w else torch.cat([w["gate"], w["up"]])
+        for param, value in (("gate_up_proj", gate_up), ("down_proj", w["down"])):
+            _copy_into(getattr(experts, param)[e], value.T if transposed else value, f"{block}.experts.{e}.{param}")
+        for r, param in (("gate_up", "gate_up_proj_bias"), ("down", "down_proj_bias")):
+            if (e, r, "bias") in names:
+                _copy_into(
+                    getattr(experts, param)[e],
+                    as_tensor(np.asarray(weights[names[(e, r, "bias")]])),
+                    f"{block}.experts.{e}.{param}",
+                )
 
 
 def _copy_into(target: torch.Tensor, value: torch.Tensor, name: str) -> None:

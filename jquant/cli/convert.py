@@ -1,7 +1,9 @@
 """``jquant convert SRC OUT``: convert a checkpoint and save it in canonical form (atomically).
 
 SRC and OUT are checked first (SRC must exist; OUT must not, unless ``--force``), so a mistake is
-reported before any conversion work.
+reported before any conversion work. ``--quantize SCHEME`` quantizes a float SRC's linear weights
+on the way (`jquant.quantize`); ``--ignore`` / ``--include-embeddings`` / ``--include-lm-head``
+choose which.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from jquant.cli.common import check_src, format_label, mb
 from jquant.cli.progress import progress_callback
+from jquant.core.errors import FormatError
 
 
 def register(sub) -> None:
@@ -28,6 +31,24 @@ def register(sub) -> None:
         action="store_true",
         help="convert the weights without checking them as a Llama-family model (architectures jquant does not run)",
     )
+    from jquant.quantize import SCHEMES
+
+    p.add_argument(
+        "--quantize",
+        metavar="SCHEME",
+        choices=sorted(SCHEMES),
+        help="quantize a float SRC's linear weights online with SCHEME, one of: "
+        + "; ".join(f"{n} ({s.description})" for n, s in sorted(SCHEMES.items())),
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="with --quantize: leave this module unquantized (name, dotted prefix or suffix, or re:REGEX); repeatable",
+    )
+    p.add_argument("--include-embeddings", action="store_true", help="with --quantize: quantize token embeddings too")
+    p.add_argument("--include-lm-head", action="store_true", help="with --quantize: quantize lm_head too")
     p.set_defaults(func=run)
 
 
@@ -41,16 +62,31 @@ def run(args) -> int:
         raise FileExistsError(f"{out} is the source itself; choose another OUT")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"{out.parent} (the folder OUT goes into) does not exist")
+    if args.quantize is None and (args.ignore or args.include_embeddings or args.include_lm_head):
+        raise FormatError("--ignore / --include-embeddings / --include-lm-head go with --quantize SCHEME")
 
     import jquant
 
     with progress_callback("converting") as cb:
         ckpt = jquant.convert(src, progress=cb, check_model=False if args.weights_only else None)
+    if args.quantize is not None:
+        with progress_callback(f"quantizing ({args.quantize})") as cb:
+            ckpt = jquant.quantize(
+                ckpt,
+                args.quantize,
+                ignore=args.ignore,
+                include_embeddings=args.include_embeddings,
+                include_lm_head=args.include_lm_head,
+                progress=cb,
+            )
     with progress_callback("writing") as cb:
         out = jquant.save(ckpt, out, overwrite=args.force, progress=cb)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    label = format_label(ckpt)
+    if args.quantize is not None:
+        label = f"{ckpt.metadata['source_format']} quantized online with {args.quantize}"
     print(
-        f"Converted {src} ({format_label(ckpt)}, {len(ckpt.weights)} tensors, {len(ckpt.quantized())} quantized) "
+        f"Converted {src} ({label}, {len(ckpt.weights)} tensors, {len(ckpt.quantized())} quantized) "
         f"into the canonical folder {out} ({mb(size)})."
     )
     return 0

@@ -31,6 +31,11 @@ def register(sub) -> None:
         "--dtype", default=None, choices=("float32", "bfloat16", "float16"),
         help="activation dtype (default: float32 on CPU, bfloat16 on GPU)",
     )  # fmt: skip
+    p.add_argument(
+        "--tp", type=int, default=1, metavar="N",
+        help="tensor parallelism: split the model over N devices (jquant.parallel); on CPU set "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=N",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -62,6 +67,37 @@ def enable_compile_cache() -> str | None:
     return d
 
 
+def kernels_line(model, m: int, dtype) -> str:
+    """Which qmatmul backends the model's linear layers take for M = ``m`` rows (`jquant.ops.select`),
+    e.g. ``"cpu_qmatmul x5 (stacked layers read in place)"``; scanned layers count once."""
+    import collections
+
+    import jax
+    from flax import nnx
+
+    from jquant.core.qarray import QArray
+    from jquant.nn import QuantEmbed, QuantLinear
+    from jquant.ops.qmatmul import layer_view, reads_stacked, select
+
+    stacked = getattr(model, "stacked_layers", None)
+    inside = {id(n) for _, n in nnx.iter_graph(stacked) if isinstance(n, QuantLinear)} if stacked is not None else set()
+    count: collections.Counter = collections.Counter()
+    notes: dict[str, str] = {}
+    for _, node in nnx.iter_graph(model):
+        w = node.weight.get_value() if isinstance(node, QuantLinear) else None
+        if isinstance(node, QuantEmbed) and getattr(model, "lm_head", 0) is None:  # tied LM head: embed.attend
+            w = node.embedding.get_value()
+        if not isinstance(w, QArray):
+            continue
+        r = select(jax.ShapeDtypeStruct((m, w.shape[1]), dtype), layer_view(w) if id(node) in inside else w)
+        count[r.backend.name] += 1
+        if id(node) in inside:
+            notes[r.backend.name] = (
+                "stacked layers read in place" if reads_stacked(r.backend) else "stacked layers sliced per call"
+            )
+    return ", ".join(f"{b} x{c}" + (f" ({notes[b]})" if b in notes else "") for b, c in count.items()) or "none"
+
+
 def run(args) -> int:
     # checks and the tokenizer first: a wrong path or a missing package is reported before JAX loads
     src = str(check_src(args.src)) if args.src else default_src()
@@ -74,18 +110,28 @@ def run(args) -> int:
 
     import jquant
     from jquant.models import Generator, SamplingConfig, from_checkpoint
-    from jquant.models.generate import model_bytes
+    from jquant.models.generate import PROMPT_BUCKET, model_bytes
     from jquant.models.tokenizer import prompt_ids
 
     err = sys.stderr
     t0 = time.perf_counter()
     ckpt = jquant.convert(src)
-    model = from_checkpoint(ckpt, dtype=getattr(jnp, args.dtype) if args.dtype else None)
+    mesh = None
+    if args.tp > 1:
+        from jquant.parallel import make_mesh
+
+        mesh = make_mesh(args.tp)
+    model = from_checkpoint(ckpt, dtype=getattr(jnp, args.dtype) if args.dtype else None, mesh=mesh)
     ids = prompt_ids(tok, args.prompt, chat=not args.no_chat, system=args.system)
     held, bf16 = model_bytes(model)
     print(
         f"[{format_label(ckpt)}] {src}: weights {mb(held)} on device (bf16: {mb(bf16)}, "
         f"{bf16 / held:.2f}x), loaded in {time.perf_counter() - t0:.1f} s; prompt {ids.shape[1]} tokens",
+        file=err,
+    )
+    print(
+        f"kernels (jquant.ops.explain): decode {kernels_line(model, 1, model.dtype)}; "
+        f"prefill {kernels_line(model, -(-ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET, model.dtype)}",
         file=err,
     )
     eos = end_token_ids(tok, src, model.config.eos_token_ids)

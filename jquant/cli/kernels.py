@@ -32,24 +32,26 @@ def _device(platform: str | None, sm: str | None):
     return Device(platform or "gpu", cc=parse_cc(sm))
 
 
+def _rows(registry, platform: str, status) -> list[dict[str, str]]:
+    """One row per backend of ``platform``'s routing table, in order: name, what it reads, M, ``status(backend)``."""
+    rows = []
+    for i, name in enumerate(registry.table(platform), 1):
+        b = registry.backends.get(name)
+        d = b.caps.describe() if b is not None else dict.fromkeys(("codes", "act", "M", "cc"), "")
+        rows.append({"#": str(i), "backend": name, **d, "status": status(b)})
+    return rows
+
+
 def table_rows(device, *, runtime: bool) -> list[dict[str, str]]:
-    """One row per backend of ``device``'s routing table, in order: name, what it reads, M, status."""
+    """The JAX routing table of ``device`` (``runtime``: also whether each backend can run here)."""
     import jquant.ops  # noqa: F401  (registers the XLA backends)
     from jquant.ops.backend import REGISTRY
     from jquant.ops.qmatmul import load_kernel_packages
 
-    loaded = load_kernel_packages(device.platform)
-    rows = []
-    for i, name in enumerate(REGISTRY.table(device.platform), 1):
-        b = REGISTRY.backends.get(name)
-        if b is None:
-            why = next((v for v in loaded.values() if v != "ok"), "not registered")
-            rows.append({"#": str(i), "backend": name, "codes": "", "act": "", "M": "", "cc": "", "status": why})
-            continue
-        d = b.caps.describe()
-        status = (b.unavailable_on(device) if runtime else "") or "ok"
-        rows.append({"#": str(i), "backend": name, **d, "status": status})
-    return rows
+    missing = next((v for v in load_kernel_packages(device.platform).values() if v != "ok"), "not registered")
+    return _rows(
+        REGISTRY, device.platform, lambda b: missing if b is None else (runtime and b.unavailable(None)) or "ok"
+    )
 
 
 def markdown(device) -> str:
@@ -66,12 +68,7 @@ def torch_rows(device_type: str) -> list[dict[str, str]]:
     import torch_bridge  # noqa: F401  (registers the torch backends)
     from torch_bridge.backend import REGISTRY
 
-    rows = []
-    for i, name in enumerate(REGISTRY.table(device_type), 1):
-        b = REGISTRY.backends.get(name)
-        d = b.caps.describe() if b is not None else {"codes": "", "act": "", "M": "", "cc": ""}
-        rows.append({"#": str(i), "backend": name, **d, "status": "ok" if b is not None else "not loaded"})
-    return rows
+    return _rows(REGISTRY, device_type, lambda b: "ok" if b is not None else "not loaded")
 
 
 def run(args) -> int:

@@ -64,8 +64,13 @@ def save(
     *,
     overwrite: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    format: str = "safetensors",
 ) -> Path:
     """Writes ``ckpt`` as a canonical folder at ``out`` atomically.
+
+    ``format="orbax"`` stores the same tensors and metadata with Orbax instead of one safetensors
+    file (`jquant.convert.orbax_io`: device arrays are written shard by shard; restore onto any
+    mesh with `jquant.parallel.load_sharded`); `load` reads either.
 
     The folder is written as ``.OUT.tmp-PID`` beside OUT and renamed into place when complete; an
     existing OUT (``overwrite``) is first renamed to ``.OUT.old-PID``, then removed. The temporary
@@ -78,6 +83,12 @@ def save(
         FileExistsError: ``out`` exists (a dangling symbolic link included) and ``overwrite`` is False.
         OSError: the output cannot be written (no space left, permissions...); nothing is left behind.
     """
+    if format == "orbax":
+        from jquant.convert.orbax_io import save_orbax
+
+        return save_orbax(ckpt, out, overwrite=overwrite)
+    if format != "safetensors":
+        raise ValueError(f"unknown canonical storage format {format!r} (have 'safetensors', 'orbax')")
     out = Path(out)
     if os.path.lexists(out) and not overwrite:
         raise FileExistsError(f"{out} exists (pass overwrite=True / --force to replace it)")
@@ -251,6 +262,10 @@ def load(folder: str | os.PathLike) -> Checkpoint:
     """
     folder = Path(folder)
     marker = read_json(folder / MARKER, CorruptFileError)
+    if marker.get("storage") == "orbax":  # `save(..., format="orbax")`: host numpy arrays
+        from jquant.convert.orbax_io import load_orbax
+
+        return load_orbax(folder)
     if marker.get("layout_version") != LAYOUT_VERSION:
         raise UnsupportedFormatError(
             f"canonical layout_version {str(marker.get('layout_version'))[:40]} but this jquant reads {LAYOUT_VERSION}",

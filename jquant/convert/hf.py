@@ -18,6 +18,7 @@ from jquant.convert.checkpoint import Checkpoint
 from jquant.convert.safetensors_io import SafetensorsFile
 from jquant.convert.validate import check_config
 from jquant.core.errors import ConfigError, CorruptFileError, FormatError
+from jquant.core.experts import split_fused_experts
 from jquant.core.qarray import LAYOUT_VERSION, QArray
 from jquant.formats import Format, TensorGroup, detect_format
 
@@ -181,10 +182,12 @@ def convert_hf(folder: Path, *, progress: Callable[[int, int, str], None] | None
         if progress is not None:
             progress(i, len(groups), group.prefix)
         try:
-            for name, value in fmt.convert_module(group).items():
-                if isinstance(value, QArray):
-                    value.validate(name)
-                weights[name] = value
+            for fused_name, fused in fmt.convert_module(group).items():
+                # transformers-5 / gpt-oss fused 3-D experts -> per-expert HF names (lossless slices)
+                for name, value in split_fused_experts(fused_name, fused, config.get("model_type")).items():
+                    if isinstance(value, QArray):
+                        value.validate(name)
+                    weights[name] = value
         except FormatError as e:
             raise e.with_file(group.file(next(iter(group)))) from None
     if progress is not None:

@@ -7,7 +7,7 @@ canonical folder).
 
 `check_model` checks a converted Llama-family checkpoint against its config the way
 `jquant.models.from_checkpoint` will read it: every decoder layer's full set of tensors present
-(norms, q/k/v/o, gate/up/down; for Mixtral / Qwen3-MoE the router and every expert's
+(norms, q/k/v/o, gate/up/down; for Mixtral / Qwen2-MoE / Qwen3-MoE / gpt-oss the router and every expert's
 gate/up/down in sparse layers), no layer beyond ``num_hidden_layers``, the embedding, final norm
 and ``lm_head`` (unless tied), and every shape consistent with the config. A checkpoint that holds
 the token embedding claims to be a whole model and is checked by `jquant.convert`
@@ -28,13 +28,17 @@ from jquant.core.errors import ConfigError, FormatError, UnsupportedFormatError
 
 __all__ = ["check_config", "check_model", "claims_whole_model", "SUPPORTED_MODEL_TYPES"]
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3", "mixtral", "qwen3_moe")
+SUPPORTED_MODEL_TYPES = (
+    "llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3",
+    "mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss",
+)  # fmt: skip
 
 # MoE model types (mirrors `jquant.models.mixtral.MOE_NAMES` and `DecoderConfig.from_hf`): the sparse
 # block's module name, its experts' (gate, up, down) names, and the config key of the expert width.
 _MOE = {
     "mixtral": ("block_sparse_moe", ("w1", "w3", "w2"), "intermediate_size"),
     "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj"), "moe_intermediate_size"),
+    "qwen2_moe": ("mlp", ("gate_proj", "up_proj", "down_proj"), "moe_intermediate_size"),
 }
 
 # Config keys that, when present, must be positive integers / finite positive numbers.
@@ -197,6 +201,23 @@ def check_model(config: Mapping[str, Any], weights: Mapping[str, Any], *, file: 
         if f"{p}.self_attn.q_norm.weight" in weights or f"{p}.self_attn.k_norm.weight" in weights:
             for qk in ("q", "k"):
                 expect(f"{p}.self_attn.{qk}_norm.weight", (d,), "head_dim; q_norm and k_norm come together")
+        if mt == "gpt_oss":  # jquant.models.gpt_oss: biased router, fused gate_up per expert, biases
+            n_exp, width = _need(config, "num_local_experts", file), inter
+            expect(f"{p}.self_attn.sinks", (heads,), "num_attention_heads (attention sinks)")
+            expect(f"{p}.mlp.router.weight", (n_exp, hidden), "num_local_experts x hidden_size (the router)")
+            expect(f"{p}.mlp.router.bias", (n_exp,), "num_local_experts")
+            for j in range(n_exp):
+                e = f"{p}.mlp.experts.{j}"
+                expect(f"{e}.gate_up_proj.weight", (2 * width, hidden), "2 x intermediate_size, hidden_size")
+                expect(f"{e}.gate_up_proj.bias", (2 * width,), "2 x intermediate_size")
+                expect(f"{e}.down_proj.weight", (hidden, width), "hidden_size, intermediate_size")
+                expect(f"{e}.down_proj.bias", (hidden,), "hidden_size")
+            continue
+        if mt == "qwen2_moe" and _sparse_layer(config, i):  # the shared expert beside the routed ones
+            shared = _need(config, "shared_expert_intermediate_size", file)
+            for proj, shape in (("gate", (shared, hidden)), ("up", (shared, hidden)), ("down", (hidden, shared))):
+                expect(f"{p}.mlp.shared_expert.{proj}_proj.weight", shape, "shared_expert_intermediate_size")
+            expect(f"{p}.mlp.shared_expert_gate.weight", (1, hidden), "1 x hidden_size")
         if mt in _MOE and _sparse_layer(config, i):
             module, (g, u, dn), width_key = _MOE[mt]
             n_exp, width = (

@@ -1,21 +1,15 @@
 """Kernel routing as data: what each backend can run, one check, one ordered table per platform.
 
 Shared by the JAX dispatcher (`jquant.ops.qmatmul`) and the Torch bridge (`torch_bridge.backend`),
-so it imports numpy only. The pieces:
-
-* `Device`: where a call runs (platform, compute capability, SM count, L2 size).
-* `Call`: the static facts of one ``qmatmul(x, w, act)`` that routing looks at (M, dtypes, the
-  weight's code type, block, zero kind, activation recipe, device). Built from shapes and static
-  fields only, so it works on tracers and on host arrays alike.
-* `Capabilities`: a frozen record a backend declares; `check` compares a call with it and returns
-  the first reason it does not fit ("" when it does).
-* `Backend`: the protocol. ``caps`` is the data; ``why_not_more`` is the small hook for what
-  cannot be data (a tile edge, a device driver); ``unavailable`` says why it cannot run *here*
-  (library not built, no GPU), which routing tables in tests leave out.
-* `Registry`: backends by name plus one ordered tuple of names per platform: the table *is* the
-  order. `Registry.route` walks it: forced names first (``JQUANT_KERNELS`` or an argument; a
-  decline is then an error, never a silent fallback), else the table minus
-  ``JQUANT_DISABLED_KERNELS``.
+so it imports numpy only. A `Backend` declares what it runs in one `Capabilities` record (plus
+small hooks for what cannot be data: a tile edge, a driver, a library that did not build); `check`
+compares a `Call` (the static facts of one ``qmatmul(x, w, act)`` on a `Device`, read from shapes
+and static fields, so tracers do) with it and gives the first reason it does not fit. A `Registry`
+holds the backends and one ordered tuple of names per platform: the table *is* the order.
+`Registry.route` walks it: forced names first (``JQUANT_KERNELS`` or an argument; a decline is
+then an error, never a silent fallback), else the table minus ``JQUANT_DISABLED_KERNELS``.
+`Registry.plan` routes a layer whose M is not known yet (the Torch bridge prepares per layer): the
+backends that together take every M, of which `by_m` picks one per call.
 
 Activation recipes (W8A8 / FP8 / FP4 inputs) are a field of the call: a backend lists the recipes
 it fuses in ``Capabilities.act``; any backend that takes the weight-only call also takes a recipe
@@ -30,7 +24,7 @@ import abc
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,6 +40,7 @@ __all__ = [
     "Registry",
     "Route",
     "act_kind",
+    "by_m",
     "check",
     "code_class",
     "env_names",
@@ -68,13 +63,11 @@ class Device:
             ``"cpu"``, ``"xpu"``, ``"hpu"``, ...).
         cc: NVIDIA compute capability ``(major, minor)``, None elsewhere.
         num_sms: streaming multiprocessors (or compute units), None when unknown.
-        l2_bytes: L2 cache size in bytes, None when unknown.
     """
 
     platform: str
     cc: tuple[int, int] | None = None
     num_sms: int | None = None
-    l2_bytes: int | None = None
 
     def __str__(self) -> str:
         return self.platform + (f" sm_{self.cc[0]}{self.cc[1]}" if self.cc else "")
@@ -178,9 +171,6 @@ class Call:
             device=device,
         )
 
-    def replace(self, **kw) -> Call:
-        return dataclasses.replace(self, **kw)
-
 
 _FLOAT_SCALES = frozenset({"float32", "float16", "bfloat16"})
 _HALF_ACTS = frozenset({"bfloat16", "float16"})
@@ -235,14 +225,18 @@ class Capabilities:
         def s(v):
             return "any" if v is None else ",".join(sorted(map(str, v)))
 
-        m = f"{self.m_min}.." + ("" if self.m_max is None else str(self.m_max))
-        cc = ""
-        if self.cc_min or self.cc_max:
-            lo = "" if self.cc_min is None else f"{self.cc_min[0]}.{self.cc_min[1]}"
-            hi = "" if self.cc_max is None else f"{self.cc_max[0]}.{self.cc_max[1]}"
-            cc = lo if lo == hi else f"{lo}..{hi}"
+        lo, hi = _cc(self.cc_min), _cc(self.cc_max)
         act = "any" if self.act is None else ("-" if self.act == {"none"} else _recipes(self.act - {"none"}))
-        return {"codes": s(self.codes), "act": act, "M": m, "cc": cc}
+        return {"codes": s(self.codes), "act": act, "M": self.m_range, "cc": lo if lo == hi else f"{lo}..{hi}"}
+
+    @property
+    def m_range(self) -> str:
+        """The M range as tables show it: ``"1..127"``, ``"128.."``."""
+        return f"{self.m_min}..{'' if self.m_max is None else self.m_max}"
+
+    def takes_m(self, m: int) -> bool:
+        """Whether calls of ``m`` rows are routed here (the M fields of `check`)."""
+        return self.m_min <= m and (self.m_max is None or m <= self.m_max)
 
     def operands(self) -> Capabilities:
         """This record without its routing-only fields (M range, platform, compute capability): what
@@ -262,8 +256,8 @@ def _recipes(acts: frozenset[str]) -> str:
     return ",".join(sorted(acts))
 
 
-def _cc(v: tuple[int, int]) -> str:
-    return f"{v[0]}.{v[1]}"
+def _cc(v: tuple[int, int] | None) -> str:
+    return "" if v is None else f"{v[0]}.{v[1]}"
 
 
 def check(caps: Capabilities, call: Call) -> str:
@@ -314,9 +308,8 @@ def check(caps: Capabilities, call: Call) -> str:
     if call.m is not None:
         if call.m == 0:
             return "empty activations"
-        if call.m < caps.m_min or (caps.m_max is not None and call.m > caps.m_max):
-            hi = "" if caps.m_max is None else caps.m_max
-            return f"M={call.m} outside {caps.m_min}..{hi} (this kernel's range)"
+        if not caps.takes_m(call.m):
+            return f"M={call.m} outside {caps.m_range} (this kernel's range)"
     if caps.act is not None and not any(
         call.act == a or (a.endswith("*") and call.act.startswith(a[:-1])) for a in caps.act
     ):
@@ -338,13 +331,10 @@ class Backend(abc.ABC):
         """Checks that cannot be data (tile edges, dtype pairs); "" when there is nothing against."""
         return ""
 
-    def unavailable(self, call: Call) -> str:
-        """Why it cannot run on this machine now (library not built, no driver); "" when it can."""
+    def unavailable(self, call: Call | None) -> str:
+        """Why it cannot run on this machine now (library not built, no driver); "" when it can.
+        ``call`` is None when asked for no call in particular (``jquant kernels``)."""
         return ""
-
-    def unavailable_on(self, device: Device) -> str:
-        """`unavailable` for no call in particular (tables: ``jquant kernels``)."""
-        return self.unavailable(None)
 
     def reason(self, call: Call, *, runtime: bool = True) -> str:
         """ "" when this backend takes ``call``, else why not (``runtime=False``: by its declaration only)."""
@@ -421,37 +411,72 @@ class Registry:
         Raises:
             ValueError: none of the forced backends exists or takes the call.
         """
+        return next(self._walk(call, forced=forced, disabled=disabled, runtime=runtime, compose=compose))
+
+    def plan(self, call: Call, **kw) -> tuple[Route, ...]:
+        """`route` (same arguments) of a layer whose M is not known yet (``call.m`` None).
+
+        The routes, in table order, whose backends together take every M: each takes some M that
+        none before it does. A call then runs on `by_m` of them. The last route has no backend
+        when some M is left that no backend takes (its ``skipped`` says why). A forced backend is
+        the whole plan: it takes every M (its range is routing; the op computes any M).
+        """
+        routes: list[Route] = []
+        for r in self._walk(call, **kw):
+            if r.backend is None or _leaves_some_m([p.backend.caps for p in routes], r.backend.caps):
+                routes.append(r)
+            if r.backend is None or not _leaves_some_m([p.backend.caps for p in routes]):
+                break
+        return tuple(routes)
+
+    def _walk(self, call, *, forced=None, disabled=None, runtime=True, compose=True) -> Iterator[Route]:
+        """`route`'s walk: each backend that takes ``call``, in order, then a `Route` without one
+        (with every reason); forced names: the first that takes it, else ValueError."""
         forced = list(env_names("JQUANT_KERNELS", self.env_prefix) if forced is None else forced)
         disabled = set(env_names("JQUANT_DISABLED_KERNELS", self.env_prefix) if disabled is None else disabled)
         skipped: list[str] = []
-        table = self.table(call.device.platform)
-
-        def take(b: Backend) -> Route | None:
-            why = b.reason(call, runtime=runtime)
-            if not why:
-                return Route(b, False, tuple(skipped))
-            if compose and call.act != "none" and not b.reason(call.replace(act="none"), runtime=runtime):
-                return Route(b, True, tuple(skipped))  # a weight-only backend after the recipe's fake-quant
-            skipped.append(f"{b.name}: {why}")
-            return None
-
-        if forced:
-            for name in forced:
-                b = self.backends.get(name)
-                if b is None:
-                    skipped.append(f"{name}: unknown backend (known: {sorted(self.backends)})")
-                elif r := take(b):
-                    return r
-            raise ValueError(f"requested {self.what} backend(s) {forced} cannot run {_describe(call)}: {skipped}")
-        for name in table:
+        for name in forced or self.table(call.device.platform):
             b = self.backends.get(name)
             if b is None:
-                skipped.append(f"{name}: not loaded")
-            elif name in disabled:
-                skipped.append(f"{name}: disabled by JQUANT_DISABLED_KERNELS")
-            elif r := take(b):
-                return r
-        return Route(None, False, tuple(skipped))
+                why = f"unknown backend (known: {sorted(self.backends)})" if forced else "not loaded"
+            elif name in disabled and not forced:
+                why = "disabled by JQUANT_DISABLED_KERNELS"
+            else:
+                why = b.reason(call, runtime=runtime)
+                composed = bool(why) and compose and call.act != "none"
+                if composed:  # does it take the weight-only call (after the recipe's fake-quantization)?
+                    composed = not b.reason(dataclasses.replace(call, act="none"), runtime=runtime)
+                if not why or composed:
+                    yield Route(b, composed, tuple(skipped))
+                    if forced:
+                        return
+                    continue
+            skipped.append(f"{name}: {why}")
+        if forced:
+            raise ValueError(f"requested {self.what} backend(s) {forced} cannot run {_describe(call)}: {skipped}")
+        yield Route(None, False, tuple(skipped))
+
+
+def by_m(plan: Sequence[Any], m: int) -> Any:
+    """The entry of a `Registry.plan` (anything with a ``.backend``) that runs a call of ``m`` rows:
+    the first whose backend takes M (`Capabilities.takes_m`), else the last (a forced backend; M = 0)."""
+    for p in plan:  # a loop, not next(genexpr): this runs on every Torch call
+        if p.backend.caps.takes_m(m):
+            return p
+    return plan[-1]
+
+
+def _leaves_some_m(taken: list[Capabilities], within: Capabilities | None = None) -> bool:
+    """Whether some M (in ``within``'s range, default every M >= 1) is taken by none of ``taken``."""
+    m, hi = (within.m_min, within.m_max) if within else (1, None)
+    while hi is None or m <= hi:
+        c = next((c for c in taken if c.takes_m(m)), None)
+        if c is None:
+            return True
+        if c.m_max is None:
+            return False
+        m = c.m_max + 1
+    return False
 
 
 def _describe(call: Call) -> str:

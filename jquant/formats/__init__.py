@@ -16,6 +16,7 @@ from jquant.formats import (  # noqa: F401
     modelopt,
     mxfp4,
     quark,
+    torchao,
     unquantized,
 )
 from jquant.formats.base import (

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jquant.convert.checkpoint import Checkpoint
 from jquant.models.config import SUPPORTED_MODEL_TYPES, DecoderConfig
 from jquant.models.generate import Generator, SamplingConfig, generate
+from jquant.models.gpt_oss import GptOssForCausalLM
 from jquant.models.kv_cache import KVCache
 from jquant.models.llama import LlamaForCausalLM
 from jquant.models.mixtral import MoeForCausalLM
@@ -24,6 +25,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "DecoderConfig",
     "Generator",
+    "GptOssForCausalLM",
     "KVCache",
     "LlamaForCausalLM",
     "MoeForCausalLM",
@@ -46,10 +48,14 @@ def from_checkpoint(
     strict: bool = False,
     scan_layers: bool | None = None,
     fuse_projections: bool = True,
+    mesh=None,
+    rules=None,
+    quantize=None,
 ) -> LlamaForCausalLM:
     """The Flax model for ``ckpt``'s architecture, with its weights on the default device.
 
-    `LlamaForCausalLM` for the dense Llama family; `MoeForCausalLM` for Mixtral and Qwen3-MoE.
+    `LlamaForCausalLM` for the dense Llama family; `MoeForCausalLM` for Mixtral and
+    Qwen2/3-MoE; `GptOssForCausalLM` for gpt-oss.
 
     Quantized weights move to the device as `QArray` pytrees (codes stay packed); float tensors are
     cast to ``dtype``. Nothing is dequantized whole: matmuls and embedding lookups go through
@@ -64,15 +70,41 @@ def from_checkpoint(
             identical in structure; see `LlamaForCausalLM`).
         fuse_projections: q/k/v and gate/up (experts' too) as one stacked matmul each where their
             weights stack losslessly (same code type and scale layout, same act-order permutation).
+        mesh: a ``jax.sharding.Mesh`` to split the model over (tensor / expert parallel,
+            `jquant.parallel`): each weight is placed directly on its shards while loading, the
+            KV cache is split by heads. None: one device.
+        rules: with ``mesh``, the `jquant.parallel.Rules` (default ``LLAMA_RULES``).
+        quantize: a `jquant.quantize` scheme name (``"fp8"``, ``"w4a16-g128"``...) or `Scheme`:
+            quantize ``ckpt``'s float linear weights online, one at a time as the model loads
+            (`jquant.quantize.QuantizedWeights`), so the whole float model is never held.
 
     Raises:
         UnsupportedFormatError / ConfigError: an architecture or config outside the Llama family.
         FormatError: a tensor missing or of the wrong shape, named.
     """
     cfg = DecoderConfig.from_hf(ckpt.config)
-    w = Weights(ckpt.weights, dtype or default_dtype(), source=ckpt.metadata.get("source"))
-    model_cls = MoeForCausalLM if cfg.num_experts else LlamaForCausalLM  # mixtral, qwen3_moe
+    weights = ckpt.weights
+    if quantize is not None:
+        from jquant.quantize import QuantizedWeights
+
+        weights = QuantizedWeights(ckpt.weights, quantize, file=ckpt.metadata.get("source"))
+    if mesh is None:
+        w = Weights(weights, dtype or default_dtype(), source=ckpt.metadata.get("source"))
+    else:
+        from jquant.parallel import LLAMA_RULES, ShardedWeights
+
+        rules = rules or LLAMA_RULES
+        w = ShardedWeights(
+            weights, dtype or default_dtype(), mesh=mesh, rules=rules, source=ckpt.metadata.get("source")
+        )
+    model_cls = MoeForCausalLM if cfg.num_experts else LlamaForCausalLM  # mixtral, qwen2_moe, qwen3_moe
+    if cfg.model_type == "gpt_oss":
+        model_cls = GptOssForCausalLM
     model = model_cls(cfg, w, scan_layers=scan_layers, fuse_projections=fuse_projections)
+    if mesh is not None:  # stacked layers re-placed with their layer axis; KV cache split by heads
+        from jquant.parallel import shard
+
+        shard(model, mesh, rules)
     # Rotary tables recomputed by HF are sometimes saved; everything else must be used.
     left = [n for n in w.unused() if not n.endswith("rotary_emb.inv_freq")]
     if left:

@@ -13,12 +13,22 @@ __all__ = ["DecoderConfig", "SUPPORTED_MODEL_TYPES"]
 # HF ``model_type``s whose decoder is the Llama block (pre-norm, rotary GQA attention, SwiGLU MLP).
 # Differences are data, read from the config and the tensors present: q/k/v biases (Qwen2), q/k
 # RMSNorm (Qwen3), explicit head_dim (Qwen3), sliding windows (Mistral), tied embeddings (SmolLM2).
-# The MoE types (`jquant.models.mixtral`) replace the MLP of their sparse layers by routed experts.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3", "mixtral", "qwen3_moe")
+# The MoE types (`jquant.models.mixtral`, `jquant.models.gpt_oss`) replace the MLP of their sparse
+# layers by routed experts; gpt-oss adds attention sinks, YaRN rotary tables and biased experts.
+SUPPORTED_MODEL_TYPES = (
+    "llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2", "smollm3",
+    "mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss",
+)  # fmt: skip
 
 # Per MoE model type: (config key of the expert width, default of ``norm_topk_prob``; None: the
-# architecture always renormalizes its top-k probabilities and has no such key, as Mixtral).
-_MOE = {"mixtral": ("intermediate_size", None), "qwen3_moe": ("moe_intermediate_size", False)}
+# architecture has no such key: Mixtral always renormalizes its top-k probabilities, gpt-oss takes
+# the softmax of the top-k logits, which sums to 1 by construction).
+_MOE = {
+    "mixtral": ("intermediate_size", None),
+    "qwen3_moe": ("moe_intermediate_size", False),
+    "qwen2_moe": ("moe_intermediate_size", False),  # Qwen2MoeConfig.norm_topk_prob defaults to False
+    "gpt_oss": ("intermediate_size", None),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +45,12 @@ class DecoderConfig:
         num_experts_per_tok: top-k of the router.
         moe_intermediate_size: one expert's MLP width.
         norm_topk_prob: renormalize the top-k router probabilities to sum to 1.
-        moe_layers: per layer, whether its MLP is the routed experts (Qwen3-MoE's
+        moe_layers: per layer, whether its MLP is the routed experts (Qwen2/3-MoE's
             ``decoder_sparse_step`` / ``mlp_only_layers``); empty for dense models.
+        router: ``"softmax_topk"`` (softmax over all experts, then top-k: Mixtral, Qwen-MoE) or
+            ``"topk_softmax"`` (top-k logits, then their softmax: gpt-oss).
+        shared_expert_intermediate_size: width of Qwen2-MoE's always-on shared expert (0: none).
+        swiglu_alpha, swiglu_limit: gpt-oss' clamped SwiGLU (``swiglu_alpha`` / ``swiglu_limit``).
     """
 
     model_type: str
@@ -59,6 +73,10 @@ class DecoderConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = True
     moe_layers: tuple[bool, ...] = ()
+    router: str = "softmax_topk"
+    shared_expert_intermediate_size: int = 0
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
 
     @property
     def rope(self) -> dict[str, Any]:
@@ -128,7 +146,14 @@ class DecoderConfig:
                 moe_intermediate_size=int(need(width_key)),
                 norm_topk_prob=True if norm_default is None else bool(config.get("norm_topk_prob", norm_default)),
                 moe_layers=tuple(i not in dense_only and (i + 1) % step == 0 for i in range(n_layers)),
+                router="topk_softmax" if mt == "gpt_oss" else "softmax_topk",
+                shared_expert_intermediate_size=int(config.get("shared_expert_intermediate_size") or 0)
+                if mt == "qwen2_moe"
+                else 0,
             )
+            if mt == "gpt_oss":  # GptOssConfig defaults (configuration_gpt_oss.py)
+                moe["swiglu_alpha"] = float(config.get("swiglu_alpha", 1.702))
+                moe["swiglu_limit"] = float(config.get("swiglu_limit", 7.0))
         return cls(
             model_type=mt,
             vocab_size=int(need("vocab_size")),

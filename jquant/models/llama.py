@@ -14,10 +14,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jquant.core.errors import ConfigError
+from jquant.models.attention_sinks import softmax_with_sinks
 from jquant.models.config import DecoderConfig
 from jquant.models.kv_cache import KVCache
 from jquant.models.rope import apply_rope, inv_frequencies, rope_cos_sin
 from jquant.nn import Weights
+from jquant.nn.linear import at_layer, split_layer_weights
 
 __all__ = ["Attention", "MLP", "DecoderLayer", "LlamaForCausalLM"]
 
@@ -45,6 +47,9 @@ class Attention(nnx.Module):
         has_qk_norm = f"{prefix}.q_norm.weight" in w
         self.q_norm = w.norm(f"{prefix}.q_norm.weight", d, cfg.rms_norm_eps) if has_qk_norm else nnx.data(None)
         self.k_norm = w.norm(f"{prefix}.k_norm.weight", d, cfg.rms_norm_eps) if has_qk_norm else nnx.data(None)
+        # gpt-oss: one learned sink logit per query head (`jquant.models.attention_sinks`).
+        has_sinks = f"{prefix}.sinks" in w
+        self.sinks = nnx.Param(w.get(f"{prefix}.sinks", (nh,))) if has_sinks else nnx.data(None)
 
     def __call__(
         self,
@@ -96,7 +101,7 @@ class Attention(nnx.Module):
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
         scores = scores * (self.head_dim**-0.5)
         scores = jnp.where(allowed[None, None, None], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        probs = softmax_with_sinks(scores, None if self.sinks is None else self.sinks[...]).astype(q.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(q.dtype), preferred_element_type=jnp.float32)
         out = self.o_proj(out.astype(x.dtype).reshape(b, t, self.num_heads * self.head_dim))
         return out, None if kv is None else (keys, values)
@@ -190,6 +195,9 @@ class LlamaForCausalLM(nnx.Module):
     ):
         self.config = cfg
         self.dtype = w.dtype
+        # Where init_cache puts the KV buffers: None (default device), or split by heads over a mesh
+        # (set by `jquant.parallel.shard`).
+        self.cache_sharding = None
         self.embed_tokens = w.embed("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
         layers = [self.decoder_layer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
         same = _homogeneous(layers)
@@ -215,9 +223,22 @@ class LlamaForCausalLM(nnx.Module):
         """Decoder layer ``layer`` (subclasses swap its MLP: `jquant.models.mixtral`)."""
         return DecoderLayer(cfg, w, layer, fuse=fuse)
 
+    def rope_tables(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """cos, sin [B, T, head_dim] for int32 positions [B, T] (gpt-oss overrides it for YaRN)."""
+        inv_freq = inv_frequencies(self.config.head_dim, self.config.rope_parameters)
+        return rope_cos_sin(positions, inv_freq, self.dtype)
+
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.config
-        return KVCache.create(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim, self.dtype)
+        return KVCache.create(
+            c.num_hidden_layers,
+            batch,
+            max_len,
+            c.num_key_value_heads,
+            c.head_dim,
+            self.dtype,
+            sharding=self.cache_sharding,
+        )
 
     def hidden_states(self, input_ids: jax.Array, cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
         """The final-normed hidden states [B, T, hidden] (and the extended cache, if one is given).
@@ -230,18 +251,21 @@ class LlamaForCausalLM(nnx.Module):
         b, t = input_ids.shape
         start = jnp.zeros((), jnp.int32) if cache is None else cache.length
         positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
-        inv_freq = inv_frequencies(self.config.head_dim, self.config.rope_parameters)
-        cos, sin = rope_cos_sin(positions, inv_freq, self.dtype)
+        cos, sin = self.rope_tables(positions)
         x = self.embed_tokens(input_ids).astype(self.dtype)
         if self.stacked_layers is not None:
-            graphdef, stacked = nnx.split(self.stacked_layers)
+            # The linear weights stay whole (closed over) and each layer's QuantLinear gets
+            # LayerOf(stack, i): a backend that reads stacked weights in place (kernels_cpu) then
+            # needs no per-layer copy of them; any other gets the slice, as the scan made before.
+            graphdef, weights, rest = split_layer_weights(self.stacked_layers)
 
             def body(h, per_layer):
-                state, kv = per_layer
-                return nnx.merge(graphdef, state)(h, cos, sin, positions, kv, start)
+                i, state, kv = per_layer
+                return nnx.merge(graphdef, at_layer(weights, i), state)(h, cos, sin, positions, kv, start)
 
             kvs = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
-            x, kvs = jax.lax.scan(body, x, (stacked, kvs))
+            idx = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
+            x, kvs = jax.lax.scan(body, x, (idx, rest, kvs))
             new_k, new_v = (None, None) if kvs is None else (tuple(kvs[0]), tuple(kvs[1]))
         else:
             new_k, new_v = [], []

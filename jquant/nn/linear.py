@@ -8,6 +8,9 @@ repacked here, and dense weights use the same orientation so that both run throu
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -17,7 +20,7 @@ from jquant.core.errors import ConfigError
 from jquant.core.qarray import QArray
 from jquant.ops import qmatmul
 
-__all__ = ["QParam", "ActQuantParam", "QuantLinear", "weight_shape"]
+__all__ = ["QParam", "ActQuantParam", "QuantLinear", "weight_shape", "LayerOf", "split_layer_weights", "at_layer"]
 
 
 class QParam(nnx.Param):
@@ -31,6 +34,39 @@ class QParam(nnx.Param):
 
 class ActQuantParam(nnx.Variable):
     """A layer's input-activation quantization recipe (`ActQuant` pytree: static scales are its leaves)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerOf:
+    """Layer ``index`` of a weight stacked along a leading layer axis: what a `QuantLinear` of a
+    scanned model holds inside the ``lax.scan`` body (`at_layer`), so that `qmatmul` gets the whole
+    stack and the index, and a backend that reads stacked weights in place (``reads_stacked``) needs
+    no per-layer copy of them.
+
+    Attributes:
+        stacked: a `QArray` whose arrays carry a leading layer axis [L, ...] (logical shape (N, K)
+            per layer), or a dense [L, N, K] array.
+        index: int32 scalar (traced under the scan), the layer.
+    """
+
+    stacked: Any
+    index: Any
+
+
+jax.tree_util.register_dataclass(LayerOf, data_fields=["stacked", "index"], meta_fields=[])
+
+
+def split_layer_weights(stacked_module: nnx.Module):
+    """Splits a layer-stacked module into ``(graphdef, weights, rest)``: ``weights`` is the state of
+    every `QuantLinear`'s weight (kept whole: pass it to the scan body by closure and `at_layer`),
+    ``rest`` everything else (sliced by the scan as usual, like expert stacks and norms)."""
+    paths = {tuple(p) + ("weight",) for p, m in nnx.iter_graph(stacked_module) if isinstance(m, QuantLinear)}
+    return nnx.split(stacked_module, lambda path, _: tuple(path) in paths, ...)
+
+
+def at_layer(weights, index):
+    """``weights`` (from `split_layer_weights`) with every weight wrapped as ``LayerOf(stacked, index)``."""
+    return jax.tree.map(lambda v: LayerOf(v, index), weights, is_leaf=lambda v: isinstance(v, QArray))
 
 
 def weight_shape(w: QArray | jax.Array) -> tuple[int, int]:
@@ -98,14 +134,18 @@ class QuantLinear(nnx.Module):
 
     @property
     def quantized(self) -> bool:
-        return isinstance(self.weight.get_value(), QArray)
+        w = self.weight.get_value()
+        return isinstance(w.stacked if isinstance(w, LayerOf) else w, QArray)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[..., in_features] -> [..., out_features] in ``dtype`` (or ``x.dtype``)."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
         act = None if self.input_quant is None else self.input_quant.get_value()
-        y = qmatmul(x, self.weight.get_value(), act, implementation=self.implementation)
+        w, layer = self.weight.get_value(), None
+        if isinstance(w, LayerOf):  # a scanned model's layer: the stacked weight and the index
+            w, layer = w.stacked, w.index
+        y = qmatmul(x, w, act, implementation=self.implementation, layer=layer)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y

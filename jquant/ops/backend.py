@@ -48,11 +48,7 @@ class Backend(_Backend):
 REGISTRY = Registry("qmatmul", ROUTES)
 BACKENDS = REGISTRY.backends
 register_backend = REGISTRY.register
-
-
-def available_backends(platform: str) -> list[Backend]:
-    """The registered backends of ``platform``'s routing table, in the order they are tried."""
-    return REGISTRY.ordered(platform)
+available_backends = REGISTRY.ordered  # platform -> its table's registered backends, in order
 
 
 def why_not_operands(caps: Capabilities, x: Any, w: Any, act: Any = None, more=None) -> str:

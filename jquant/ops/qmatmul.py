@@ -29,6 +29,9 @@ __all__ = [
     "XlaReference",
     "XlaDequantDot",
     "load_kernel_packages",
+    "layer_view",
+    "take_layer",
+    "reads_stacked",
 ]
 
 
@@ -162,34 +165,73 @@ def select(
     return r if r.backend is not None else Route(BACKENDS["xla_reference"], False, r.skipped)
 
 
-def qmatmul(x: jax.Array, w: QArray | jax.Array, act=None, *, implementation: str | None = None) -> jax.Array:
+def layer_view(w: QArray) -> QArray:
+    """The per-layer `QArray` of layer-stacked ``w`` (arrays with a leading layer axis) as shape structs:
+    what routing reads (static fields, dtypes, shapes), with no array sliced."""
+
+    def one(a):
+        return None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
+
+    return w.replace(data=one(w.data), scale=one(w.scale), zero=one(w.zero), perm=one(w.perm), scale2=one(w.scale2))
+
+
+def take_layer(w, layer):
+    """Layer ``layer`` (int32 scalar, may be traced) of a layer-stacked `QArray` or dense array."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False), w)
+
+
+def reads_stacked(backend) -> bool:
+    """Whether ``backend`` takes ``layer=`` and reads that layer of stacked weights in place (a
+    capability a backend declares with ``reads_stacked = True``; see `qmatmul`)."""
+    return bool(getattr(backend, "reads_stacked", False))
+
+
+def qmatmul(
+    x: jax.Array, w: QArray | jax.Array, act=None, *, implementation: str | None = None, layer=None
+) -> jax.Array:
     """``fake_quantize(x, act) @ dequantize(w).T`` through the backend the routing table picks.
 
     Args:
         x: [..., K] activations (bf16 / f16 / f32).
-        w: `QArray` (N, K), or a dense [N, K] array (plain matmul, for unquantized layers).
+        w: `QArray` (N, K), or a dense [N, K] array (plain matmul, for unquantized layers); with
+            ``layer``, the same with a leading layer axis on every array (data [L, N, ...], scale
+            [L, ...], ...; a dense [L, N, K]): the stacked weights of a scanned model.
         act: the layer's input-activation recipe (`jquant.core.activation.ActQuant`, W8A8 / FP8 /
             FP4 checkpoints) or None. Fused W8A8 backends quantize inside; a weight-only backend
             runs after the recipe's exact XLA fake-quantization.
         implementation: force a backend by name (raises if it cannot run this call).
+        layer: None, or an int32 scalar (may be traced): multiply by layer ``layer`` of stacked
+            ``w``. Routing sees the per-layer weight; a backend that declares ``reads_stacked``
+            gets the stacked weight and ``layer=`` and reads the layer in place, any other gets the
+            slice ``w[layer]`` (for a custom call under ``lax.scan`` that slice is a copy of the
+            layer's weights per call: XLA gives a custom call operands in buffers of their own).
 
     Returns:
         [..., N] in ``x.dtype``.
     """
+    if layer is not None and not isinstance(w, QArray):
+        w, layer = take_layer(w, layer), None
     if not isinstance(w, QArray):
         if act is not None:
             x = fake_quantize(x, act)
         return jnp.einsum("...k,nk->...n", x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
-    r = select(x, w, act, implementation=implementation)
+    r = select(x, w if layer is None else layer_view(w), act, implementation=implementation)
+    kw = {}
+    if layer is not None and reads_stacked(r.backend):
+        kw["layer"] = layer
+    elif layer is not None:
+        w = take_layer(w, layer)
     with jax.named_scope(f"jquant_qmatmul_{r.backend.name}"):
         if r.composed:
-            return r.backend(fake_quantize(x, act), w)
-        return r.backend(x, w, act)
+            return r.backend(fake_quantize(x, act), w, **kw)
+        return r.backend(x, w, act, **kw)
 
 
 def explain(x, w: QArray, act=None, *, platform: str | None = None, device=None) -> str:
     """A human-readable account of which backend would run and why the others would not."""
     r = select(x, w, act, platform=platform, device=device)
     how = " (activations fake-quantized by XLA first)" if r.composed else ""
+    if reads_stacked(r.backend):
+        how += " (in a scanned model: reads its layer of the stacked weights in place)"
     lines = [f"qmatmul {tuple(x.shape)} x {w!r} -> {r.backend.name}{how}"]
     return "\n".join(lines + [f"  skipped {s}" for s in r.skipped])

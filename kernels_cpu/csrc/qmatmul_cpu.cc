@@ -49,9 +49,13 @@
 #define JQ_X86 0
 #endif
 
+// JQ_NO_FFI: the library without the XLA FFI handler (no jaxlib headers needed), for the Torch bridge,
+// which calls the plain C entry point jquant_cpu_qmatmul_raw through ctypes.
+#ifndef JQ_NO_FFI
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+#endif
 
 namespace {
 
@@ -736,6 +740,49 @@ class Pool {
   std::atomic<int> sleepers_{0};
 };
 
+// Runs y = x @ w.T for a filled-in Problem (p.x = the caller's activations [M, K], row-major f32).
+void run_problem(Problem p) {
+  const int64_t m = p.m, k = p.k, ng = p.ng, group = p.group, n = p.n, bits = p.bits;
+  auto sh = std::make_shared<Shared>();
+  std::vector<float> xbuf(bits == 4 ? m * k : 0), xsum(m * ng);
+  const float* src = p.x;
+  if (bits == 4) {  // de-interleave each 32-column block: even columns, then odd ones
+    for (int64_t r = 0; r < m * k; r += 32)
+      for (int i = 0; i < 16; ++i) xbuf[r + i] = src[r + 2 * i], xbuf[r + 16 + i] = src[r + 2 * i + 1];
+    p.x = xbuf.data();
+  } else {
+    p.x = src;
+  }
+  for (int64_t r = 0; r < m; ++r) {  // x summed over each group (the factored kernels' offsets)
+    for (int64_t g = 0; g < ng; ++g) {
+      float acc = 0.f;
+      for (int64_t j = g * group; j < std::min(k, (g + 1) * group); ++j) acc += src[r * k + j];
+      xsum[r * ng + g] = acc;
+    }
+  }
+  p.xsum = xsum.data();
+  p.tbias = NAN;
+  if (bits == 4) {
+    bool affine = true;
+    for (int i = 0; i < 16; ++i) affine = affine && p.table[i] == p.table[0] + (float)i;
+    if (affine) p.tbias = -p.table[0];
+  }
+  sh->p = p;
+  sh->isa = g_isa.load(std::memory_order_relaxed);
+
+  int64_t threads = g_threads.load(std::memory_order_relaxed);
+  if (threads <= 0) threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  // >= 8 chunks per thread for balance, <= 256 KiB of codes per chunk, >= 4 rows
+  const int64_t row_bytes = k * bits / 8;
+  int64_t rpc = std::max<int64_t>(4, (n + threads * 8 - 1) / (threads * 8));
+  rpc = std::min<int64_t>(rpc, std::max<int64_t>(4, (256 << 10) / std::max<int64_t>(1, row_bytes)));
+  if (threads == 1 || n * row_bytes * std::max<int64_t>(1, m) < (16 << 10)) rpc = n;  // tiny: no split
+  sh->rows_per_chunk = rpc;
+  sh->chunks = (n + rpc - 1) / rpc;
+  Pool::get().run(sh, (int)std::min<int64_t>(threads - 1, sh->chunks - 1));
+}
+
+#ifndef JQ_NO_FFI
 int dtype_code(ffi::DataType t) {
   switch (t) {
     case ffi::DataType::F32: return kF32;
@@ -780,50 +827,17 @@ ffi::Error QmatmulImpl(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer w, ffi::AnyBuffer
   p.zero = has_zero ? (const uint8_t*)zero.untyped_data() + l * n * ng * zsz : nullptr;
   p.table = table.typed_data();
   p.y = y->typed_data();
+  p.x = x.typed_data();
   if (m == 0 || n == 0) return ffi::Error::Success();
-
-  auto sh = std::make_shared<Shared>();
-  std::vector<float> xbuf(bits == 4 ? m * k : 0), xsum(m * ng);
-  const float* src = x.typed_data();
-  if (bits == 4) {  // de-interleave each 32-column block: even columns, then odd ones
-    for (int64_t r = 0; r < m * k; r += 32)
-      for (int i = 0; i < 16; ++i) xbuf[r + i] = src[r + 2 * i], xbuf[r + 16 + i] = src[r + 2 * i + 1];
-    p.x = xbuf.data();
-  } else {
-    p.x = src;
-  }
-  for (int64_t r = 0; r < m; ++r) {  // x summed over each group (the factored kernels' offsets)
-    for (int64_t g = 0; g < ng; ++g) {
-      float acc = 0.f;
-      for (int64_t j = g * group; j < std::min(k, (g + 1) * group); ++j) acc += src[r * k + j];
-      xsum[r * ng + g] = acc;
-    }
-  }
-  p.xsum = xsum.data();
-  p.tbias = NAN;
-  if (bits == 4) {
-    bool affine = true;
-    for (int i = 0; i < 16; ++i) affine = affine && p.table[i] == p.table[0] + (float)i;
-    if (affine) p.tbias = -p.table[0];
-  }
-  sh->p = p;
-  sh->isa = g_isa.load(std::memory_order_relaxed);
-
-  int64_t threads = g_threads.load(std::memory_order_relaxed);
-  if (threads <= 0) threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  // >= 8 chunks per thread for balance, <= 256 KiB of codes per chunk, >= 4 rows
-  const int64_t row_bytes = k * bits / 8;
-  int64_t rpc = std::max<int64_t>(4, (n + threads * 8 - 1) / (threads * 8));
-  rpc = std::min<int64_t>(rpc, std::max<int64_t>(4, (256 << 10) / std::max<int64_t>(1, row_bytes)));
-  if (threads == 1 || n * row_bytes * std::max<int64_t>(1, m) < (16 << 10)) rpc = n;  // tiny: no split
-  sh->rows_per_chunk = rpc;
-  sh->chunks = (n + rpc - 1) / rpc;
-  Pool::get().run(sh, (int)std::min<int64_t>(threads - 1, sh->chunks - 1));
+  run_problem(p);
   return ffi::Error::Success();
 }
 
+#endif  // JQ_NO_FFI
+
 }  // namespace
 
+#ifndef JQ_NO_FFI
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantCpuQmatmul, QmatmulImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -837,6 +851,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JquantCpuQmatmul, QmatmulImpl,
                                   .Attr<int64_t>("group")
                                   .Attr<int64_t>("bias")
                                   .Attr<int64_t>("has_zero"));
+#endif  // JQ_NO_FFI
 
 // ---- plain C entry points (ctypes): ISA and thread control, and the bandwidth probe -----------------
 extern "C" {
@@ -849,6 +864,24 @@ int jquant_cpu_set_isa(int isa) {
   return v;
 }
 int jquant_cpu_get_threads() { return g_threads.load(); }
+
+// The kernel without XLA, for callers that hold raw pointers (the Torch bridge, through ctypes):
+// y[M, N] = x[M, K] @ dequantize(w)^T, f32 row-major x and y, w / scale / zero of one layer laid out
+// as in the FFI handler (codes [N, K*bits/8], scale and zero [N, ceil(K/G)]). sdt / zdt: 0 f32,
+// 1 f16, 2 bf16, 3 u8 (zero only), 4 none. Returns 0, or -1 for arguments the kernel cannot read
+// (the caller checks them first and names the tensor).
+int jquant_cpu_qmatmul_raw(const float* x, float* y, int64_t m, int64_t n, int64_t k, const uint8_t* w,
+                           int is_signed, const void* scale, int sdt, const void* zero, int zdt,
+                           const float* table, int bits, int64_t group, int bias) {
+  if ((bits != 4 && bits != 8) || k % 32 || group <= 0 || group % (bits == 4 ? 32 : 16)) return -1;
+  if (sdt < kF32 || sdt > kBF16 || zdt < kF32 || zdt > kNone || (zdt != kNone && zero == nullptr)) return -1;
+  Problem p{};
+  p.m = m, p.n = n, p.k = k, p.group = group, p.ng = (k + group - 1) / group;
+  p.bits = bits, p.bias = bias, p.is_signed = is_signed, p.sdt = sdt, p.zdt = zdt;
+  p.w = w, p.scale = scale, p.zero = zdt == kNone ? nullptr : zero, p.table = table, p.y = y, p.x = x;
+  if (m > 0 && n > 0) run_problem(p);
+  return 0;
+}
 void jquant_cpu_set_threads(int t) { g_threads.store(t); }
 
 // Streaming read bandwidth in bytes/s: `threads` threads each sum their slice of a `bytes` buffer

@@ -1,4 +1,4 @@
-"""MoE decoders (Mixtral, Qwen3-MoE) in jquant vs transformers, dense and with int4 experts.
+"""MoE decoders (Mixtral, Qwen2-MoE, Qwen3-MoE) in jquant vs transformers, dense and with int4 experts.
 
 Oracle: a tiny random transformers model (f32), saved with ``save_pretrained`` (per-expert HF
 names) and converted with `jquant.convert`. With quantized experts, the same model's expert weights
@@ -39,6 +39,10 @@ ARCHS = {
         intermediate_size=160, moe_intermediate_size=96, num_experts=6, norm_topk_prob=True, head_dim=32,
         decoder_sparse_step=1, mlp_only_layers=[1],  # layer 1 keeps a dense MLP
     )),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(
+        intermediate_size=160, moe_intermediate_size=96, num_experts=6, shared_expert_intermediate_size=80,
+        qkv_bias=True, mlp_only_layers=[1],  # norm_topk_prob left at Qwen2-MoE's default (False)
+    )),
 }  # fmt: skip
 # Two rows (the router flattens B x T), a prompt long enough that every expert gets tokens.
 IDS = np.random.default_rng(0).integers(0, 256, size=(2, 12)).astype(np.int32)
@@ -56,6 +60,8 @@ def hf_model(request, tmp_path_factory):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith("gate.weight"):  # sharper routing than the 0.02 init: the top-k matters
                 p.mul_(20.0)
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
     folder = tmp_path_factory.mktemp(arch)
     model.save_pretrained(folder)
     return arch, model, folder
@@ -143,3 +149,35 @@ def test_missing_expert_is_refused(hf_model):
     assert name in str(e.value)
     with pytest.raises(jquant.core.FormatError, match="missing"):
         from_checkpoint(Checkpoint("x", ckpt.config, weights, {}))
+
+
+def test_fused_expert_layout_converts_like_per_expert(hf_model, tmp_path):
+    """transformers 5's in-memory layout (``mlp.experts.gate_up_proj`` [E, 2I, H], ``down_proj`` [E, H, I];
+    Mixtral's router under ``mlp.gate``), saved as is, converts to the same tensors as the per-expert names."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    arch, model, folder = hf_model
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    assert any(k.endswith(".mlp.experts.gate_up_proj") for k in state)
+    save_file(state, fused / "model.safetensors")
+    shutil.copy(folder / "config.json", fused / "config.json")
+    per_expert, from_fused = jquant.convert(folder), jquant.convert(fused)
+    assert sorted(from_fused.weights) == sorted(per_expert.weights)
+    for name, w in per_expert.weights.items():
+        assert np.array_equal(np.asarray(from_fused.weights[name]), np.asarray(w)), name
+
+
+def test_fused_expert_tensor_of_wrong_rank_is_named(hf_model):
+    from jquant.core.experts import split_fused_experts
+
+    arch, _, _ = hf_model
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    with pytest.raises(jquant.core.FormatError, match="expected 3-D") as e:
+        split_fused_experts(name, np.zeros((4, 8), np.float32), arch)
+    assert name in str(e.value)
+    with pytest.raises(jquant.core.FormatError, match="odd"):
+        split_fused_experts(name, np.zeros((2, 7, 8), np.float32), arch)

@@ -34,7 +34,7 @@ class Case:
     perm: bool = False
     scale_dtype: str = "float32"
     scale2: bool = False
-    impl: str = "torch_triton_wxa16"
+    impl: str | None = "torch_triton_wxa16"  # None: routed by M (`torch_bridge.backend.plan`)
     act_quant: str | None = None
     split_k: int = 1
     seed: int = 0
@@ -107,6 +107,7 @@ def tolerance(c: Case, x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 F32, F16, BF16 = "float32", "float16", "bfloat16"
+DEQ_DOT = "torch_triton_dequant_dot"
 
 # Straddle shapes for the interpreter: M = 1 / 7 / 17 (one tile edge of 16), odd N, K tails, groups
 # smaller than BLOCK_K (per-element scale path) and multiples of it (scale-row path).
@@ -127,10 +128,11 @@ KERNEL_CASES = [
     Case("fp8_e4m3_block128_f16", qt.fp8_e4m3, 48, 256, (128, 128), 3, F16, scale_dtype="float32"),
     Case("fp8_e5m2_per_channel", qt.fp8_e5m2, 20, 64, (1, 64), 2, F32),
     Case("w4_sym_g32_split_k2", qt.uint4b8, 32, 256, (1, 32), 3, F32, split_k=2),
-    # M >= PREFILL_DEQUANT_M: dequant_kernel + the vendor GEMM
-    Case("prefill_w4_asym_g32_bf16", qt.uint4, 33, 96, (1, 32), 129, BF16, zero="int"),
-    Case("prefill_nf4_g64_perm_f32", qt.nf4, 40, 128, (1, 64), 128, F32, perm=True),
-    Case("prefill_fp8_block128_f16", qt.fp8_e4m3, 48, 256, (128, 128), 130, F16),
+    # torch_triton_dequant_dot (M >= PREFILL_DEQUANT_M): dequant_kernel + the vendor GEMM
+    Case("prefill_w4_asym_g32_bf16", qt.uint4, 33, 96, (1, 32), 129, BF16, zero="int", impl=DEQ_DOT),
+    Case("prefill_nf4_g64_perm_f32", qt.nf4, 40, 128, (1, 64), 128, F32, perm=True, impl=DEQ_DOT),
+    Case("prefill_fp8_block128_f16", qt.fp8_e4m3, 48, 256, (128, 128), 130, F16, impl=DEQ_DOT),
+    Case("routed_w4_g32_m129", qt.uint4b8, 33, 128, (1, 32), 129, BF16, impl=None),  # the op picks dequant_dot
     Case("w8a8_fp8_per_tensor", qt.fp8_e4m3, 24, 64, (24, 64), 7, F32, impl="torch_triton_w8a8_fp8", act_quant="fp8"),
     Case(
         "w8a8_fp8_per_channel_bf16",

@@ -2,8 +2,9 @@
 
 Invoked by `test_triton_aot.py` in a subprocess (the kernels must be imported as JIT functions,
 i.e. without ``TRITON_INTERPRET=1``). Tiles are the GPU launchers' own choices (`configs`), for a
-decode-sized (M = 1, split-K) and two mid-sized (M = 64, 100) problems in turn; cases with M >= PREFILL_DEQUANT_M compile the prefill path's `dequant_kernel`. Prints one JSON
-line per (case, target).
+decode-sized (M = 1, split-K) and two mid-sized (M = 64, 100) problems in turn; the
+``torch_triton_dequant_dot`` cases compile its `dequant_kernel`. Prints one JSON line per (case,
+target).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch  # noqa: E402
 
 from tests.torch_bridge.cases import KERNEL_CASES, act_group  # noqa: E402
 from torch_bridge.triton.aot import TARGETS, DequantCase, W8a8Case, Wxa16Case, compile_case  # noqa: E402
-from torch_bridge.triton.configs import PREFILL_DEQUANT_M, dequant_config, w8a8_config, wxa16_config  # noqa: E402
+from torch_bridge.triton.configs import dequant_config, w8a8_config, wxa16_config  # noqa: E402
 from torch_bridge.triton.wxa16 import ZeroKind  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def aot_case(i, c):
     x_dtype = getattr(torch, c.x_dtype)
     if c.act_quant is None:
         zero = {None: ZeroKind.NONE, "int": ZeroKind.INT, "float": ZeroKind.FLOAT}[c.zero]
-        if c.m >= PREFILL_DEQUANT_M:  # the prefill path: dequant_kernel (+ the vendor GEMM)
+        if c.impl == "torch_triton_dequant_dot":  # dequant_kernel (+ the vendor GEMM)
             return DequantCase(c.qtype, c.block, c.k, zero, x_dtype, dequant_config(c.k, c.block[1]))
         cfg = wxa16_config(m, 4096, 4096, c.block[1] if c.block[1] < c.k else 4096, x_dtype.itemsize)
         return Wxa16Case(c.qtype, c.block, c.k, zero, x_dtype, cfg)

@@ -18,8 +18,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import torch_bridge as tb  # noqa: E402
+from jquant.core.routing import by_m  # noqa: E402
 from tests.torch_bridge.cases import KERNEL_CASES, make_weight, make_x  # noqa: E402
 from torch_bridge.cpu import DequantMatmul  # noqa: E402
+from torch_bridge.ops import load_plan, prepare  # noqa: E402
 from torch_bridge.triton import TileConfig, is_interpreter, wxa16_matmul  # noqa: E402
 
 
@@ -39,7 +41,18 @@ def run_case(c) -> np.ndarray:
 
 def main(out_path: str) -> None:
     assert is_interpreter(), "TRITON_INTERPRET=1 did not take effect"
-    assert tb.select(make_weight(KERNEL_CASES[0]), "cpu", torch.float32).backend.name == "torch_triton_wxa16"
+    w = tb.to_torch(make_weight(KERNEL_CASES[0]))
+    assert tb.select(w, "cpu", torch.float32).backend.name == "torch_triton_wxa16"
+    assert tb.select(w, "cpu", torch.float32, m=128).backend.name == "torch_triton_dequant_dot"
+    spec, tensors = prepare(w, "cpu", torch.float32)  # one plan, one set of tensors for both backends
+    picked = {m: by_m(load_plan(spec), m).backend.name for m in (1, 127, 128, 4096)}
+    assert picked == {
+        1: "torch_triton_wxa16",
+        127: "torch_triton_wxa16",
+        128: "torch_triton_dequant_dot",
+        4096: "torch_triton_dequant_dot",
+    }, picked
+    assert len(tensors) == 2, [t.shape for t in tensors]  # data + scale, shared
     table = tb.backend.ROUTES["cpu"]
     assert table.index("torch_triton_wxa16") < table.index(DequantMatmul.name)
     results, times = {}, {}

@@ -1,7 +1,8 @@
 """The Triton kernels on a real GPU (skipped without one): straddling shapes, every kernel family.
 
 Same spec and tolerance as the interpreter tests (`cases`), on GPU-sized problems with the GPU
-launchers' own tile configs (split-K for decode rows, 128x128 tiles for prefill).
+launchers' own tile configs (split-K for decode rows, 128x128 tiles for prefill). The ``m*`` cases
+are routed by M (fused kernel to 127 rows, dequantize -> GEMM from 128).
 """
 
 from __future__ import annotations
@@ -12,19 +13,20 @@ import torch
 
 import torch_bridge as tb
 from jquant.core import qtypes as qt
-from tests.torch_bridge.cases import Case, act_group, make_weight, make_x, reference, tolerance
+from tests.torch_bridge.cases import DEQ_DOT, Case, act_group, make_weight, make_x, reference, tolerance
 
 pytestmark = pytest.mark.gpu
 
 BF16, F16, F32 = "bfloat16", "float16", "float32"
 M_TEST = (1, 7, 16, 127, 128, 129, 1024)
 
-GPU_CASES = [Case(f"w4_sym_g128_m{m}", qt.uint4b8, 1000, 1024, (1, 128), m, BF16) for m in M_TEST] + [
-    Case("w4_awq_zero_g128_f16", qt.uint4, 1000, 1024, (1, 128), 129, F16, zero="int"),
+GPU_CASES = [Case(f"w4_sym_g128_m{m}", qt.uint4b8, 1000, 1024, (1, 128), m, BF16, impl=None) for m in M_TEST] + [
+    Case("w4_sym_g128_fused_m129", qt.uint4b8, 1000, 1024, (1, 128), 129, BF16),  # forced past its routed range
+    Case("w4_awq_zero_g128_f16", qt.uint4, 1000, 1024, (1, 128), 129, F16, zero="int", impl=DEQ_DOT),
     Case("w4_gguf_floatzero_g32", qt.uint4, 512, 768, (1, 32), 7, BF16, zero="float", scale_dtype="float16"),
     Case("w4_actorder_g128", qt.uint4b8, 1000, 1024, (1, 128), 16, BF16, perm=True),
     Case("w4_per_channel", qt.uint4b8, 1000, 1000, (1, 1000), 1, BF16),
-    Case("w8_sym_per_channel", qt.uint8b128, 1000, 1024, (1, 1024), 129, BF16),
+    Case("w8_sym_per_channel", qt.uint8b128, 1000, 1024, (1, 1024), 129, BF16, impl=DEQ_DOT),
     Case("nf4_g64", qt.nf4, 1000, 1024, (1, 64), 1, BF16, scale2=True),
     Case("fp8_block128_weight_only", qt.fp8_e4m3, 1000, 1024, (128, 128), 127, BF16),
     Case("w4_sym_f32_activations", qt.uint4b8, 1000, 1024, (1, 128), 7, F32),
@@ -111,9 +113,12 @@ def test_quant_linear_compiles_with_inductor_on_gpu():
     lin = tb.QuantLinear(w, torch.randn(1000), device="cuda")
     x = torch.randn(16, 1024, device="cuda", dtype=torch.bfloat16)
     eager = lin(x)
-    assert lin.backend == "torch_triton_wxa16"
+    assert lin.backend == "torch_triton_wxa16, torch_triton_dequant_dot"
     compiled = torch.compile(lin, fullgraph=True)
     # Inductor fuses the bias add into one f32 epilogue where eager rounds the product to bf16 first,
     # so outputs may differ by one bf16 ulp (seen on H200: 1.1% of elements, <= 0.0068 at |y| ~ 1).
     y = compiled(x).float()
     torch.testing.assert_close(y, eager.float(), rtol=2**-7, atol=2**-7 * float(eager.float().abs().max()))
+    x = torch.randn(200, 1024, device="cuda", dtype=torch.bfloat16)  # the op routes it to dequantize -> GEMM
+    eager = lin(x).float()
+    torch.testing.assert_close(compiled(x).float(), eager, rtol=2**-7, atol=2**-7 * float(eager.abs().max()))

@@ -119,3 +119,36 @@ def test_bias_follows_the_weight_device():
     w = make_weight(_case(zero="int"))
     lin = tb.QuantLinear(w, torch.randn(64), device="meta")
     assert lin.bias.device.type == "meta" and lin.weight_data.device.type == "meta"
+
+
+def test_the_op_routes_each_call_by_m(monkeypatch):
+    """One prepared layer, two backends by M range: the op picks per call, eager and compiled (dynamic M)."""
+    import dataclasses
+
+    from torch_bridge.backend import REGISTRY
+    from torch_bridge.cpu import DequantMatmul
+
+    calls = []
+
+    class SmallM(DequantMatmul):  # the reference's twin for M <= 4 (same prepare: shared tensors)
+        name = "torch_test_small_m"
+        caps = dataclasses.replace(DequantMatmul.caps, m_max=4)
+
+        def run(self, x, tensors, spec):
+            calls.append(x.shape[0])
+            return super().run(x, tensors, spec)
+
+    monkeypatch.setitem(REGISTRY.backends, SmallM.name, SmallM())
+    monkeypatch.setitem(REGISTRY.tables, "cpu", (SmallM.name, DequantMatmul.name))
+    w = make_weight(_case(zero="int"))
+    lin = tb.QuantLinear(w)
+    assert lin.prepare("cpu", torch.float32) == "torch_test_small_m, torch_dequant_matmul"
+    assert len(lin._prepared[torch.device("cpu"), torch.float32][1]) == 3  # data, scale, zero: one set for both
+    dense = torch.from_numpy(dequantize(w))
+    compiled = torch.compile(lin, fullgraph=True, backend="aot_eager", dynamic=True)
+    for run in (lin, compiled):
+        for m in (1, 4, 5, 37):
+            x = torch.randn(m, 256)
+            torch.testing.assert_close(run(x), x @ dense.T, rtol=1e-5, atol=1e-4)
+    assert calls == [1, 4, 1, 4]
+    torch._dynamo.reset()

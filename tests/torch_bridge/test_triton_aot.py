@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.torch_bridge.cases import KERNEL_CASES
-from torch_bridge.triton.configs import PREFILL_DEQUANT_M
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("sm_90", "gfx942")
@@ -48,5 +47,5 @@ def test_compiles_for_gpu(compiled, case, target):
     assert rec["shared"] <= SMEM_LIMIT[target], rec
     binary = "cubin" if target == "sm_90" else "hsaco"
     assert binary in rec["stages"], rec["stages"]
-    if target == "sm_90" and case.x_dtype != "float32" and case.m < PREFILL_DEQUANT_M:  # dequant_kernel has no dot
+    if target == "sm_90" and case.x_dtype != "float32" and case.impl != "torch_triton_dequant_dot":  # no dot there
         assert rec["mma"], f"{case.name}: no tensor-core mma in the sm_90 PTX"

@@ -32,6 +32,12 @@ _PTR = {
     torch.uint8: "*u8",
     torch.int8: "*i8",
 }
+_ZERO_PTR = {ZeroKind.NONE: "*fp32", ZeroKind.INT: "*u8", ZeroKind.FLOAT: "*fp32"}  # absent: the scale stands in
+
+
+def _weight_ptrs(qtype: QType, zero: ZeroKind) -> list[str]:
+    """`_dequant_tile`'s data / scale / zero / lut pointer types (fp8 codes travel as uint8 bits)."""
+    return ["*i8" if qtype.signed else "*u8", "*fp32", _ZERO_PTR[zero], "*fp32"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,15 +51,11 @@ class Wxa16Case:
     x_dtype: torch.dtype
     config: TileConfig
 
-    def data_dtype(self) -> torch.dtype:
-        return torch.int8 if self.qtype.signed else torch.uint8  # fp8 codes travel as uint8 bits
-
     def signature_and_constexprs(self) -> tuple[dict, dict]:
         consts = kernel_constexprs(self.qtype, self.block, self.k, self.zero, self.x_dtype, self.config, dot_f32=None)
         consts["DOT_F32"] = self.x_dtype == torch.float32  # what a GPU launch uses (not the interpreter's)
-        zero_ptr = {ZeroKind.NONE: "*fp32", ZeroKind.INT: "*u8", ZeroKind.FLOAT: "*fp32"}[self.zero]
         y_ptr = "*fp32" if self.config.split_k > 1 else _PTR[self.x_dtype]
-        ptrs = [_PTR[self.x_dtype], _PTR[self.data_dtype()], "*fp32", zero_ptr, "*fp32", y_ptr]
+        ptrs = [_PTR[self.x_dtype], *_weight_ptrs(self.qtype, self.zero), y_ptr]
         return _signature(wxa16_kernel, ptrs, consts), consts
 
 
@@ -71,9 +73,7 @@ class DequantCase:
     def signature_and_constexprs(self) -> tuple[dict, dict]:
         consts = weight_constexprs(self.qtype, self.block, self.k, self.zero, self.config.block_k)
         consts.update(BLOCK_N=self.config.block_n, BLOCK_K=self.config.block_k)
-        data = "*i8" if self.qtype.signed else "*u8"
-        zero_ptr = {ZeroKind.NONE: "*fp32", ZeroKind.INT: "*u8", ZeroKind.FLOAT: "*fp32"}[self.zero]
-        ptrs = [data, "*fp32", zero_ptr, "*fp32", _PTR[self.out_dtype]]
+        ptrs = [*_weight_ptrs(self.qtype, self.zero), _PTR[self.out_dtype]]
         return _signature(dequant_kernel, ptrs, consts), consts
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import torch
 import triton
@@ -10,12 +10,13 @@ import triton
 from jquant.core.routing import Capabilities
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import TorchBackend, register_backend
-from torch_bridge.cpu import _spec
+from torch_bridge.cpu import _spec, qtype_of
 from torch_bridge.dequant import block_scale, codebook
-from torch_bridge.triton.w8a8 import w8a8_matmul
-from torch_bridge.triton.wxa16 import is_interpreter, wxa16_matmul
+from torch_bridge.triton.configs import PREFILL_DEQUANT_M
+from torch_bridge.triton.w8a8 import k_block, w8a8_matmul
+from torch_bridge.triton.wxa16 import dequantize_weight, is_interpreter, wxa16_matmul
 
-__all__ = ["TritonWxA16", "TritonW8A8"]
+__all__ = ["TritonWxA16", "TritonDequantDot", "TritonW8A8"]
 
 _ACT_DTYPES = frozenset({"float16", "bfloat16", "float32"})
 # Wherever a Triton driver runs: NVIDIA and ROCm ("cuda"), Intel ("xpu"); the CPU under the interpreter.
@@ -28,19 +29,17 @@ def _unavailable(call) -> str:
     return ""
 
 
-def _fp8_dot_ok(device: torch.device) -> tuple[bool, str]:
-    """fp8 tl.dot needs fp8 MMA: NVIDIA sm_89+, AMD gfx94x/gfx95x; the interpreter emulates it."""
-    if device.type == "cpu":
-        return True, ""
+def _no_fp8_dot() -> str:
+    """Why this GPU has no fp8 tl.dot ("" if it has): fp8 MMA is NVIDIA sm_89+, AMD gfx94x/gfx95x."""
     try:
         target = triton.runtime.driver.active.get_current_target()
     except Exception as e:  # no usable driver: let the launch fail loudly instead of guessing
-        return False, f"no active Triton driver ({type(e).__name__})"
+        return f"no active Triton driver ({type(e).__name__})"
     if target.backend == "cuda" and int(target.arch) < 89:
-        return False, f"fp8 dot needs sm_89+, this is sm_{target.arch}"
+        return f"fp8 dot needs sm_89+, this is sm_{target.arch}"
     if target.backend == "hip" and not str(target.arch).startswith(("gfx94", "gfx95")):
-        return False, f"fp8 dot needs gfx94x/gfx95x, this is {target.arch}"
-    return True, ""
+        return f"fp8 dot needs gfx94x/gfx95x, this is {target.arch}"
+    return ""
 
 
 def _perm_tensors(w, device):
@@ -52,8 +51,9 @@ class TritonWxA16(TorchBackend):
 
     name = "torch_triton_wxa16"
     caps = Capabilities(
-        platforms=_PLATFORMS, zeros=None, scale_dtypes=None, scale2=True, row_blocks=None, act_dtypes=_ACT_DTYPES
-    )
+        platforms=_PLATFORMS, zeros=None, scale_dtypes=None, scale2=True, row_blocks=None, act_dtypes=_ACT_DTYPES,
+        m_max=PREFILL_DEQUANT_M - 1,
+    )  # fmt: skip
 
     def unavailable(self, call):
         return _unavailable(call)
@@ -71,21 +71,29 @@ class TritonWxA16(TorchBackend):
         pn, pt = _perm_tensors(w, device)
         return _spec(self.name, w, names + pn), tensors + pt
 
-    def run(self, x, tensors, spec):
-        from torch_bridge.cpu import qtype_of
-
+    @staticmethod
+    def operands(x, tensors, spec):
+        """``(x[:, perm], (data, scale, zero, lut, qtype, shape, block))`` from the prepared tensors."""
         t = dict(zip(spec.names, tensors))
         xp = x.index_select(-1, t["perm"]) if "perm" in t else x
-        return wxa16_matmul(
-            xp.contiguous(),
-            t["data"],
-            t["scale"],
-            t.get("zero"),
-            t.get("lut"),
-            qtype_of(spec.qtype),
-            spec.shape,
-            spec.block,
-        )
+        return xp, (t["data"], t["scale"], t.get("zero"), t.get("lut"), qtype_of(spec.qtype), spec.shape, spec.block)
+
+    def run(self, x, tensors, spec):
+        xp, w = self.operands(x, tensors, spec)
+        return wxa16_matmul(xp.contiguous(), *w)
+
+
+class TritonDequantDot(TritonWxA16):
+    """Two-stage, from `PREFILL_DEQUANT_M` rows on: `dequant_kernel` writes the weight once in the
+    activation dtype (the same tile code, one pass over the codes), then the vendor GEMM. The Torch
+    twin of ``xla_dequant_dot``; the fused kernel's tensors, a transient [N, K] per call."""
+
+    name = "torch_triton_dequant_dot"
+    caps = dataclasses.replace(TritonWxA16.caps, m_min=PREFILL_DEQUANT_M, m_max=None)
+
+    def run(self, x, tensors, spec):
+        xp, w = self.operands(x, tensors, spec)
+        return torch.nn.functional.linear(xp, dequantize_weight(*w, x.dtype))
 
 
 class TritonW8A8(TorchBackend):
@@ -109,18 +117,15 @@ class TritonW8A8(TorchBackend):
         q = call.qtype
         if self.scheme == "int8" and not (q.signed or q.bias == 128):
             return f"qtype {q.name} is not int8 / uint8b128"
-        group = int(call.act.partition(":group")[2] or 0) if ":group" in call.act else 0
+        group = int(call.act.partition(":group")[2] or 0)  # 0: per token
         kb = k_block(group, call.block[1], call.k)
         if kb < call.k and kb % 32:
             return f"K blocks of the scales (activations {group or call.k}, weights {call.block[1]}) share no multiple of 32"
         return ""
 
     def unavailable(self, call):
-        if self.scheme == "fp8" and call.device.platform != "cpu":
-            ok, why = _fp8_dot_ok(torch.device(call.device.platform))
-            if not ok:
-                return why
-        return _unavailable(call)
+        fp8_gpu = self.scheme == "fp8" and call.device.platform != "cpu"  # the interpreter emulates fp8 dots
+        return (fp8_gpu and _no_fp8_dot()) or _unavailable(call)
 
     def prepare(self, w, device, dtype, act_quant):
         data = w.data.to(device)
@@ -139,12 +144,7 @@ class TritonW8A8(TorchBackend):
         return w8a8_matmul(a, a_scale, group or spec.shape[1], t["w"], t["w_scale"], spec.block, x.dtype)
 
 
-def k_block(act_group: int, weight_bk: int, k: int) -> int:
-    """The K granularity both scales are constant over: K, or the gcd of the blocked ones."""
-    blocks = [b for b in (act_group, weight_bk) if 0 < b < k]
-    return math.gcd(*blocks) if blocks else k
-
-
 register_backend(TritonWxA16())
+register_backend(TritonDequantDot())
 register_backend(TritonW8A8("fp8"))
 register_backend(TritonW8A8("int8"))

@@ -10,9 +10,9 @@ import dataclasses
 
 __all__ = ["TileConfig", "wxa16_config", "w8a8_config", "dequant_config", "INTERPRET_CONFIG", "PREFILL_DEQUANT_M"]
 
-# From this many rows on, the weight-only path dequantizes W once (one pass over the codes, a
-# transient [N, K] tensor in the activation dtype) and multiplies with the vendor GEMM, as vLLM's
-# AWQ layer does for >= 256 tokens. Measured on H200 (bench/results/nvidia_h200): the fused
+# From this many rows on, routing sends weight-only layers to ``torch_triton_dequant_dot``: W
+# dequantized once (one pass over the codes, a transient [N, K] tensor in the activation dtype),
+# then the vendor GEMM, as vLLM's AWQ layer does for >= 256 tokens. Measured on H200 (bench/results/nvidia_h200): the fused
 # kernel reaches 0.46-0.69x of bf16 cuBLAS at M = 64 but 0.26-0.38x at M = 128 and ~0.4x above;
 # dequant + GEMM costs one cuBLAS call plus ~N*K*(2 + bits/8) bytes of traffic (~35 us for 8192^2).
 PREFILL_DEQUANT_M = 128

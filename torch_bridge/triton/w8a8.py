@@ -28,7 +28,7 @@ import triton.language as tl
 from torch_bridge.triton.configs import INTERPRET_CONFIG, TileConfig, w8a8_config
 from torch_bridge.triton.wxa16 import is_interpreter
 
-__all__ = ["w8a8_kernel", "w8a8_matmul", "w8a8_constexprs"]
+__all__ = ["w8a8_kernel", "w8a8_matmul", "w8a8_constexprs", "k_block"]
 
 
 @triton.jit
@@ -111,14 +111,15 @@ def w8a8_kernel(
     )
 
 
-def _k_block(a_bk: int, w_bk: int, k: int) -> int:
-    blocks = [b for b in (a_bk, w_bk) if b < k]
+def k_block(a_bk: int, w_bk: int, k: int) -> int:
+    """The K granularity both scales are constant over: K, or the gcd of the blocked ones (0: per token)."""
+    blocks = [b for b in (a_bk, w_bk) if 0 < b < k]
     return math.gcd(*blocks) if blocks else k
 
 
 def w8a8_constexprs(a_bk: int, w_block: tuple[int, int], k: int, is_int8: bool, config: TileConfig) -> dict:
     k_blocked = a_bk < k or w_block[1] < k
-    if k_blocked and (_k_block(a_bk, w_block[1], k) % config.block_k):
+    if k_blocked and (k_block(a_bk, w_block[1], k) % config.block_k):
         raise ValueError(f"block_k={config.block_k} must divide the K blocks of the scales ({a_bk}, {w_block[1]})")
     return dict(
         A_BK=int(a_bk),
@@ -159,32 +160,17 @@ def w8a8_matmul(
     m, k = a.shape
     n = w.shape[0]
     if config is None:
-        config = INTERPRET_CONFIG if is_interpreter() else w8a8_config(m, n, k, _k_block(a_bk, w_block[1], k))
+        config = INTERPRET_CONFIG if is_interpreter() else w8a8_config(m, n, k, k_block(a_bk, w_block[1], k))
     y = torch.empty((m, n), device=a.device, dtype=out_dtype)
     is_int8 = a.dtype == torch.int8
     if not is_int8:
         a, w = a.view(torch.uint8), w.view(torch.uint8)
     grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n))
     w8a8_kernel[grid](
-        a,
-        a_scale,
-        w,
-        w_scale,
-        y,
-        m,
-        n,
-        k,
-        a.stride(0),
-        a.stride(1),
-        a_scale.stride(0),
-        w.stride(0),
-        w.stride(1),
-        w_scale.stride(0),
-        w_scale.stride(1),
-        y.stride(0),
-        y.stride(1),
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        a, a_scale, w, w_scale, y, m, n, k,
+        a.stride(0), a.stride(1), a_scale.stride(0), w.stride(0), w.stride(1), w_scale.stride(0), w_scale.stride(1),
+        y.stride(0), y.stride(1),
+        num_warps=config.num_warps, num_stages=config.num_stages,
         **w8a8_constexprs(a_bk, w_block, k, is_int8, config),
-    )
+    )  # fmt: skip
     return y

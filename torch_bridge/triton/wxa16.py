@@ -17,10 +17,10 @@ is the spec's own first step.
 
 The dequantized tile is multiplied in the activation dtype (fp16 / bf16, float32 accumulation) as
 Marlin / vLLM do, or in float32 (``DOT_F32``: float32 activations, and the CPU interpreter, whose
-bf16 ``tl.dot`` is broken). From ``PREFILL_DEQUANT_M`` rows on, the weight is instead dequantized
-once by `dequant_kernel` (the same tile code) and multiplied by the vendor GEMM (vLLM's AWQ layer
-does the same for large batches). Device-agnostic: no CUDA-specific calls; the device is the
-tensors'.
+bf16 ``tl.dot`` is broken). `dequantize_weight` writes the whole weight once with the same tile
+code (`dequant_kernel`), for the vendor GEMM that routing picks from ``PREFILL_DEQUANT_M`` rows on
+(``torch_triton_dequant_dot``; vLLM's AWQ layer does the same for large batches). Device-agnostic:
+no CUDA-specific calls; the device is the tensors'.
 """
 
 from __future__ import annotations
@@ -32,13 +32,7 @@ import triton
 import triton.language as tl
 
 from jquant.core.qtypes import QType
-from torch_bridge.triton.configs import (
-    INTERPRET_CONFIG,
-    PREFILL_DEQUANT_M,
-    TileConfig,
-    dequant_config,
-    wxa16_config,
-)
+from torch_bridge.triton.configs import INTERPRET_CONFIG, TileConfig, dequant_config, wxa16_config
 
 __all__ = ["ValueKind", "ZeroKind", "value_kind", "wxa16_matmul", "wxa16_kernel", "dequant_kernel", "dequantize_weight"]
 
@@ -289,10 +283,11 @@ def _zero_kind(zero: torch.Tensor | None) -> ZeroKind:
     return ZeroKind.FLOAT if zero.dtype.is_floating_point else ZeroKind.INT
 
 
-def _code_view(data: torch.Tensor) -> torch.Tensor:
+def _weight_ptrs(data, scale, zero, lut) -> tuple[torch.Tensor, ...]:
+    """`_dequant_tile`'s weight pointers; the scale stands in for an absent zero / LUT (never read)."""
     if data.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        return data.view(torch.uint8)  # masked loads need an integer `other`; bitcast back in the kernel
-    return data
+        data = data.view(torch.uint8)  # masked loads need an integer `other`; bitcast back in the kernel
+    return data, scale, scale if zero is None else zero, scale if lut is None else lut
 
 
 def dequantize_weight(
@@ -311,28 +306,14 @@ def dequantize_weight(
     if config is None:
         config = dequant_config(k, block[1])
     out = torch.empty((n, k), device=data.device, dtype=dtype)
-    data = _code_view(data)
+    ptrs = _weight_ptrs(data, scale, zero, lut)
     grid = (triton.cdiv(n, config.block_n), triton.cdiv(k, config.block_k))
     dequant_kernel[grid](
-        data,
-        scale,
-        zero if zero is not None else scale,
-        lut if lut is not None else scale,
-        out,
-        n,
-        k,
-        data.stride(0),
-        data.stride(1),
-        scale.stride(0),
-        scale.stride(1),
-        out.stride(0),
-        out.stride(1),
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        *ptrs, out, n, k,
+        ptrs[0].stride(0), ptrs[0].stride(1), scale.stride(0), scale.stride(1), out.stride(0), out.stride(1),
+        num_warps=config.num_warps, num_stages=config.num_stages, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         **weight_constexprs(qtype, block, k, _zero_kind(zero), config.block_k),
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
-    )
+    )  # fmt: skip
     return out
 
 
@@ -356,8 +337,7 @@ def wxa16_matmul(
         zero: None, uint8 codes, or float32 offsets, of the scale's shape.
         lut: float32 [2**bits] code values for codebook qtypes, else None.
         qtype, shape, block: the weight's static description.
-        config: tiles; default `wxa16_config` (or the small interpreter tiles). Without one,
-            ``M >= PREFILL_DEQUANT_M`` rows take `dequantize_weight` + the vendor GEMM instead.
+        config: tiles; default `wxa16_config` (or the small interpreter tiles).
 
     Returns:
         [M, N] in ``x.dtype``.
@@ -366,37 +346,17 @@ def wxa16_matmul(
     n = shape[0]
     if k != shape[1]:
         raise ValueError(f"x has K={k}, weight has K={shape[1]}")
-    if config is None and m >= PREFILL_DEQUANT_M:
-        wd = dequantize_weight(data, scale, zero, lut, qtype, shape, block, x.dtype)
-        return torch.nn.functional.linear(x, wd)
     if config is None:
         config = INTERPRET_CONFIG if is_interpreter() else wxa16_config(m, n, k, block[1], x.element_size())
-    zk = _zero_kind(zero)
-    out_dtype = torch.float32 if config.split_k > 1 else x.dtype
-    alloc = torch.zeros if config.split_k > 1 else torch.empty
-    y = alloc((m, n), device=x.device, dtype=out_dtype)
+    split = config.split_k > 1  # partial sums added atomically into a zeroed float32 buffer
+    y = (torch.zeros if split else torch.empty)((m, n), device=x.device, dtype=torch.float32 if split else x.dtype)
+    ptrs = _weight_ptrs(data, scale, zero, lut)
     grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), config.split_k)
-    data = _code_view(data)
     wxa16_kernel[grid](
-        x,
-        data,
-        scale,
-        zero if zero is not None else scale,
-        lut if lut is not None else scale,
-        y,
-        m,
-        n,
-        k,
-        x.stride(0),
-        x.stride(1),
-        data.stride(0),
-        data.stride(1),
-        scale.stride(0),
-        scale.stride(1),
-        y.stride(0),
-        y.stride(1),
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-        **kernel_constexprs(qtype, block, k, zk, x.dtype, config),
-    )
+        x, *ptrs, y, m, n, k,
+        x.stride(0), x.stride(1), ptrs[0].stride(0), ptrs[0].stride(1), scale.stride(0), scale.stride(1),
+        y.stride(0), y.stride(1),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        **kernel_constexprs(qtype, block, k, _zero_kind(zero), x.dtype, config),
+    )  # fmt: skip
     return y.to(x.dtype)

@@ -15,6 +15,9 @@ Per tensor:
   -> float32, dequantized exactly by gguf-py at convert time, with a warning.
 * llama-family ``attn_q`` / ``attn_k`` rows are put back in HF order (`arch.qk_row_order`): every
   GGML block lies inside one row, so gathering rows of codes, scales and zeros is lossless.
+* MoE experts ``ffn_{gate,up,down}_exps`` (3-D, numpy [E, N, K]) become one 2-D tensor per expert
+  under ``mlp.experts.{e}.<proj>.weight``: expert e is rows ``e*N ... (e+1)*N - 1`` of the stored
+  blocks, converted like any 2-D weight (`QArray` for canonical types), so the split is lossless.
 
 This package imports numpy and ml_dtypes only; gguf-py is imported lazily for the fallback.
 """
@@ -120,6 +123,10 @@ def convert_tensor(raw: np.ndarray, t: GGMLType, shape: tuple[int, ...], *, name
     return dequantize_gguf(raw, t, shape, name=name, file=file)
 
 
+# HF projection names of GGUF's 3-D expert tensors (`arch._BLOCK`: ``mlp.experts.<proj>``).
+_EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+
+
 def _take_rows(w, order: np.ndarray):
     if isinstance(w, QArray):
         return w.replace(
@@ -184,7 +191,49 @@ class GGUF(Format, name="gguf"):
 
     def convert_module(self, group: TensorGroup) -> dict[str, QArray | np.ndarray]:
         """Converts one HF module's GGUF tensors; ``group[suffix]`` is a `RawTensor`."""
-        return {group.full_name(suffix): self.convert_one(group[suffix]) for suffix in group}
+        base, _, proj = group.prefix.rpartition(".experts.")
+        if proj in _EXPERT_PROJS and "." not in proj:
+            return self.convert_experts(group, f"{base}.experts", proj)
+        out = {group.full_name(suffix): self.convert_one(group[suffix]) for suffix in group}
+        gate = group.full_name("weight")
+        if group.prefix.endswith(".shared_expert_gate") and getattr(out.get(gate), "ndim", 0) == 1:
+            out[gate] = out[gate].reshape(1, -1)  # llama.cpp may store the [1, hidden] gate as 1-D
+        return out
+
+    def convert_experts(self, group: TensorGroup, prefix: str, proj: str) -> dict[str, QArray | np.ndarray]:
+        """``ffn_<proj>_exps.weight`` [E, N, K] -> ``<prefix>.{e}.<proj>.weight`` [N, K] per expert.
+
+        Raises:
+            FormatError: anything but one 3-D ``weight`` (e.g. a bias, or a 2-D tensor), naming it.
+        """
+        for suffix in group:
+            raw = group[suffix]
+            if suffix != "weight" or len(raw.shape) != 3:
+                raise FormatError(
+                    f"expected one 3-D expert weight [E, N, K], got {suffix} of shape {list(raw.shape)}",
+                    file=raw.file,
+                    tensor=raw.name,
+                )
+        raw = group["weight"]
+        e, n, k = raw.shape
+        if raw.type.dense is None and raw.type.name in CANONICAL:
+            rows = np.asarray(raw.data).reshape(e, n, -1)
+            experts = [to_qarray(raw.type, rows[j]) for j in range(e)]
+        else:  # dense, or dequantized exactly as a whole (with convert_tensor's warning), then sliced
+            whole = convert_tensor(raw.data, raw.type, raw.shape, name=raw.name, file=raw.file)
+            experts = [np.asarray(whole)[j] for j in range(e)]
+        out = {}
+        for j, w in enumerate(experts):
+            name = f"{prefix}.{j}.{proj}.weight"
+            if isinstance(w, QArray):
+                try:
+                    w.validate(name)
+                except FormatError as err:
+                    raise type(err)(
+                        f"expert {j}: {err.problem} ({raw.type.name})", file=raw.file, tensor=raw.name
+                    ) from None
+            out[name] = w
+        return out
 
     def convert_one(self, raw: RawTensor):
         """One `RawTensor` -> HF-oriented value, Q/K rows in HF order, `QArray`s validated."""

@@ -1,6 +1,17 @@
 """GGUF architectures: metadata -> HF-style config, GGUF tensor names -> HF names, Q/K row order.
 
-Supported: ``llama`` (also SmolLM and Mistral), ``qwen2`` and ``qwen3``.
+Supported: ``llama`` (also SmolLM and Mistral), ``qwen2`` and ``qwen3``, and the MoE ``qwen2moe`` /
+``qwen3moe``.
+
+MoE (llama.cpp ``convert_hf_to_gguf.py Qwen2MoeModel`` / ``Qwen3MoeModel``): the router is
+``ffn_gate_inp``, the experts are 3-D ``ffn_{gate,up,down}_exps`` (ggml ne [K, N, E]: numpy / HF
+[E, N, K], each expert's rows contiguous), Qwen2-MoE's shared expert ``ffn_{gate,up,down}_shexp``
+with its sigmoid gate ``ffn_gate_inp_shexp``. They map to transformers-5 style fused names
+(``mlp.experts.gate_proj``...) which `jquant.formats.gguf.GGUF` splits per expert, losslessly.
+The expert counts and widths come from ``{arch}.expert_count`` / ``expert_used_count`` /
+``expert_feed_forward_length`` / ``expert_shared_feed_forward_length``; layers that keep a dense
+``ffn_gate`` are the config's ``mlp_only_layers``. ``norm_topk_prob`` follows llama.cpp's graphs
+(``llama-model.cpp``: qwen2moe does not renormalize the top-k weights, qwen3moe does).
 
 Mistral: llama.cpp's converter writes Mistral-7B-style models with ``general.architecture =
 "llama"`` (``convert_hf_to_gguf.py``: ``MistralForCausalLM`` is registered on ``LlamaModel``;
@@ -74,6 +85,8 @@ ARCHS: dict[str, ArchSpec] = {
     "llama": ArchSpec("llama", "LlamaForCausalLM", "llama", True, "rope.dimension_count"),
     "qwen2": ArchSpec("qwen2", "Qwen2ForCausalLM", "qwen2", False, None),
     "qwen3": ArchSpec("qwen3", "Qwen3ForCausalLM", "qwen3", False, "attention.key_length"),
+    "qwen2moe": ArchSpec("qwen2moe", "Qwen2MoeForCausalLM", "qwen2_moe", False, None),
+    "qwen3moe": ArchSpec("qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe", False, "attention.key_length"),
 }
 
 
@@ -238,6 +251,16 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, fil
         "vocab_size": None if vocab == -1 else vocab,
         "tie_word_embeddings": "output.weight" not in tensor_names,
     }
+    if f"{a}.expert_count" in metadata:
+        n_layers = cfg["num_hidden_layers"]
+        cfg["num_experts"] = _num(metadata, f"{a}.expert_count", file)
+        cfg["num_experts_per_tok"] = _num(metadata, f"{a}.expert_used_count", file)
+        cfg["moe_intermediate_size"] = _num(metadata, f"{a}.expert_feed_forward_length", file)
+        cfg["norm_topk_prob"] = spec.model_type == "qwen3_moe"
+        cfg["decoder_sparse_step"] = 1
+        cfg["mlp_only_layers"] = [i for i in range(n_layers) if f"blk.{i}.ffn_gate.weight" in tensor_names]
+        if f"{a}.expert_shared_feed_forward_length" in metadata:
+            cfg["shared_expert_intermediate_size"] = _num(metadata, f"{a}.expert_shared_feed_forward_length", file)
     if spec.model_type == "llama":
         cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
         cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensor_names
@@ -270,6 +293,15 @@ _BLOCK = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    # MoE: router, fused experts (split per expert by GGUF.convert_module), Qwen2-MoE shared expert
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.experts.gate_proj",
+    "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
 _BLK_RE = re.compile(r"blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)")
 _TOP_RE = re.compile(r"([a-z_]+)\.(weight|bias)")
