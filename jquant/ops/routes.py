@@ -8,11 +8,12 @@ Why this order (measurements in bench/results/nvidia_h200/):
 * CUDA W4A16 kernels first where they apply: wgmma (sm_90, M >= 40) beats the mma.sync GEMM from
   M = 40 (qmatmul_crossover.md); the decode kernel (M <= 16) and the GEMM (17..128) beat Pallas.
 * W8A8 before the weight-only kernels: it declines weight-only calls, and weight-only kernels take
-  an activation recipe only composed with an XLA fake-quantization. ``xla_w8a8`` (XLA's own fp8 /
-  int8 GEMMs) runs it: on H200 it was as fast as or faster than the Pallas W8A8 kernel at M = 1 and
-  16 (bench/results/nvidia_h200/qmatmul_w8a8.md, ``xla_fp8_dot`` column), and the Pallas kernel
-  failed its element-wise GPU tests there (39 of 67: errors up to 0.9 on outputs of ~10, first run,
-  2026-12-05), so ``pallas_triton_w8a8`` is registered (forced use, CPU tests) but not routed.
+  an activation recipe only composed with an XLA fake-quantization. ``pallas_triton_w8a8`` takes
+  the recipes whose scales change along K (1x128 activation groups with 128x128 weight blocks,
+  M >= 2), where XLA has only per-block dots (Pallas 8.8-12x faster at M = 1024 on an H100);
+  ``xla_w8a8`` (XLA's own fp8 / int8 GEMMs, cuBLAS) the per-token / per-tensor ones, where it was
+  1.3x faster than the Pallas kernel at M = 1024 on the 70B shapes and equal at decode
+  (bench/results/nvidia_h100/w8a8_sweep.md, qmatmul_w8a8.md).
 * Pallas W4A16/W8A16: decode tiles to M = 64, tensor-core tiles to M = 127; from M = 128 XLA's
   dequantize -> cuBLAS dot is faster than the fused Pallas-Triton prefill (87 vs 92 us at M = 128).
 * ``pallas_triton_wxa16`` for every other weight-only code type up to M = 127 (float zeros,
@@ -33,6 +34,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
         "cuda_w4a16_wgmma",
         "cuda_w4a16_decode",
         "cuda_w4a16_gemm",
+        "pallas_triton_w8a8",
         "xla_w8a8",
         "pallas_triton_wna16_decode",
         "pallas_triton_wna16_prefill",

@@ -68,6 +68,13 @@ def _why_not_more(call) -> str:
 
 CAPS = dataclasses.replace(W8A8_CAPS, act_dtypes=frozenset({"bfloat16", "float16"}))
 
+# What the routing table sends here (H100, bench/results/nvidia_h100/w8a8_sweep.md and qmatmul_w8a8.md):
+# recipes whose scales change along K (1x128 activation groups, as with 128x128 weight blocks), for
+# which XLA has only per-block dots: 8.8-12x faster at M = 1024, 1.4-2x at M = 16; at M = 1 XLA's
+# per-block GEMV was 1.0-1.2x faster, hence M >= 2. Per-token / per-tensor recipes stay on
+# `xla_w8a8` (cuBLAS's fp8 GEMM: 1.3x faster at M = 1024 on the 70B shapes, equal at decode).
+ROUTED_CAPS = dataclasses.replace(CAPS, act=frozenset({"fp8:group*", "int8:group*"}), m_min=2)
+
 
 def why_not(x, w, act) -> str:
     """Empty string when `pallas_w8a8_qmatmul` computes the spec for this call, else the reason.
@@ -188,7 +195,8 @@ def pallas_w8a8_qmatmul(
 
 class PallasW8A8(Backend):
     """`pallas_w8a8_qmatmul` as a backend (``pallas_triton_w8a8``): bf16/f16 activations, K blocks of
-    the two scales sharing a multiple of `MIN_BK`.
+    the two scales sharing a multiple of `MIN_BK`; routed for K-blocked recipes (`ROUTED_CAPS`),
+    forced for any.
 
     Args:
         interpret: run the Pallas interpreter (CPU tests register such a twin under another name).
@@ -198,7 +206,7 @@ class PallasW8A8(Backend):
     def __init__(self, *, interpret: bool = False, name: str = "pallas_triton_w8a8"):
         self.name = name
         self.interpret = interpret
-        self.caps = dataclasses.replace(CAPS, platforms=frozenset({"cpu", "gpu"})) if interpret else CAPS
+        self.caps = dataclasses.replace(CAPS, platforms=frozenset({"cpu", "gpu"})) if interpret else ROUTED_CAPS
 
     def why_not_more(self, call):
         return _why_not_more(call)

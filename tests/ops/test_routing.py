@@ -100,7 +100,7 @@ fp8 channel w8a8           | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 fp8 tensor static          | sm_90 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
 fp8 tensor static          | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 tensor static          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
-fp8 block128 w8a8          | sm_90 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
+fp8 block128 w8a8          | sm_90 | xla.w8a8  pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8   pl.w8a8
 fp8 block128 w8a8          | sm_80 | pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 fp8 block128 w8a8          | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 int8 channel w8a8          | sm_90 | xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8  xla.w8a8
