@@ -259,21 +259,30 @@ class CpuKernel(TorchBackend):
     def run(self, x, tensors, spec):
         if x.shape[0] > self.MAX_M:  # prefill: one dequantization, then the BLAS GEMM
             return dequant_matmul(x, tensors, spec)  # (canonical_from skips the table)
-        f = dict(zip(spec.names, tensors))
-        n, k = spec.shape
-        xa = x.index_select(-1, f["perm"].long()) if "perm" in f else x
+        i_data, i_scale, i_zero, i_perm, static = _kernel_args(spec)
+        xa = x.index_select(-1, tensors[i_perm].long()) if i_perm >= 0 else x
         xa = xa.float().contiguous()
-        y = torch.empty((x.shape[0], n), dtype=torch.float32)
-        data, scale, zero = f["data"], f["scale"], f.get("zero")
+        y = torch.empty((x.shape[0], spec.shape[0]), dtype=torch.float32)
+        data, scale = tensors[i_data], tensors[i_scale]
+        zero = tensors[i_zero] if i_zero >= 0 else None
         rc = _cpu_library().jquant_cpu_qmatmul_raw(
-            xa.data_ptr(), y.data_ptr(), x.shape[0], n, k, data.data_ptr(), int(data.dtype == torch.int8),
-            scale.data_ptr(), _DT[scale.dtype], zero.data_ptr() if zero is not None else None,
-            _DT[zero.dtype] if zero is not None else 4, f["table"].data_ptr(), spec.get("bits"),
-            min(spec.block[1], k), spec.get("bias"),
+            xa.data_ptr(), y.data_ptr(), x.shape[0], spec.shape[0], spec.shape[1], data.data_ptr(),
+            int(data.dtype == torch.int8), scale.data_ptr(), _DT[scale.dtype],
+            None if zero is None else zero.data_ptr(), 4 if zero is None else _DT[zero.dtype],
+            tensors[0].data_ptr(), *static,
         )  # fmt: skip
         if rc != 0:  # unreachable after `supports`: the declarations and the kernel's checks disagree
             raise ValueError(f"torch_cpu_qmatmul: the kernel refused {spec.shape} {spec.block} (code {rc})")
         return y.to(x.dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _kernel_args(spec: KernelSpec) -> tuple[int, int, int, int, tuple[int, int, int]]:
+    """Per layer spec, once: where data / scale / zero / perm sit in the tensor list (-1: absent) and
+    the kernel's static arguments (bits, group, bias); a decode call runs ~200 times per token."""
+    pos = {n: i for i, n in enumerate(spec.names)}
+    static = (spec.get("bits"), min(spec.block[1], spec.shape[1]), spec.get("bias"))
+    return pos["data"], pos["scale"], pos.get("zero", -1), pos.get("perm", -1), static
 
 
 register_backend(DequantMatmul())

@@ -87,6 +87,21 @@ std::atomic<int> g_threads{[] {
   return e ? std::atoi(e) : 0;
 }()};
 
+// Opt-in int8 activations (JQUANT_CPU_ACT=int8 / jquant_cpu_set_act(1)); see rowsq_avx512. Only where the
+// CPU has AVX-512 VNNI.
+bool has_vnni() {
+#if JQ_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") && detect_isa() == kAvx512;
+#else
+  return false;
+#endif
+}
+std::atomic<int> g_act_int8{[] {
+  const char* e = std::getenv("JQUANT_CPU_ACT");
+  return e != nullptr && std::string(e) == "int8" && has_vnni() ? 1 : 0;
+}()};
+
 // ---- scalar conversions ---------------------------------------------------------------------------
 inline float half_to_float(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
@@ -173,6 +188,8 @@ struct Problem {
   float tbias;         // 4-bit codes with an affine table (table[i] = i - tbias): the bias; else NAN
   int64_t m, n, k, group, ng;
   int bits, bias, is_signed, sdt, zdt;
+  const int8_t* xq;    // int8 activations (opt-in, see rowsq_avx512) [M, K] in pair order, else null
+  const float* dx;     // their per-32-block scales [M, K/32]
 };
 
 // Per-row scale / offset of every sub-block of `unit` columns (32 for 4-bit codes, 16 for 8-bit ones),
@@ -417,6 +434,75 @@ JQ_AVX512 void rowsf_avx512(const Problem& p, int64_t r0, int64_t r1, int64_t m0
   }
 }
 
+// ---- int8 activations (opt-in), AVX-512 VNNI ------------------------------------------------------------
+// llama.cpp's scheme (ggml-cpu's Q4_0 x Q8_0 / Q4_1 x Q8_1 dot products): each 32-column block b of x is
+// quantized to int8, xq = round(x / dx_b), dx_b = max|x_b| / 127, and the codes meet xq with vpdpbusd
+// (u8 x s8 -> s32, 64 products per instruction). The result is x^ @ dequantize(w).T for x^ = dx * xq (the
+// block sums in the offset term are x^'s too), up to f32 rounding: NOT the spec's f32 function (the
+// activations lose ~8 bits), hence opt-in. Decode only (M <= 2), groups of 32k columns, integer codes
+// (affine 4-bit tables, int8 / uint8 with a bias), AVX-512 VNNI. Blocks go in pairs (64 codes per
+// vpdpbusd); xq is laid out per pair to match the codes' register order (see quantize_x).
+#define JQ_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+template <int MT, int BITS>
+JQ_VNNI void rowsq_avx512(const Problem& p, int64_t r0, int64_t r1, int64_t m0, float* s, float* c) {
+  const int64_t rb = p.k * BITS / 8, nb = p.k / 32;
+  const int flip = BITS == 8 && p.is_signed;  // int8 codes: code ^ 0x80 = code + 128 as u8, bias 128
+  const float bias = BITS == 8 ? (flip ? 128.f : (float)p.bias) : p.tbias;
+  // lanes of a pair's 16 s32 sums -> block (0: first, 1: second) of the pair
+  const __m512i idx = BITS == 4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
+                                : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i m4 = _mm512_set1_epi8(15), f8 = _mm512_set1_epi8((char)0x80);
+  for (int64_t n = r0; n < r1; ++n) {
+    row_groups_avx512(p, n, s, c);
+    __m512 acc[MT], corr[MT];
+    row_corr_avx512(p, s, c, bias, m0, MT, corr);
+    for (int i = 0; i < MT; ++i) acc[i] = corr[i];
+    // ws[i][b] = s_{g(b)} * dx_b (c is free now: the offsets are in corr)
+    for (int i = 0; i < MT; ++i) {
+      const float* dx = p.dx + (m0 + i) * nb;
+      float* ws = c + i * nb;
+      for (int64_t b = 0; b < nb; ++b) ws[b] = s[b * 32 / p.group] * dx[b];
+    }
+    const uint8_t* d = p.w + n * rb;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      __m512i q;
+      if (BITS == 4) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i*)(d + b * 16));
+        const __m512i r = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1);
+        q = _mm512_and_si512(r, m4);  // [b even | b+1 even | b odd | b+1 odd]
+      } else {
+        q = _mm512_loadu_si512((const void*)(d + b * 32));
+        if (flip) q = _mm512_xor_si512(q, f8);
+      }
+      for (int i = 0; i < MT; ++i) {
+        const __m512i xv = _mm512_loadu_si512((const void*)(p.xq + (m0 + i) * p.k + b * 32));
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xv);
+        const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double*)(c + i * nb + b)))));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sv, acc[i]);
+      }
+    }
+    if (b < nb) {  // odd block count: the last block alone (256-bit)
+      __m256i q;
+      if (BITS == 4) {
+        const __m128i raw = _mm_loadu_si128((const __m128i*)(d + b * 16));
+        q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15));
+      } else {
+        q = _mm256_loadu_si256((const __m256i*)(d + b * 32));
+        if (flip) q = _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80));
+      }
+      for (int i = 0; i < MT; ++i) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i*)(p.xq + (m0 + i) * p.k + b * 32));
+        const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xv);
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_zextsi256_si512(dot));
+        acc[i] = _mm512_fmadd_ps(f, _mm512_set1_ps(c[i * nb + b]), acc[i]);
+      }
+    }
+    for (int i = 0; i < MT; ++i) p.y[(m0 + i) * p.n + n] = _mm512_reduce_add_ps(acc[i]);
+  }
+}
+
 // ---- AVX2 --------------------------------------------------------------------------------------------
 #define JQ_AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -620,6 +706,12 @@ RowsFn pick(int isa, int bits, int mt, bool affine = false, bool factored = fals
 
 // Rows [r0, r1) for every activation row.
 void run_rows(const Problem& p, int isa, int64_t r0, int64_t r1, float* s, float* c) {
+#if JQ_X86
+  if (p.xq != nullptr) {  // int8 activations (run_problem checked the conditions)
+    if (p.bits == 4) return (p.m == 1 ? rowsq_avx512<1, 4> : rowsq_avx512<2, 4>)(p, r0, r1, 0, s, c);
+    return (p.m == 1 ? rowsq_avx512<1, 8> : rowsq_avx512<2, 8>)(p, r0, r1, 0, s, c);
+  }
+#endif
   if (isa == kScalar || pick(isa, p.bits, 1) == nullptr) return rows_scalar(p, r0, r1, 0, s, c);
   const int mt = max_tile(isa);
   // m-tiles outermost within a chunk: each tile re-reads the chunk's codes from L1/L2, not memory.
@@ -740,6 +832,43 @@ class Pool {
   std::atomic<int> sleepers_{0};
 };
 
+// int8 activations: per 32-column block b of each row, dx_b = max|x_b| / 127 and xq = round(x / dx_b),
+// stored per block pair in the order the codes sit in registers (4-bit: [b even | b+1 even | b odd |
+// b+1 odd], a lone last block [even | odd]; 8-bit: natural order). xsum[g] becomes x^'s group sums.
+void quantize_x(const float* src, int64_t m, int64_t k, int bits, std::vector<int8_t>& xq, std::vector<float>& dx,
+                float* xsum, int64_t group) {
+  const int64_t nb = k / 32, ng = (k + group - 1) / group;
+  xq.assign(m * k, 0);
+  dx.assign(m * nb, 0.f);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t g = 0; g < ng; ++g) xsum[r * ng + g] = 0.f;
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* x = src + r * k + b * 32;
+      float amax = 0.f;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+      const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
+      dx[r * nb + b] = d;
+      int sum = 0;
+      int8_t* out = xq.data() + r * k + (b & ~int64_t(1)) * 32;
+      const bool paired = bits == 4 && (b | 1) < nb;  // 4-bit, part of a full pair
+      for (int j = 0; j < 32; ++j) {
+        const int v = (int)std::nearbyint(x[j] * inv);
+        sum += v;
+        int pos;
+        if (bits == 8) {
+          pos = (b & 1) * 32 + j;
+        } else if (paired) {  // even columns at 16*(b&1) + j/2, odd ones 32 further
+          pos = (j & 1) * 32 + (b & 1) * 16 + (j >> 1);
+        } else {  // the lone last block: [even | odd]
+          pos = (j & 1) * 16 + (j >> 1);
+        }
+        out[pos] = (int8_t)v;
+      }
+      xsum[r * ng + b * 32 / group] += d * (float)sum;
+    }
+  }
+}
+
 // Runs y = x @ w.T for a filled-in Problem (p.x = the caller's activations [M, K], row-major f32).
 void run_problem(Problem p) {
   const int64_t m = p.m, k = p.k, ng = p.ng, group = p.group, n = p.n, bits = p.bits;
@@ -766,6 +895,14 @@ void run_problem(Problem p) {
     bool affine = true;
     for (int i = 0; i < 16; ++i) affine = affine && p.table[i] == p.table[0] + (float)i;
     if (affine) p.tbias = -p.table[0];
+  }
+  std::vector<int8_t> xq;
+  std::vector<float> dx;
+  p.xq = nullptr, p.dx = nullptr;
+  if (g_act_int8.load(std::memory_order_relaxed) && g_isa.load(std::memory_order_relaxed) == kAvx512 && m <= 2 &&
+      group % 32 == 0 && (bits == 8 || !std::isnan(p.tbias))) {
+    quantize_x(src, m, k, bits, xq, dx, xsum.data(), group);
+    p.xq = xq.data(), p.dx = dx.data();
   }
   sh->p = p;
   sh->isa = g_isa.load(std::memory_order_relaxed);
@@ -864,6 +1001,12 @@ int jquant_cpu_set_isa(int isa) {
   return v;
 }
 int jquant_cpu_get_threads() { return g_threads.load(); }
+// 1: int8 activations (opt-in, AVX-512 VNNI only); returns the mode in effect (0 where unsupported).
+int jquant_cpu_set_act(int int8) {
+  g_act_int8.store(int8 && has_vnni() ? 1 : 0);
+  return g_act_int8.load();
+}
+int jquant_cpu_get_act() { return g_act_int8.load(); }
 
 // The kernel without XLA, for callers that hold raw pointers (the Torch bridge, through ctypes):
 // y[M, N] = x[M, K] @ dequantize(w)^T, f32 row-major x and y, w / scale / zero of one layer laid out
