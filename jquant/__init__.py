@@ -45,7 +45,7 @@ __all__ = [
     "save",
 ]
 
-_LAZY = ("ops", "nn", "models", "pallas", "formats", "core")
+_LAZY = ("ops", "nn", "models", "pallas", "formats", "core", "parallel")
 
 
 def __getattr__(name: str):
