@@ -4,8 +4,9 @@ Config (formats.md 2.1; AutoAWQ ``awq/models/_config.py AwqConfig.to_transformer
 ``{"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm",
 "modules_to_not_convert": [...] | null}``; the legacy ``quant_config.json`` side file spells them
 ``w_bit`` / ``q_group_size`` and ``"GEMM"``. Only the GEMM layout is read (the one vLLM reads; it
-assumes GEMM when ``version`` is absent): GEMV / GEMV_FAST / Marlin store other layouts and are
-refused with `UnsupportedFormatError`. ``zero_point: false`` cannot be produced by AutoAWQ's GEMM
+assumes GEMM when ``version`` is absent); AutoAWQ's GEMV and GEMV_FAST layouts (``version:
+"gemv" / "gemv_fast"``) are read by `jquant.formats.awq_gemv`; Marlin-repacked AWQ is refused with
+`UnsupportedFormatError`. ``zero_point: false`` cannot be produced by AutoAWQ's GEMM
 packer (``WQLinear_GEMM.from_linear`` asserts zeros) and is refused too. ``modules_to_not_convert``
 entries are substrings of module names that stay dense.
 
@@ -20,11 +21,14 @@ from typing import Any
 
 from jquant.core.errors import ConfigError, UnsupportedFormatError
 from jquant.formats._int_packed import CONFIG_FILE, check_bits_group, convert_awq_group
+from jquant.formats.awq_gemv import convert_gemv_fast_group, convert_gemv_group
 from jquant.formats.base import Format, TensorGroup, quant_config
 
 __all__ = ["AWQ", "AWQConfig"]
 
 _SYNONYMS = (("bits", "w_bit"), ("group_size", "q_group_size"))
+# AutoAWQ writes ``version.lower()`` (awq/models/_config.py); the legacy side file says "GEMM" / "GEMV_FAST".
+_VERSIONS = ("gemm", "gemv", "gemv_fast")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +38,7 @@ class AWQConfig:
     Attributes:
         bits: 4 (the only width of the GEMM packing).
         group_size: input channels per scale, -1 for per output channel.
-        version: ``"gemm"``.
+        version: ``"gemm"``, ``"gemv"`` or ``"gemv_fast"`` (the packing layout).
         modules_to_not_convert: module-name substrings stored unquantized.
     """
 
@@ -49,7 +53,7 @@ class AWQConfig:
 
         Raises:
             ConfigError: missing / contradictory keys (``bits`` vs ``w_bit``), bad values.
-            UnsupportedFormatError: non-GEMM versions, ``zero_point: false``, bits other than 4.
+            UnsupportedFormatError: other versions (Marlin), ``zero_point: false``, bits other than 4.
         """
         vals = {}
         for key, alias in _SYNONYMS:
@@ -69,9 +73,9 @@ class AWQConfig:
                 f"bits={bits}: AWQ GEMM packing holds 4-bit codes only", file=file, tensor="quantization_config.bits"
             )
         version = str(qc.get("version") or "gemm").lower()
-        if version != "gemm":
+        if version not in _VERSIONS:
             raise UnsupportedFormatError(
-                f"AWQ version {version!r} is not supported (only 'gemm'; GEMV/GEMV_FAST/Marlin use other layouts)",
+                f"AWQ version {version!r} is not supported (only {', '.join(_VERSIONS)})",
                 file=file,
                 tensor="quantization_config.version",
             )
@@ -97,7 +101,7 @@ class AWQConfig:
 
 
 class AWQ(Format, name="awq"):
-    """AWQ GEMM int32-packed checkpoints -> ``uint4`` codes + uint8 zero points."""
+    """AWQ GEMM / GEMV / GEMV_FAST checkpoints -> ``uint4`` codes + uint8 (or GEMV_FAST float) zeros."""
 
     quant_methods = ("awq",)
     partner_suffixes = frozenset({"qzeros", "scales", "g_idx"})
@@ -120,6 +124,10 @@ class AWQ(Format, name="awq"):
             return self.passthrough(group)
         if self.cfg.skips(group.prefix):
             raise group.error("qweight", "module is quantized on disk but modules_to_not_convert lists it", ConfigError)
+        if self.cfg.version == "gemv":
+            return convert_gemv_group(group, group_size=self.cfg.group_size)
+        if self.cfg.version == "gemv_fast":
+            return convert_gemv_fast_group(group, group_size=self.cfg.group_size)
         return convert_awq_group(group, bits=self.cfg.bits, group_size=self.cfg.group_size)
 
     def describe(self) -> dict[str, Any]:

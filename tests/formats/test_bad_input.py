@@ -221,7 +221,7 @@ def test_gptq_dynamic_exclusion_contradicts_tensors(gptq_sym, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "cls", "key", "problem"),
     [
-        (dict(version="gemv"), UnsupportedFormatError, "quantization_config.version", "only 'gemm'"),
+        (dict(version="marlin"), UnsupportedFormatError, "quantization_config.version", "'marlin' is not supported"),
         (dict(zero_point=False), UnsupportedFormatError, "quantization_config.zero_point", "always carry zero points"),
         (dict(bits=8), UnsupportedFormatError, "quantization_config.bits", "4-bit codes only"),
         (dict(w_bit=3), ConfigError, "quantization_config.bits", "contradicts w_bit=3"),

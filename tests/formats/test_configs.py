@@ -47,8 +47,8 @@ def test_awq_legacy_keys():
     assert (cfg.bits, cfg.group_size, cfg.version) == (4, 64, "gemm")
     cfg = AWQConfig.from_dict({"bits": 4, "group_size": 128, "modules_to_not_convert": ["visual", "lm_head"]})
     assert cfg.skips("model.visual.blocks.0.attn.qkv") and not cfg.skips("model.layers.0.mlp.up_proj")
-    with pytest.raises(UnsupportedFormatError, match="gemv_fast"):
-        AWQConfig.from_dict({"bits": 4, "group_size": 128, "version": "gemv_fast"})
+    with pytest.raises(UnsupportedFormatError, match="marlin"):
+        AWQConfig.from_dict({"bits": 4, "group_size": 128, "version": "marlin"})
 
 
 def test_autoround_layer_resolution():
