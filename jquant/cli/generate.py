@@ -36,6 +36,11 @@ def register(sub) -> None:
         help="tensor parallelism: split the model over N devices (jquant.parallel); on CPU set "
         "XLA_FLAGS=--xla_force_host_platform_device_count=N",
     )  # fmt: skip
+    p.add_argument(
+        "--kv-cache-dtype", default="auto", choices=("auto", "fp8_e4m3", "fp8_e5m2", "int8"),
+        help="KV cache storage: auto = the model dtype; fp8/int8 codes with the checkpoint's KV scales, "
+        "else scales computed on the first prefill (jquant.models.kv_quant)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -121,7 +126,9 @@ def run(args) -> int:
         from jquant.parallel import make_mesh
 
         mesh = make_mesh(args.tp)
-    model = from_checkpoint(ckpt, dtype=getattr(jnp, args.dtype) if args.dtype else None, mesh=mesh)
+    model = from_checkpoint(
+        ckpt, dtype=getattr(jnp, args.dtype) if args.dtype else None, mesh=mesh, kv_cache_dtype=args.kv_cache_dtype
+    )
     ids = prompt_ids(tok, args.prompt, chat=not args.no_chat, system=args.system)
     held, bf16 = model_bytes(model)
     print(
@@ -132,6 +139,19 @@ def run(args) -> int:
     print(
         f"kernels (jquant.ops.explain): decode {kernels_line(model, 1, model.dtype)}; "
         f"prefill {kernels_line(model, -(-ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET, model.dtype)}",
+        file=err,
+    )
+    from jquant.models.generate import CACHE_BUCKET
+    from jquant.models.kv_cache import cache_bytes
+
+    slots = -(-(-(-ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET + args.max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+    kvq, c = model.kv_quant, model.config
+    kv_bytes = cache_bytes(model, 1, slots)
+    float_bytes = 2 * c.num_hidden_layers * slots * c.num_key_value_heads * c.head_dim * jnp.dtype(model.dtype).itemsize
+    what = "model dtype" if kvq is None else f"{kvq.dtype} codes, scales from {kvq.source}"
+    print(
+        f"KV cache: {mb(kv_bytes)} for {slots} slots ({what}; {kv_bytes / float_bytes:.2f}x the "
+        f"{jnp.dtype(model.dtype).name} cache)",
         file=err,
     )
     eos = end_token_ids(tok, src, model.config.eos_token_ids)

@@ -17,12 +17,14 @@ from jquant.models.config import SUPPORTED_MODEL_TYPES, DecoderConfig
 from jquant.models.generate import Generator, SamplingConfig, generate
 from jquant.models.gpt_oss import GptOssForCausalLM
 from jquant.models.kv_cache import KVCache
+from jquant.models.kv_quant import KV_CACHE_DTYPES, kv_quant_from_metadata
 from jquant.models.llama import LlamaForCausalLM
 from jquant.models.mixtral import MoeForCausalLM
 from jquant.nn.weights import Weights
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
+    "KV_CACHE_DTYPES",
     "DecoderConfig",
     "Generator",
     "GptOssForCausalLM",
@@ -51,6 +53,8 @@ def from_checkpoint(
     mesh=None,
     rules=None,
     quantize=None,
+    kv_cache_dtype: str = "auto",
+    kv_cache_scales: str | float = "auto",
 ) -> LlamaForCausalLM:
     """The Flax model for ``ckpt``'s architecture, with its weights on the default device.
 
@@ -77,6 +81,11 @@ def from_checkpoint(
         quantize: a `jquant.quantize` scheme name (``"fp8"``, ``"w4a16-g128"``...) or `Scheme`:
             quantize ``ckpt``'s float linear weights online, one at a time as the model loads
             (`jquant.quantize.QuantizedWeights`), so the whole float model is never held.
+        kv_cache_dtype: ``"auto"`` (the model dtype), ``"fp8_e4m3"``, ``"fp8_e5m2"`` or ``"int8"``:
+            the KV cache holds codes and attention dequantizes them inside (`jquant.models.kv_quant`).
+        kv_cache_scales: ``"auto"`` (the checkpoint's ``metadata["kv_cache"]`` scales when they are
+            for ``kv_cache_dtype``, else computed on the first prefill), ``"checkpoint"``,
+            ``"prefill"``, or a float used for every layer and head.
 
     Raises:
         UnsupportedFormatError / ConfigError: an architecture or config outside the Llama family.
@@ -101,6 +110,13 @@ def from_checkpoint(
     if cfg.model_type == "gpt_oss":
         model_cls = GptOssForCausalLM
     model = model_cls(cfg, w, scan_layers=scan_layers, fuse_projections=fuse_projections)
+    model.kv_quant = kv_quant_from_metadata(
+        kv_cache_dtype,
+        ckpt.metadata.get("kv_cache"),
+        cfg.num_hidden_layers,
+        cfg.num_key_value_heads,
+        scales=kv_cache_scales,
+    )
     if mesh is not None:  # stacked layers re-placed with their layer axis; KV cache split by heads
         from jquant.parallel import shard
 

@@ -17,6 +17,7 @@ from jquant.core.errors import ConfigError
 from jquant.models.attention_sinks import softmax_with_sinks
 from jquant.models.config import DecoderConfig
 from jquant.models.kv_cache import KVCache
+from jquant.models.kv_quant import write_layer
 from jquant.models.rope import apply_rope, inv_frequencies, rope_cos_sin
 from jquant.nn import Weights
 from jquant.nn.linear import at_layer, split_layer_weights
@@ -57,17 +58,18 @@ class Attention(nnx.Module):
         cos: jax.Array,
         sin: jax.Array,
         positions: jax.Array,
-        kv: tuple[jax.Array, jax.Array] | None,
+        kv: tuple[jax.Array, ...] | None,
         start: jax.Array | None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    ) -> tuple[jax.Array, tuple[jax.Array, ...] | None]:
         """One attention block.
 
         Args:
             x: [B, T, hidden].
             cos, sin: [B, T, head_dim] rotary tables of the T query positions.
             positions: int32 [B, T] positions of the queries.
-            kv: this layer's cache buffers ([B, S, kv_heads, head_dim] each) or None (no cache:
-                attend within ``x`` only).
+            kv: this layer's cache buffers ([B, S, kv_heads, head_dim] each; a quantized cache
+                adds f32 [kv_heads] k / v scales, `jquant.models.kv_quant.write_layer`) or None
+                (no cache: attend within ``x`` only).
             start: int32 scalar, cache slot of the first query (= cache length before this call).
 
         Returns:
@@ -86,11 +88,11 @@ class Attention(nnx.Module):
         if self.q_norm is not None:  # Qwen3: RMSNorm over head_dim before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_scale = v_scale = None  # per-KV-head multipliers of a quantized cache's codes
         if kv is None:
             keys, values, kpos = k, v, positions[0]
         else:
-            keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, start, 0, 0))
-            values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, start, 0, 0))
+            kv, keys, values, k_scale, v_scale = write_layer(kv, k, v, start)
             kpos = jnp.arange(keys.shape[1], dtype=jnp.int32)  # slots past the written ones are masked as future
         qpos = positions[0]  # every row of the batch shares its positions
         allowed = kpos[None, :] <= qpos[:, None]  # [T, S]
@@ -100,11 +102,15 @@ class Attention(nnx.Module):
         qg = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
         scores = scores * (self.head_dim**-0.5)
+        if k_scale is not None:  # q . (code * s) = (q . code) * s: dequantized inside attention
+            scores = scores * k_scale[None, :, None, None, None]
         scores = jnp.where(allowed[None, None, None], scores, _NEG_INF)
         probs = softmax_with_sinks(scores, None if self.sinks is None else self.sinks[...]).astype(q.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(q.dtype), preferred_element_type=jnp.float32)
+        if v_scale is not None:
+            out = out * v_scale[None, None, :, None, None]
         out = self.o_proj(out.astype(x.dtype).reshape(b, t, self.num_heads * self.head_dim))
-        return out, None if kv is None else (keys, values)
+        return out, kv
 
 
 class MLP(nnx.Module):
@@ -198,6 +204,8 @@ class LlamaForCausalLM(nnx.Module):
         # Where init_cache puts the KV buffers: None (default device), or split by heads over a mesh
         # (set by `jquant.parallel.shard`).
         self.cache_sharding = None
+        # `jquant.models.kv_quant.KVQuant` for a quantized KV cache (set by from_checkpoint); None: model dtype.
+        self.kv_quant = None
         self.embed_tokens = w.embed("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
         layers = [self.decoder_layer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
         same = _homogeneous(layers)
@@ -238,6 +246,7 @@ class LlamaForCausalLM(nnx.Module):
             c.head_dim,
             self.dtype,
             sharding=self.cache_sharding,
+            quant=self.kv_quant,
         )
 
     def hidden_states(self, input_ids: jax.Array, cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
@@ -263,19 +272,16 @@ class LlamaForCausalLM(nnx.Module):
                 i, state, kv = per_layer
                 return nnx.merge(graphdef, at_layer(weights, i), state)(h, cos, sin, positions, kv, start)
 
-            kvs = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
+            kvs = None if cache is None else cache.stacked()
             idx = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
             x, kvs = jax.lax.scan(body, x, (idx, rest, kvs))
-            new_k, new_v = (None, None) if kvs is None else (tuple(kvs[0]), tuple(kvs[1]))
         else:
-            new_k, new_v = [], []
+            kvs = []
             for i, layer in enumerate(self.layers):
-                kv = None if cache is None else (cache.k[i], cache.v[i])
+                kv = None if cache is None else cache.layer(i)
                 x, kv = layer(x, cos, sin, positions, kv, start)
-                if kv is not None:
-                    new_k.append(kv[0])
-                    new_v.append(kv[1])
-        new_cache = None if cache is None else KVCache(k=tuple(new_k), v=tuple(new_v), length=start + t)
+                kvs.append(kv)
+        new_cache = None if cache is None else cache.with_layers(kvs, start + t)
         return self.norm(x), new_cache
 
     def logits(self, h: jax.Array) -> jax.Array:
