@@ -120,9 +120,15 @@ def decode_config(m: int, lay: W8A8Layout, *, num_sms: int = NUM_SMS_DEFAULT) ->
 
 
 def prefill_config(m: int, lay: W8A8Layout, *, num_sms: int = NUM_SMS_DEFAULT) -> W8A8Config:
-    """Tensor-core tiles for M > `DECODE_MAX_M` (64x128 up to M = 256, then 128x128 with 8 warps)."""
+    """Tensor-core tiles for M > `DECODE_MAX_M`: 64x128 (4 warps, 4 stages); int8 above M = 256:
+    128x128 with 8 warps.
+
+    fp8 keeps 64x128 at every M: on an H100 at M = 1024 it beat 128x128 / 8 warps by 3-20% and
+    128x256 by 1.4-2.8x on every BENCH.md shape tried, per-channel and 128x128-block
+    (bench/results/nvidia_h100/w8a8_sweep.md); int8 has no sweep yet.
+    """
     del num_sms
-    if m <= 256:
+    if m <= 256 or not lay.is_int:
         return W8A8Config(bm=64, bn=128, bk=_fit_bk(128, lay), num_warps=4, num_stages=4)
     return W8A8Config(bm=128, bn=128, bk=_fit_bk(128, lay), num_warps=8, num_stages=3)
 
