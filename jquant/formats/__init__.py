@@ -13,6 +13,8 @@ from jquant.formats import (  # noqa: F401
     fp8,
     gguf,
     gptq,
+    inc,
+    marlin,
     modelopt,
     mxfp4,
     quark,

@@ -220,7 +220,7 @@ def detect_format(config: Mapping[str, Any], tensor_names: Collection[str], *, f
     method = str(qc.get("quant_method", "")).lower()
     owners = [cls for cls in _REGISTRY.values() if method in cls.quant_methods]
     if not owners:
-        known = sorted(m for c in _REGISTRY.values() for m in c.quant_methods)
+        known = sorted(m for c in _REGISTRY.values() for m in c.quant_methods if m)
         raise UnsupportedFormatError(f"quant_method {method!r} is not supported; supported: {known}", file=file)
     if len(owners) > 1:
         raise AssertionError(f"quant_method {method!r} claimed by {[c.name for c in owners]}")

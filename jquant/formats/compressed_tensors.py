@@ -28,6 +28,7 @@ Per compression format (``compressors/*/base.py``; canonical result in brackets)
 * ``float-quantized`` / ``naive-quantized`` (float): ``weight`` float8_e4m3fn -> [``fp8_e4m3``].
 * ``nvfp4-pack-quantized``: see `jquant.formats.mxfp4.nvfp4_scales` for the global-scale divisor.
 * ``mxfp4-pack-quantized`` / ``mxfp8-quantized``: uint8 E8M0 scales per 32 -> float8_e8m0fnu.
+* ``mxfp6-pack-quantized``: FP6 E2M3 codes, 4 per 3 bytes, widened to bytes (`jquant.formats.mxfp6`).
 * scale strategies: tensor (1,), channel (N, 1), group (N, K/G), block (ceil(N/bn), ceil(K/bk)).
 
 Input activations become an `ActQuant` at ``<module>.input_quant`` (``input_scale``,
@@ -63,6 +64,7 @@ from jquant.formats.fp8 import (
     scale_geometry,
 )
 from jquant.formats.mxfp4 import E8M0, MX_GROUP, NV_GROUP, fp4_qarray
+from jquant.formats.mxfp6 import fp6_qarray
 
 __all__ = ["CompressedTensors", "CTArgs", "CTScheme", "unpack_int32"]
 
@@ -73,6 +75,7 @@ FORMATS = (
     "float-quantized",
     "nvfp4-pack-quantized",
     "mxfp4-pack-quantized",
+    "mxfp6-pack-quantized",
     "mxfp8-quantized",
     "dense",
 )
@@ -358,6 +361,10 @@ class CompressedTensors(Format, name="compressed-tensors"):
                 group_size=a.group_size or MX_GROUP,
                 scale_kind="e8m0",
             )
+        if fmt == "mxfp6-pack-quantized":
+            if not (a.type == "float" and a.num_bits == 6):
+                raise group.error("weight_packed", f"{where}: mxfp6 needs 6-bit float weights", ConfigError)
+            return fp6_qarray(group, packed="weight_packed", scale="weight_scale", group_size=a.group_size or MX_GROUP)
         if fmt == "mxfp8-quantized":
             return fp8_qarray(
                 group, strategy="group", group_size=a.group_size or MX_GROUP,

@@ -195,16 +195,16 @@ def test_group_size_not_dividing_k(gptq_sym, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "cls", "key", "problem"),
     [
-        (dict(bits=5), UnsupportedFormatError, "quantization_config.bits", "planar 5/6/7-bit"),
+        (dict(bits=1), ConfigError, "quantization_config.bits", "bits=1 is not a supported width"),
         (dict(bits=16), ConfigError, "quantization_config.bits", "bits=16 is not a supported width"),
         (dict(bits="4"), ConfigError, "quantization_config.bits", "must be an integer"),
         (dict(group_size=0), ConfigError, "quantization_config.group_size", "positive integer or -1"),
         (dict(checkpoint_format="gptq_v2"), ConfigError, "quantization_config.checkpoint_format", "contradicts"),
-        (dict(checkpoint_format="marlin", format="marlin"), UnsupportedFormatError, "quantization_config.checkpoint_format", "not supported"),
+        (dict(checkpoint_format="marlin_24", format="marlin_24"), UnsupportedFormatError, "quantization_config.checkpoint_format", "not supported"),
         (dict(pack_dtype="int16"), UnsupportedFormatError, "quantization_config.pack_dtype", "only int32"),
         (dict(desc_act="yes"), ConfigError, "quantization_config.desc_act", "true or false"),
         (dict(dynamic={"+:(unclosed": {}}), ConfigError, "quantization_config.dynamic", "bad regex"),
-        (dict(dynamic={r"+:.*q_proj": {"bits": 6}}), UnsupportedFormatError, "quantization_config.dynamic['+:.*q_proj'].bits", "planar"),
+        (dict(dynamic={r"+:.*q_proj": {"bits": 16}}), ConfigError, "quantization_config.dynamic['+:.*q_proj'].bits", "not a supported width"),
     ],
 )  # fmt: skip
 def test_gptq_bad_config(gptq_sym, tmp_path, edit, cls, key, problem):
