@@ -108,7 +108,7 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
     for gname in f.tensors:
         if gname in NON_WEIGHTS:
             continue
-        name = hf_name(gname, file=path)
+        name = hf_name(gname, file=path, spec=fmt.spec)
         if name in seen:
             raise CorruptFileError(f"maps to HF name {name!r} like {seen[name]!r}", file=path, tensor=gname)
         seen[name] = gname

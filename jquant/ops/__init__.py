@@ -11,7 +11,7 @@ register_pytree()
 
 from jquant.ops import xla_cpu, xla_w8a8  # noqa: E402, F401  (register their backends)
 from jquant.ops.backend import Backend, available_backends, register_backend  # noqa: E402
-from jquant.ops.grouped import grouped_qmatmul  # noqa: E402
+from jquant.ops.grouped import explain_grouped, grouped_qmatmul  # noqa: E402
 from jquant.ops.qmatmul import explain, qmatmul, reference_qmatmul, select  # noqa: E402
 from jquant.ops.qtake import qtake  # noqa: E402
 
@@ -19,6 +19,7 @@ __all__ = [
     "Backend",
     "available_backends",
     "explain",
+    "explain_grouped",
     "grouped_qmatmul",
     "qmatmul",
     "qtake",

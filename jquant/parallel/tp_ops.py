@@ -17,7 +17,9 @@ weight). What differs per layout (`jquant.parallel.rules`):
 * expert (E split): every device holds E / tp experts and sees all rows (sorted by expert); it
   rotates its experts' rows to the front, runs the grouped matmul over its local group sizes (rows
   past their sum come out as zeros: ``ragged_dot``'s rule), rotates back, and a ``psum`` merges the
-  devices' disjoint rows (adding exact zeros: bit-identical to one device's result).
+  devices' disjoint rows (adding exact zeros). Equal to one device's result within f32 rounding:
+  with few rows, a device holding fewer experts than rows may take `grouped_qmatmul`'s routed
+  decode path where one device would not (a different summation order).
 """
 
 from __future__ import annotations
@@ -119,8 +121,9 @@ def expert_parallel_grouped_qmatmul(
 ) -> jax.Array:
     """`jquant.ops.grouped_qmatmul` with the experts of ``w`` split over ``mesh[axis]``.
 
-    Equivalent to: ``grouped_qmatmul(x, w, group_sizes)`` (bit-identical: each row is computed by
-    one device, the others add zeros).
+    Equivalent to: ``grouped_qmatmul(x, w, group_sizes)`` (each row is computed by one device, the
+    others add zeros; equal within f32 rounding, since the local and the global call may pick
+    different paths, see `jquant.ops.grouped.explain_grouped`).
 
     Args:
         x: [M, K] rows sorted by expert (replicated on every device).

@@ -18,6 +18,10 @@ Per tensor:
 * MoE experts ``ffn_{gate,up,down}_exps`` (3-D, numpy [E, N, K]) become one 2-D tensor per expert
   under ``mlp.experts.{e}.<proj>.weight``: expert e is rows ``e*N ... (e+1)*N - 1`` of the stored
   blocks, converted like any 2-D weight (`QArray` for canonical types), so the split is lossless.
+  Mixtral (a ``llama`` file with ``llama.expert_count``, `arch.MIXTRAL`) names them
+  ``block_sparse_moe.experts.{e}.{w1,w3,w2}.weight`` instead; gpt-oss (`arch.GPT_OSS`) has expert
+  biases ``ffn_*_exps.bias`` [E, N] and re-joins its gate / up halves into HF's interleaved
+  ``experts.{e}.gate_up_proj`` (rows g0, u0, g1, u1...), a lossless row gather.
 
 This package imports numpy and ml_dtypes only; gguf-py is imported lazily for the fallback.
 """
@@ -31,11 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from jquant.core.concat import concat_rows, why_not_concat
 from jquant.core.errors import FormatError, UnsupportedFormatError
 from jquant.core.qarray import QArray
 from jquant.formats.base import Format, TensorGroup
 from jquant.formats.gguf.arch import (
     ARCHS,
+    MIXTRAL,
     NON_WEIGHTS,
     ArchSpec,
     arch_spec,
@@ -123,10 +129,6 @@ def convert_tensor(raw: np.ndarray, t: GGMLType, shape: tuple[int, ...], *, name
     return dequantize_gguf(raw, t, shape, name=name, file=file)
 
 
-# HF projection names of GGUF's 3-D expert tensors (`arch._BLOCK`: ``mlp.experts.<proj>``).
-_EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
-
-
 def _take_rows(w, order: np.ndarray):
     if isinstance(w, QArray):
         return w.replace(
@@ -135,6 +137,27 @@ def _take_rows(w, order: np.ndarray):
             zero=None if w.zero is None else np.ascontiguousarray(w.zero[order]),
         )
     return np.ascontiguousarray(np.asarray(w)[order])
+
+
+def _interleave_rows(parts, raw: RawTensor):
+    """gpt-oss' HF ``gate_up_proj`` of one expert from its GGUF gate and up halves: rows g0, u0, g1, u1...
+
+    Raises:
+        UnsupportedFormatError: halves of different types / blocks (they cannot share one tensor).
+    """
+    gate, up = parts
+    why = why_not_concat(parts)  # QArrays of one type and block, or dense arrays of one dtype (biases: 1-D)
+    if why or np.shape(gate)[0] != np.shape(up)[0]:
+        raise UnsupportedFormatError(
+            f"gate and up expert halves do not interleave into one gate_up_proj: {why or 'row counts differ'}",
+            file=raw.file,
+            tensor=raw.name,
+        )
+    n = np.shape(gate)[0]
+    order = np.arange(2 * n).reshape(2, n).T.reshape(-1)  # [0, n, 1, n + 1, ...]
+    if isinstance(gate, QArray):
+        return _take_rows(concat_rows(parts), order)
+    return np.ascontiguousarray(np.concatenate([np.asarray(gate), np.asarray(up)])[order])
 
 
 class GGUF(Format, name="gguf"):
@@ -184,7 +207,7 @@ class GGUF(Format, name="gguf"):
     def from_config(cls, config: Mapping[str, Any], tensor_names: Collection[str]) -> GGUF:
         """From an HF config already derived from GGUF metadata (``model_type`` picks the arch)."""
         mt = config.get("model_type")
-        spec = next((s for s in ARCHS.values() if s.model_type == mt), None)
+        spec = next((s for s in (*ARCHS.values(), MIXTRAL) if s.model_type == mt), None)
         if spec is None:
             raise UnsupportedFormatError(f"model_type {mt!r} has no GGUF mapping; supported: {sorted(ARCHS)}")
         return cls(spec, dict(config))
@@ -192,7 +215,7 @@ class GGUF(Format, name="gguf"):
     def convert_module(self, group: TensorGroup) -> dict[str, QArray | np.ndarray]:
         """Converts one HF module's GGUF tensors; ``group[suffix]`` is a `RawTensor`."""
         base, _, proj = group.prefix.rpartition(".experts.")
-        if proj in _EXPERT_PROJS and "." not in proj:
+        if proj in self.spec.expert_projs and "." not in proj:
             return self.convert_experts(group, f"{base}.experts", proj)
         out = {group.full_name(suffix): self.convert_one(group[suffix]) for suffix in group}
         gate = group.full_name("weight")
@@ -203,37 +226,68 @@ class GGUF(Format, name="gguf"):
     def convert_experts(self, group: TensorGroup, prefix: str, proj: str) -> dict[str, QArray | np.ndarray]:
         """``ffn_<proj>_exps.weight`` [E, N, K] -> ``<prefix>.{e}.<proj>.weight`` [N, K] per expert.
 
+        gpt-oss (``spec.gate_up_interleaved``) also has 2-D biases ``ffn_<proj>_exps.bias`` [E, N]
+        (-> ``.bias`` [N] per expert), and its gate / up halves arrive as suffixes ``gate_weight`` /
+        ``up_weight`` (``gate_bias`` / ``up_bias``) of one ``gate_up_proj`` group: per expert they
+        are concatenated and their rows interleaved (gate row i -> row 2i, up row i -> row 2i + 1),
+        a row gather of whole GGML blocks, so lossless.
+
         Raises:
-            FormatError: anything but one 3-D ``weight`` (e.g. a bias, or a 2-D tensor), naming it.
+            FormatError: anything but 3-D weights (and 2-D biases where allowed), or a missing half,
+                naming the tensor.
+            UnsupportedFormatError: gate and up halves whose types do not concatenate.
         """
+        fused = self.spec.gate_up_interleaved and proj == self.spec.expert_projs[0]
+        halves = ("gate_", "up_") if fused else ("",)
+        leaves = ("weight", "bias") if self.spec.gate_up_interleaved else ("weight",)
+        allowed = {f"{h}{leaf}": 2 if leaf == "bias" else 3 for h in halves for leaf in leaves}
         for suffix in group:
             raw = group[suffix]
-            if suffix != "weight" or len(raw.shape) != 3:
+            if allowed.get(suffix) != len(raw.shape):
+                what = "one 3-D expert weight [E, N, K]" + (" and 2-D biases [E, N]" if len(leaves) == 2 else "")
                 raise FormatError(
-                    f"expected one 3-D expert weight [E, N, K], got {suffix} of shape {list(raw.shape)}",
-                    file=raw.file,
-                    tensor=raw.name,
+                    f"expected {what}, got {suffix} of shape {list(raw.shape)}", file=raw.file, tensor=raw.name
                 )
-        raw = group["weight"]
-        e, n, k = raw.shape
-        if raw.type.dense is None and raw.type.name in CANONICAL:
-            rows = np.asarray(raw.data).reshape(e, n, -1)
-            experts = [to_qarray(raw.type, rows[j]) for j in range(e)]
-        else:  # dense, or dequantized exactly as a whole (with convert_tensor's warning), then sliced
-            whole = convert_tensor(raw.data, raw.type, raw.shape, name=raw.name, file=raw.file)
-            experts = [np.asarray(whole)[j] for j in range(e)]
+        for h in halves:
+            if f"{h}weight" not in group:
+                other = group[next(iter(group))]
+                what = f"ffn_{h.rstrip('_')}_exps.weight" if h else "the expert weight"
+                raise FormatError(f"{what} is missing next to this tensor", file=other.file, tensor=other.name)
+        per = {suffix: self._split_experts(group[suffix]) for suffix in group}
+        counts = {suffix: len(v) for suffix, v in per.items()}
+        if len(set(counts.values())) != 1:
+            raw = group[next(iter(group))]
+            raise FormatError(f"expert counts differ within one projection: {counts}", file=raw.file, tensor=raw.name)
+        e = len(next(iter(per.values())))
         out = {}
-        for j, w in enumerate(experts):
-            name = f"{prefix}.{j}.{proj}.weight"
-            if isinstance(w, QArray):
-                try:
-                    w.validate(name)
-                except FormatError as err:
-                    raise type(err)(
-                        f"expert {j}: {err.problem} ({raw.type.name})", file=raw.file, tensor=raw.name
-                    ) from None
-            out[name] = w
+        for j in range(e):
+            for leaf in leaves:
+                parts = [per[f"{h}{leaf}"][j] for h in halves if f"{h}{leaf}" in per]
+                if not parts:
+                    continue
+                raw = group[next(f"{h}{leaf}" for h in halves if f"{h}{leaf}" in per)]
+                name = f"{prefix}.{j}.{proj}.{leaf}"
+                w = parts[0] if len(parts) == 1 else _interleave_rows(parts, raw)
+                if isinstance(w, QArray):
+                    try:
+                        w.validate(name)
+                    except FormatError as err:
+                        raise type(err)(
+                            f"expert {j}: {err.problem} ({raw.type.name})", file=raw.file, tensor=raw.name
+                        ) from None
+                out[name] = w
         return out
+
+    @staticmethod
+    def _split_experts(raw: RawTensor) -> list:
+        """The E per-expert values of a 3-D expert weight (`QArray` for canonical types) or a 2-D bias."""
+        e = raw.shape[0]
+        if len(raw.shape) == 3 and raw.type.dense is None and raw.type.name in CANONICAL:
+            rows = np.asarray(raw.data).reshape(e, raw.shape[1], -1)
+            return [to_qarray(raw.type, rows[j]) for j in range(e)]
+        # dense, or dequantized exactly as a whole (with convert_tensor's warning), then sliced
+        whole = convert_tensor(raw.data, raw.type, raw.shape, name=raw.name, file=raw.file)
+        return [np.asarray(whole)[j] for j in range(e)]
 
     def convert_one(self, raw: RawTensor):
         """One `RawTensor` -> HF-oriented value, Q/K rows in HF order, `QArray`s validated."""

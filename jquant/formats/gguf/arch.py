@@ -1,7 +1,7 @@
 """GGUF architectures: metadata -> HF-style config, GGUF tensor names -> HF names, Q/K row order.
 
-Supported: ``llama`` (also SmolLM and Mistral), ``qwen2`` and ``qwen3``, and the MoE ``qwen2moe`` /
-``qwen3moe``.
+Supported: ``llama`` (also SmolLM, Mistral and Mixtral), ``qwen2`` and ``qwen3``, and the MoE
+``qwen2moe`` / ``qwen3moe`` / ``gpt-oss``.
 
 MoE (llama.cpp ``convert_hf_to_gguf.py Qwen2MoeModel`` / ``Qwen3MoeModel``): the router is
 ``ffn_gate_inp``, the experts are 3-D ``ffn_{gate,up,down}_exps`` (ggml ne [K, N, E]: numpy / HF
@@ -12,6 +12,31 @@ The expert counts and widths come from ``{arch}.expert_count`` / ``expert_used_c
 ``expert_feed_forward_length`` / ``expert_shared_feed_forward_length``; layers that keep a dense
 ``ffn_gate`` are the config's ``mlp_only_layers``. ``norm_topk_prob`` follows llama.cpp's graphs
 (``llama-model.cpp``: qwen2moe does not renormalize the top-k weights, qwen3moe does).
+
+Mixtral: llama.cpp writes it as ``general.architecture = "llama"`` (``convert_hf_to_gguf.py``:
+``MixtralForCausalLM`` is registered on ``LlamaModel``, whose ``modify_tensors`` stacks
+``block_sparse_moe.experts.{e}.w1/w2/w3`` into ``ffn_gate_exps`` / ``ffn_down_exps`` /
+``ffn_up_exps`` and permutes Q/K like any llama) plus ``llama.expert_count`` /
+``llama.expert_used_count``; the expert width is ``llama.feed_forward_length`` (HF
+``intermediate_size``; no ``expert_feed_forward_length`` is written). A ``llama`` file with
+``llama.expert_count`` is therefore `MIXTRAL` (HF ``MixtralForCausalLM``, module ``block_sparse_moe``,
+experts ``w1`` / ``w3`` / ``w2``); llama.cpp's graph always renormalizes Mixtral's top-k weights,
+as transformers does.
+
+gpt-oss (``convert_hf_to_gguf.py GptOssModel``, `GPT_OSS`): MXFP4 experts repacked to GGML's
+MXFP4 blocks, gate and up *split* out of HF's interleaved ``gate_up_proj`` into ``ffn_gate_exps`` /
+``ffn_up_exps`` (rows ``0::2`` / ``1::2``, biases likewise), ``ffn_down_exps``, expert biases as 2-D
+``ffn_*_exps.bias`` [E, N], the biased router ``ffn_gate_inp`` (HF ``mlp.router``), per-head
+``attn_sinks.weight`` (HF parameter ``self_attn.sinks``) and ``post_attention_norm`` (HF
+``post_attention_layernorm``). jquant re-interleaves gate and up per expert into HF's
+``experts.{e}.gate_up_proj`` (a row gather of the concatenated blocks: lossless). Config: the
+expert width is ``expert_feed_forward_length``; layers alternate sliding / full attention starting
+with sliding (llama.cpp ``set_swa_pattern(2)``, GptOssConfig's default ``layer_types``), window
+``attention.sliding_window``; YaRN from ``rope.scaling.*`` (``yarn_beta_fast`` / ``_slow`` when
+written, else HF's 32 / 1). GGUF has no ``truncate`` flag; ggml's ``ggml_rope_yarn_corr_dims``
+floors / ceils the correction range, which is HF's ``truncate=True`` (the default jquant keeps),
+although the HF release's config says ``truncate: false``. The SwiGLU limit 7.0 and alpha 1.702
+are constants of llama.cpp's graph (no metadata key), as in GptOssConfig.
 
 Mistral: llama.cpp's converter writes Mistral-7B-style models with ``general.architecture =
 "llama"`` (``convert_hf_to_gguf.py``: ``MistralForCausalLM`` is registered on ``LlamaModel``;
@@ -53,6 +78,8 @@ from jquant.core.errors import ConfigError, UnsupportedFormatError
 __all__ = [
     "ArchSpec",
     "ARCHS",
+    "MIXTRAL",
+    "GPT_OSS",
     "arch_spec",
     "hf_config",
     "hf_name",
@@ -72,6 +99,13 @@ class ArchSpec:
         model_type: HF ``model_type``.
         permuted_qk: whether llama.cpp permuted the Q/K rows (llama family).
         head_dim_key: metadata key (after the arch prefix) holding head_dim, or None for hidden / heads.
+        moe_module: the HF module of a layer's router and experts (``block_sparse_moe`` for Mixtral).
+        expert_projs: the experts' HF (gate, up, down) projection names.
+        router: the router's HF module name under ``moe_module``.
+        block_names: (GGUF name, HF name) overrides of the per-block name table.
+        gate_up_interleaved: gate and up are one HF ``gate_up_proj`` with interleaved rows (gpt-oss);
+            GGUF's ``ffn_gate_exps`` / ``ffn_up_exps`` then map to ``experts.gate_up_proj.{gate,up}_<leaf>``
+            and `jquant.formats.gguf.GGUF.convert_experts` interleaves them.
     """
 
     arch: str
@@ -79,6 +113,11 @@ class ArchSpec:
     model_type: str
     permuted_qk: bool
     head_dim_key: str | None
+    moe_module: str = "mlp"
+    expert_projs: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    router: str = "gate"
+    block_names: tuple[tuple[str, str], ...] = ()
+    gate_up_interleaved: bool = False
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -87,7 +126,23 @@ ARCHS: dict[str, ArchSpec] = {
     "qwen3": ArchSpec("qwen3", "Qwen3ForCausalLM", "qwen3", False, "attention.key_length"),
     "qwen2moe": ArchSpec("qwen2moe", "Qwen2MoeForCausalLM", "qwen2_moe", False, None),
     "qwen3moe": ArchSpec("qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe", False, "attention.key_length"),
+    "gpt-oss": ArchSpec(
+        "gpt-oss",
+        "GptOssForCausalLM",
+        "gpt_oss",
+        False,
+        "attention.key_length",
+        expert_projs=("gate_up_proj", "gate_up_proj", "down_proj"),
+        router="router",
+        block_names=(("post_attention_norm", "post_attention_layernorm"), ("attn_sinks", "self_attn.sinks")),
+        gate_up_interleaved=True,
+    ),
 }
+GPT_OSS = ARCHS["gpt-oss"]
+# A ``llama`` file with ``llama.expert_count`` (see the module docstring).
+MIXTRAL = ArchSpec(
+    "llama", "MixtralForCausalLM", "mixtral", True, "rope.dimension_count", "block_sparse_moe", ("w1", "w3", "w2")
+)
 
 
 def arch_spec(metadata: Mapping[str, Any], *, file: Any = None) -> ArchSpec:
@@ -107,6 +162,8 @@ def arch_spec(metadata: Mapping[str, Any], *, file: Any = None) -> ArchSpec:
             file=file,
             tensor="general.architecture",
         )
+    if arch == "llama" and "llama.expert_count" in metadata:
+        return MIXTRAL
     return ARCHS[arch]
 
 
@@ -251,7 +308,25 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, fil
         "vocab_size": None if vocab == -1 else vocab,
         "tie_word_embeddings": "output.weight" not in tensor_names,
     }
-    if f"{a}.expert_count" in metadata:
+    if spec is MIXTRAL:  # MixtralConfig: the expert width is intermediate_size, every layer sparse
+        cfg["num_local_experts"] = _num(metadata, f"{a}.expert_count", file)
+        cfg["num_experts_per_tok"] = _num(metadata, f"{a}.expert_used_count", file)
+        cfg["sliding_window"] = None  # llama.cpp runs Mixtral GGUFs without one (no such metadata key)
+    elif spec is GPT_OSS:  # GptOssConfig (see the module docstring)
+        n_layers = cfg["num_hidden_layers"]
+        cfg["num_local_experts"] = _num(metadata, f"{a}.expert_count", file)
+        cfg["num_experts_per_tok"] = _num(metadata, f"{a}.expert_used_count", file)
+        ffn = cfg["intermediate_size"]
+        cfg["intermediate_size"] = _num(metadata, f"{a}.expert_feed_forward_length", file, default=ffn)
+        cfg["sliding_window"] = _num(metadata, f"{a}.attention.sliding_window", file)
+        cfg["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
+        cfg["swiglu_limit"], cfg["swiglu_alpha"] = 7.0, 1.702
+        if cfg["rope_scaling"] is not None:
+            for key, hf_key in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+                if f"{a}.rope.scaling.{key}" in metadata:
+                    cfg["rope_scaling"][hf_key] = _num(metadata, f"{a}.rope.scaling.{key}", file, float)
+    elif f"{a}.expert_count" in metadata:
         n_layers = cfg["num_hidden_layers"]
         cfg["num_experts"] = _num(metadata, f"{a}.expert_count", file)
         cfg["num_experts_per_tok"] = _num(metadata, f"{a}.expert_used_count", file)
@@ -261,7 +336,7 @@ def hf_config(metadata: Mapping[str, Any], tensor_names: Collection[str], *, fil
         cfg["mlp_only_layers"] = [i for i in range(n_layers) if f"blk.{i}.ffn_gate.weight" in tensor_names]
         if f"{a}.expert_shared_feed_forward_length" in metadata:
             cfg["shared_expert_intermediate_size"] = _num(metadata, f"{a}.expert_shared_feed_forward_length", file)
-    if spec.model_type == "llama":
+    if spec.arch == "llama":
         cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
         cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensor_names
     for key, cfg_key in (
@@ -310,13 +385,37 @@ _TOP_RE = re.compile(r"([a-z_]+)\.(weight|bias)")
 NON_WEIGHTS = frozenset({"rope_freqs.weight"})
 
 
-def hf_name(gguf_name: str, *, file: Any = None) -> str:
+# The MoE entries of `_BLOCK` whose module / projection names follow `ArchSpec.moe_module` / ``expert_projs``.
+# None: the router; else the index into ``expert_projs``.
+_MOE = {"ffn_gate_inp": None, "ffn_gate_exps": 0, "ffn_up_exps": 1, "ffn_down_exps": 2}
+
+
+def hf_name(gguf_name: str, *, file: Any = None, spec: ArchSpec | None = None) -> str:
     """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``.
+
+    Args:
+        gguf_name: the GGUF tensor name.
+        file: for error messages.
+        spec: the architecture; its ``moe_module`` / ``expert_projs`` name the router and the fused
+            experts (``blk.0.ffn_gate_exps.weight`` -> ``model.layers.0.block_sparse_moe.experts.w1.weight``
+            for `MIXTRAL`). None: the Qwen-MoE names (``mlp.gate``, ``mlp.experts.gate_proj``...).
 
     Raises:
         UnsupportedFormatError: a tensor name with no HF counterpart (e.g. fused ``attn_qkv``).
     """
     m = _BLK_RE.fullmatch(gguf_name)
+    if m and spec is not None and m.group(2) in _MOE:
+        j, leaf = _MOE[m.group(2)], m.group(3)
+        if j is None:
+            return f"model.layers.{m.group(1)}.{spec.moe_module}.{spec.router}.{leaf}"
+        if spec.gate_up_interleaved and j < 2:  # one HF module, two GGUF halves (interleaved at convert)
+            leaf = f"{('gate', 'up')[j]}_{leaf}"
+        return f"model.layers.{m.group(1)}.{spec.moe_module}.experts.{spec.expert_projs[j]}.{leaf}"
+    if m and spec is not None and m.group(2) in dict(spec.block_names):
+        hf = dict(spec.block_names)[m.group(2)]
+        if m.group(2) == "attn_sinks":  # a bare parameter in HF (GptOssAttention.sinks), ``.weight`` in GGUF
+            return f"model.layers.{m.group(1)}.{hf}"
+        return f"model.layers.{m.group(1)}.{hf}.{m.group(3)}"
     if m and m.group(2) in _BLOCK:
         return f"model.layers.{m.group(1)}.{_BLOCK[m.group(2)]}.{m.group(3)}"
     m = _TOP_RE.fullmatch(gguf_name)
