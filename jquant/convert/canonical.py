@@ -98,13 +98,7 @@ def save(
         try:
             tmp.mkdir(parents=True)
             _write(ckpt, tmp, progress)
-            if os.path.lexists(out):
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                _remove(old)
-            else:
-                os.replace(tmp, out)
+            _publish(tmp, out)
         finally:
             _remove(tmp)
     return out
@@ -184,6 +178,18 @@ def remove_stale(out: str | os.PathLike) -> list[Path]:
             )
             removed.append(p)
     return removed
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Moves the finished folder ``tmp`` to ``out`` (renames only; an existing ``out`` is moved aside
+    first and removed after), so ``out`` is never a partial folder."""
+    if os.path.lexists(out):
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        _remove(old)
+    else:
+        os.replace(tmp, out)
 
 
 def _remove(p: Path) -> bool:

@@ -70,7 +70,14 @@ def save_orbax(ckpt: Checkpoint, out: str | os.PathLike, *, overwrite: bool = Fa
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         FormatError: a malformed QArray / activation recipe, named.
     """
-    from jquant.convert.canonical import _cleanup_on_sigterm, _json_default, _remove, _save_tokenizer, remove_stale
+    from jquant.convert.canonical import (
+        _cleanup_on_sigterm,
+        _json_default,
+        _publish,
+        _remove,
+        _save_tokenizer,
+        remove_stale,
+    )
 
     out = Path(out)
     if os.path.lexists(out) and not overwrite:
@@ -105,13 +112,7 @@ def save_orbax(ckpt: Checkpoint, out: str | os.PathLike, *, overwrite: bool = Fa
                 "tensors": described,
             }
             (tmp / _MARKER).write_text(json.dumps(marker, indent=2, default=_json_default))
-            if os.path.lexists(out):
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                _remove(old)
-            else:
-                os.replace(tmp, out)
+            _publish(tmp, out)
         finally:
             _remove(tmp)
     return out
