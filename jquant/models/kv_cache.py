@@ -29,7 +29,9 @@ class KVCache:
         k: per layer, [B, max_len, num_kv_heads, head_dim] in the model dtype, or codes
             (float8_e4m3fn / float8_e5m2 / int8) for a quantized cache.
         v: same as ``k``.
-        length: int32 scalar, number of positions written (the next token's position).
+        length: int32 scalar, number of positions written (the next token's position); or int32
+            [B], one per row, for a right-padded batch of prompts of different lengths
+            (`jquant.models.generate`).
         k_scale: quantized cache only: per layer, float32 [num_kv_heads] multipliers
             (``k ~= code * k_scale``); 0 until the first prefill computes it. None otherwise.
         v_scale: same as ``k_scale``, for ``v``.

@@ -182,7 +182,7 @@ def write_layer(
         kv: the layer's cache: ``(k, v)`` [B, S, H, D] in the model dtype, or ``(k_codes, v_codes,
             k_scale, v_scale)`` with codes [B, S, H, D] (fp8 / int8) and f32 scales [H] (0: unset).
         k, v: [B, T, H, D] new keys (rotated) and values.
-        start: int32 scalar, the slot of the first new token.
+        start: int32 scalar, the slot of the first new token; or int32 [B], one slot per row.
 
     Returns:
         ``(new_kv, keys, values, k_scale, v_scale)``: the layer's updated cache (same structure as
@@ -190,13 +190,26 @@ def write_layer(
         their f32 [H] scales (None for a float cache).
     """
     if len(kv) == 2:
-        keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, start, 0, 0))
-        values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, start, 0, 0))
+        keys, values = _write(kv[0], k, start), _write(kv[1], v, start)
         return (keys, values), keys, values, None, None
     kc, vc, ks, vs = kv
     name = next(n for n, s in _SPECS.items() if jnp.dtype(s[0]) == kc.dtype)
     _, _, k_rng, v_rng = _SPECS[name]
     ks, vs = _calibrated(k, ks, k_rng), _calibrated(v, vs, v_rng)
-    keys = jax.lax.dynamic_update_slice(kc, quantize_kv(k, ks, kc.dtype), (0, start, 0, 0))
-    values = jax.lax.dynamic_update_slice(vc, quantize_kv(v, vs, vc.dtype), (0, start, 0, 0))
+    keys, values = _write(kc, quantize_kv(k, ks, kc.dtype), start), _write(vc, quantize_kv(v, vs, vc.dtype), start)
     return (keys, values, ks, vs), keys, values, ks, vs
+
+
+def _write(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """``new`` [B, T, H, D] written into ``buf`` [B, S, H, D] at slots ``[start, start + T)``.
+
+    ``start`` is an int32 scalar (every row at the same slot: one ``dynamic_update_slice``) or int32
+    [B] (a ragged batch, `jquant.models.generate`: each row at its own slot, one scatter; slots past
+    S are dropped, where ``dynamic_update_slice`` would clamp).
+    """
+    new = new.astype(buf.dtype)
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_update_slice(buf, new, (0, start, 0, 0))
+    b, t = new.shape[:2]
+    slots = start[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T]
+    return buf.at[jnp.arange(b)[:, None], slots].set(new, mode="drop")

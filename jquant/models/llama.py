@@ -70,7 +70,8 @@ class Attention(nnx.Module):
             kv: this layer's cache buffers ([B, S, kv_heads, head_dim] each; a quantized cache
                 adds f32 [kv_heads] k / v scales, `jquant.models.kv_quant.write_layer`) or None
                 (no cache: attend within ``x`` only).
-            start: int32 scalar, cache slot of the first query (= cache length before this call).
+            start: int32 scalar, cache slot of the first query (= cache length before this call), or
+                int32 [B]: one per row (a ragged batch; the cache slot of a key is its position).
 
         Returns:
             [B, T, hidden] and the updated buffers (None without a cache).
@@ -90,21 +91,21 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_scale = v_scale = None  # per-KV-head multipliers of a quantized cache's codes
         if kv is None:
-            keys, values, kpos = k, v, positions[0]
+            keys, values, kpos = k, v, positions  # [B, S = T]
         else:
             kv, keys, values, k_scale, v_scale = write_layer(kv, k, v, start)
-            kpos = jnp.arange(keys.shape[1], dtype=jnp.int32)  # slots past the written ones are masked as future
-        qpos = positions[0]  # every row of the batch shares its positions
-        allowed = kpos[None, :] <= qpos[:, None]  # [T, S]
+            kpos = jnp.arange(keys.shape[1], dtype=jnp.int32)[None]  # slot = position; later slots masked as future
+        # per row: a ragged batch (`jquant.models.generate`) has each row at its own position
+        allowed = kpos[:, None, :] <= positions[:, :, None]  # [B, T, S]
         if self.window is not None:  # Mistral / Qwen2 sliding window: key within the last `window` positions
-            allowed &= qpos[:, None] - kpos[None, :] < self.window
+            allowed &= positions[:, :, None] - kpos[:, None, :] < self.window
         g = self.num_heads // self.num_kv_heads
         qg = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
         scores = scores * (self.head_dim**-0.5)
         if k_scale is not None:  # q . (code * s) = (q . code) * s: dequantized inside attention
             scores = scores * k_scale[None, :, None, None, None]
-        scores = jnp.where(allowed[None, None, None], scores, _NEG_INF)
+        scores = jnp.where(allowed[:, None, None], scores, _NEG_INF)
         probs = softmax_with_sinks(scores, None if self.sinks is None else self.sinks[...]).astype(q.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(q.dtype), preferred_element_type=jnp.float32)
         if v_scale is not None:
@@ -255,11 +256,12 @@ class LlamaForCausalLM(nnx.Module):
         Args:
             input_ids: int32 [B, T].
             cache: None for a forward from position 0; else the `KVCache` to extend: the T tokens
-                take positions ``cache.length ...`` (the caller keeps them within ``max_len``).
+                take positions ``cache.length ...`` (the caller keeps them within ``max_len``); a
+                per-row ``length`` [B] puts each row at its own position (ragged batches).
         """
         b, t = input_ids.shape
         start = jnp.zeros((), jnp.int32) if cache is None else cache.length
-        positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+        positions = jnp.broadcast_to(jnp.reshape(start, (-1, 1)) + jnp.arange(t, dtype=jnp.int32), (b, t))
         cos, sin = self.rope_tables(positions)
         x = self.embed_tokens(input_ids).astype(self.dtype)
         if self.stacked_layers is not None:
