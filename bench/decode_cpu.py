@@ -7,7 +7,8 @@ generated token (prefill and compilation excluded); every engine is fed the same
 and decodes exactly ``--tokens`` tokens (end tokens do not stop it). The rows run back to back,
 round-robin over ``--repeats`` rounds, so that load from other users of a shared machine spreads
 over all of them; the table gives the best and the median rate of each row. Writes
-``bench/results/cpu/<model>.md`` with the machine, versions and commit.
+``bench/results/cpu/decode.md`` (``decode_1b_q4_0.md``, ... for the other models) with the machine,
+versions and commit.
 
     python bench/decode_cpu.py [--model smollm2 | 1b-q4_0 | 1b-q4_k] [--tokens 64] [--repeats 3]
         [--runs jquant:auto@1t,jquant:auto@2t,torch:torch_cpu_qmatmul@2t,llamacpp@2t,transformers@2t]
@@ -171,9 +172,10 @@ def _jquant(path: Path, tokens: int, threads: int | None, kernels: str, unrolled
     name = _jquant_backend(model)
     how = []
     if name == "cpu_qmatmul":
-        from kernels_cpu import get_isa
+        from kernels_cpu import get_act_quant, get_isa
 
         how.append(f"{get_isa()}")
+        how.append("int8 activations (opt-in)" if get_act_quant() == "int8" else "f32 activations")
     how.append("layers unrolled" if model.stacked_layers is None else "layers scanned")
     return dict(
         engine=f"jquant ({name}; {', '.join(how)})",
@@ -231,7 +233,11 @@ def _torch(path: Path, tokens: int, threads: int | None, kernels: str, unrolled:
     import torch_bridge
     from jquant.core import QArray
 
-    if threads:
+    if kernels == "torch_cpu_qmatmul":
+        # The kernel splits its rows over its own pool (JQUANT_CPU_THREADS); torch's remaining ops are small
+        # at decode, and its OpenMP pool contending with the kernel's for 2 cores cost 25 vs 20 ms/token.
+        torch.set_num_threads(1)
+    elif threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     ckpt = jquant.convert(path)
@@ -251,7 +257,7 @@ def _torch(path: Path, tokens: int, threads: int | None, kernels: str, unrolled:
     name = impl or torch_bridge.select(_first_q(ckpt), "cpu", torch.float32).backend.name
     held = sum(q.nbytes for n, q in w.items() if isinstance(q, QArray) and n != "lm_head.weight")
     return dict(
-        engine=f"Torch bridge ({name}; torch {torch.__version__})",
+        engine=f"Torch bridge ({name}; torch {torch.__version__}, {torch.get_num_threads()} torch thread(s))",
         **_rates(stamps, t0),
         load_s=load_s,
         compile_s=compile_s,
@@ -349,7 +355,8 @@ def _child(spec: str, model: str, tokens: int) -> None:
 
 
 def parse_spec(spec: str) -> tuple[str, str, int | None, bool]:
-    """``engine[:kernels][@<n>t][@unrolled]`` -> (engine, kernels, threads, unrolled)."""
+    """``engine[:kernels][@<n>t][@unrolled][@int8]`` -> (engine, kernels, threads, unrolled); ``@int8``
+    (opt-in int8 activations of kernels_cpu, ``JQUANT_CPU_ACT``) only changes the environment."""
     head, *opts = spec.split("@")
     engine, _, kernels = head.partition(":")
     if engine not in ENGINES:
@@ -360,6 +367,8 @@ def parse_spec(spec: str) -> tuple[str, str, int | None, bool]:
             threads = int(o[:-1])
         elif o == "unrolled":
             unrolled = True
+        elif o == "int8":
+            pass
         else:
             raise ValueError(f"unknown option {o!r} in {spec!r}")
     return engine, kernels or "auto", threads, unrolled
@@ -368,8 +377,10 @@ def parse_spec(spec: str) -> tuple[str, str, int | None, bool]:
 def _env(spec: str) -> dict:
     engine, kernels, threads, unrolled = parse_spec(spec)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for var in ("JQUANT_KERNELS", "JQUANT_CPU_THREADS"):
+    for var in ("JQUANT_KERNELS", "JQUANT_CPU_THREADS", "JQUANT_CPU_ACT"):
         env.pop(var, None)
+    if "@int8" in spec:
+        env["JQUANT_CPU_ACT"] = "int8"
     if threads:
         env["JQUANT_CPU_THREADS"] = str(threads)
     if engine == "jquant" and kernels != "auto":
@@ -415,7 +426,7 @@ def _kernel_rows(threads=(1, 2)) -> list[dict]:
     import numpy as np
 
     from jquant.core import QArray, get_qtype
-    from kernels_cpu import cpu_qmatmul, set_threads
+    from kernels_cpu import cpu_qmatmul, set_act_quant, set_threads
 
     rng = np.random.default_rng(0)
 
@@ -448,8 +459,11 @@ def _kernel_rows(threads=(1, 2)) -> list[dict]:
             row["mb"] = ws[0].nbytes / 1e6
             for t in threads:
                 set_threads(t)
-                row[f"cpu_{t}t"] = _time_calls(cpu_qmatmul, x, ws, k, reps=3 if n * k > 1e7 else 10)
+                for mode, key in (("none", "cpu"), ("int8", "int8")):
+                    if set_act_quant(mode) == mode:
+                        row[f"{key}_{t}t"] = _time_calls(cpu_qmatmul, x, ws, k, reps=3 if n * k > 1e7 else 10)
             set_threads(0)
+            set_act_quant("none")
             rows.append(row)
             del ws
     return rows
@@ -537,7 +551,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2", choices=MODELS)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--out", default=None, help="default: bench/results/cpu/<model>.md")
+    ap.add_argument("--out", default=None, help="default: bench/results/cpu/decode[_<model>].md")
     ap.add_argument(
         "--runs",
         default="jquant:auto@1t,jquant:auto@2t,jquant:auto@2t@unrolled,jquant:xla_cpu_chunked,"
@@ -547,10 +561,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="rounds over all rows (round-robin)")
     ap.add_argument("--cli-cache", action="store_true", help="time jquant generate's first token, cold and warm cache")
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-shape kernel table")
+    ap.add_argument("--kernels-only", action="store_true", help="only the per-shape kernel table (printed)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         _child(args.child, args.model, args.tokens)
+        return 0
+    if args.kernels_only:
+        print(json.dumps(_run_child("kernels", args.model, args.tokens), indent=1))
         return 0
     specs = [s.strip() for s in args.runs.split(",") if s.strip()]
     for s in specs:
@@ -637,29 +655,35 @@ def main() -> int:
             "Kernel alone (`cpu_qmatmul`, M = 1, f32 activations), each call in a compiled loop over distinct"
             " weights (GB/s = weight bytes / time; of bandwidth = vs the 1- / 2-thread streaming read):",
             "",
-            "| model | weight | layout | MB | calls/token | 1 thread | 2 threads | speedup | of bandwidth (1t / 2t) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| model | weight | layout | MB | calls/token | 1 thread | 2 threads | speedup | of bandwidth (1t / 2t) |"
+            " int8 activations (opt-in) 1t / 2t |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         tot: dict[str, list[float]] = {}
         for r in kern:
-            t = tot.setdefault(r["model"], [0.0, 0.0])
+            t = tot.setdefault(r["model"], [0.0, 0.0, 0.0, 0.0])
             t[0] += r["cpu_1t"] * r["calls"]
             t[1] += r["cpu_2t"] * r["calls"]
+            t[2] += r.get("int8_1t", float("nan")) * r["calls"]
+            t[3] += r.get("int8_2t", float("nan")) * r["calls"]
             g1, g2 = r["mb"] * 1e6 / r["cpu_1t"], r["mb"] * 1e6 / r["cpu_2t"]
             lines.append(
                 f"| {r['model']} | {r['shape']} | {r['kind']} | {r['mb']:.2f} | {r['calls']} | {r['cpu_1t'] * 1e6:.0f} us "
                 f"({g1 / 1e9:.1f} GB/s) | {r['cpu_2t'] * 1e6:.0f} us ({g2 / 1e9:.1f} GB/s) | "
-                f"{r['cpu_1t'] / r['cpu_2t']:.2f}x | {g1 / bw1:.0%} / {g2 / bw2:.0%} |"
+                f"{r['cpu_1t'] / r['cpu_2t']:.2f}x | {g1 / bw1:.0%} / {g2 / bw2:.0%} | "
+                + (f"{r['int8_1t'] * 1e6:.0f} / {r['int8_2t'] * 1e6:.0f} us |" if "int8_1t" in r else "n/a |")
             )
-        for m, (a, b) in tot.items():
+        for m, (a, b, c, d) in tot.items():
             lines.append(
-                f"| {m} | **all matmuls of one token** | | | | {a * 1e3:.2f} ms | {b * 1e3:.2f} ms | {a / b:.2f}x | |"
+                f"| {m} | **all matmuls of one token** | | | | {a * 1e3:.2f} ms | {b * 1e3:.2f} ms | {a / b:.2f}x | | "
+                f"{c * 1e3:.2f} / {d * 1e3:.2f} ms |"
             )
     lines += ["", "Continuations (best round of each row):", ""]
     for s in specs:
         if results[s]:
             lines.append(f"- `{s}`: {max(results[s], key=lambda r: r['tok_per_s'])['text']!r}")
-    out = Path(args.out or ROOT / "bench" / "results" / "cpu" / f"{args.model}.md")
+    name = "decode.md" if args.model == "smollm2" else f"decode_{args.model.replace('-', '_')}.md"
+    out = Path(args.out or ROOT / "bench" / "results" / "cpu" / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -15,10 +15,16 @@ Activations are f32 (bf16 / f16 inputs are widened by XLA first, M*K values), ac
 Decode (M <= 2) runs a factored kernel, ``sum_g s_g * (v_g . x_g) + c_g * sum(x_g)`` on the raw
 codes; larger M dequantizes in registers with the spec's formula and reuses each value for up to 8
 activation rows. Either differs from the spec by f32 rounding only (worst max|err| / tolerance on the
-shared suite's f32 cases: 0.14 AVX-512, 0.12 AVX2, 0.36 scalar). Activations are not quantized
-(llama.cpp's Q8 activations would miss the f32 tolerance). The act-order permutation, when present,
-is applied to x with one gather. Output f32 [M, N], cast to x's dtype. Threads: all cores
+shared suite's f32 cases: 0.14 AVX-512, 0.12 AVX2, 0.36 scalar). Activations are not quantized by
+default (llama.cpp's Q8 activations miss the f32 tolerance); `set_act_quant` (``JQUANT_CPU_ACT=int8``)
+opts into them for decode calls on AVX-512 VNNI CPUs. The act-order permutation, when present, is
+applied to x with one gather. Output f32 [M, N], cast to x's dtype. Threads: all cores
 (``JQUANT_CPU_THREADS`` / `set_threads`); ISA: the best the CPU has (``JQUANT_CPU_ISA`` / `set_isa`).
+
+Scanned models: the backend declares ``reads_stacked``, so `jquant.ops.qmatmul` hands it a scanned
+model's whole weight stack and the layer index (``layer=``), which the kernel reads in place; a
+``w[layer]`` slice passed to a custom call inside ``lax.scan`` would be copied per call (131 vs 228 us
+per 3072 x 576 Q4_1 layer, bench/results/cpu/decode.md).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ __all__ = [
     "set_isa",
     "get_isa",
     "read_bandwidth",
+    "set_act_quant",
+    "get_act_quant",
     "ISAS",
     "M_MAX",
 ]
@@ -158,6 +166,28 @@ def get_isa(detected: bool = False) -> str:
     """The code path in use (``detected=True``: the best the CPU supports)."""
     lib = _lib()
     return ISAS[lib.jquant_cpu_detected_isa() if detected else lib.jquant_cpu_get_isa()]
+
+
+def set_act_quant(mode: str) -> str:
+    """Opt-in int8 activations for decode calls (``"int8"``) or the spec's f32 ones (``"none"``, the
+    default; env ``JQUANT_CPU_ACT=int8``); returns the mode in effect (``"none"`` where the CPU has no
+    AVX-512 VNNI).
+
+    With ``"int8"``, calls of M <= 2 on integer codes with groups of 32k columns quantize each
+    32-column block of x to int8 (``dx = max|x| / 127``, round to nearest: llama.cpp's Q8_0 / Q8_1
+    activations) and multiply with VNNI integer dot products: the result is ``x^ @ dequantize(w).T``
+    for the quantized ``x^``, which is NOT the spec's function (``x`` loses ~8 bits; errors ~1e-3
+    relative on the SmolLM2 layers, outside the suite's f32 tolerance), hence opt-in. Other calls are
+    unchanged.
+    """
+    if mode not in ("none", "int8"):
+        raise ValueError(f"act quant mode must be 'none' or 'int8', got {mode!r}")
+    return "int8" if _lib().jquant_cpu_set_act(int(mode == "int8")) else "none"
+
+
+def get_act_quant() -> str:
+    """The activation mode in effect (`set_act_quant`)."""
+    return "int8" if _lib().jquant_cpu_get_act() else "none"
 
 
 def read_bandwidth(nbytes: int = 1 << 29, threads: int = 1, reps: int = 5) -> float:

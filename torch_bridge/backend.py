@@ -47,14 +47,15 @@ __all__ = [
 # Per torch device type, the order backends are tried in. Vendor fp8 GEMM first (1.1-1.5x the
 # Triton fp8 kernel at M = 32..4096 on H200), then the Triton kernels: fused W8A8 (they decline
 # weight-only layers), weight-only and, from M = 128, its two-stage twin (Triton dequantization ->
-# vendor GEMM; `torch_bridge.triton.configs.PREFILL_DEQUANT_M`); then torch's own CPU kernels, the
-# reference. Triton runs wherever a Triton driver does (NVIDIA / ROCm as "cuda", Intel as "xpu")
+# vendor GEMM; `torch_bridge.triton.configs.PREFILL_DEQUANT_M`); then jquant's C++ CPU kernel up to
+# M = 32 (`kernels_cpu`; 5-10x torch's int4 pack kernel at decode, bench/results/cpu/decode.md),
+# torch's own CPU kernels, the reference. Triton runs wherever a Triton driver does (NVIDIA / ROCm as "cuda", Intel as "xpu")
 # and on the CPU under TRITON_INTERPRET=1; other devices (Gaudi "hpu", "mps", ...) take the reference.
 _TRITON = ("torch_triton_w8a8_fp8", "torch_triton_w8a8_int8", "torch_triton_wxa16", "torch_triton_dequant_dot")
 ROUTES: dict[str, tuple[str, ...]] = {
     "cuda": ("torch_scaled_mm_fp8", *_TRITON, "torch_dequant_matmul"),
     "xpu": (*_TRITON, "torch_dequant_matmul"),
-    "cpu": (*_TRITON, "torch_cpu_int4pack", "torch_cpu_int8pack", "torch_dequant_matmul"),
+    "cpu": (*_TRITON, "torch_cpu_qmatmul", "torch_cpu_int4pack", "torch_cpu_int8pack", "torch_dequant_matmul"),
     "*": ("torch_dequant_matmul",),
 }
 

@@ -21,7 +21,8 @@
   per-row groups: GGUF Q4_0 / Q4_1 / Q5 / Q6 / Q8_0 / K-quants / IQ4, GPTQ, AWQ, NF4, ...): codes are
   read and scaled in registers, nothing is dequantized per call. f32 activations and accumulation
   (bf16 / f16 inputs are widened), the same function as the JAX path (f32 rounding only). Up to
-  ``MAX_M`` = 32 rows; longer inputs (prefill) take dequantize + matmul.
+  ``MAX_M`` = 32 rows (its declared M range); longer inputs (prefill) go to the next backend of the
+  layer's plan (`torch_bridge.backend.plan`: torch's pack kernels, else dequantize + matmul).
 * ``torch_dequant_matmul``: the reference on any device: `torch_bridge.dequant` (bit-exact twin of
   the numpy spec) then a float32 matmul. Supports everything; tried last.
 """
@@ -234,7 +235,9 @@ class CpuKernel(TorchBackend):
     MAX_M = 32
 
     name = "torch_cpu_qmatmul"
-    caps = dataclasses.replace(KERNEL_CAPS, m_max=None, act_dtypes=None)  # M is per call: `run` decides
+    # Decode sizes only: from M = 33 a layer's plan hands the call to the next backend in `ROUTES`
+    # (torch's int4 / int8 pack kernels, else one dequantization and the BLAS GEMM).
+    caps = dataclasses.replace(KERNEL_CAPS, m_max=MAX_M, act_dtypes=None)
 
     def why_not_more(self, call):
         return kernel_more_reasons(call)
@@ -257,8 +260,6 @@ class CpuKernel(TorchBackend):
         return _spec(self.name, w, ["table"] + cnames, bits=q.container_bits, bias=bias), [table] + ctensors
 
     def run(self, x, tensors, spec):
-        if x.shape[0] > self.MAX_M:  # prefill: one dequantization, then the BLAS GEMM
-            return dequant_matmul(x, tensors, spec)  # (canonical_from skips the table)
         i_data, i_scale, i_zero, i_perm, static = _kernel_args(spec)
         xa = x.index_select(-1, tensors[i_perm].long()) if i_perm >= 0 else x
         xa = xa.float().contiguous()

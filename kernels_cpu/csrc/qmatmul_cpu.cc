@@ -459,10 +459,19 @@ JQ_VNNI void rowsq_avx512(const Problem& p, int64_t r0, int64_t r1, int64_t m0, 
     row_corr_avx512(p, s, c, bias, m0, MT, corr);
     for (int i = 0; i < MT; ++i) acc[i] = corr[i];
     // ws[i][b] = s_{g(b)} * dx_b (c is free now: the offsets are in corr)
+    const int64_t per = p.group / 32;  // blocks per group
     for (int i = 0; i < MT; ++i) {
       const float* dx = p.dx + (m0 + i) * nb;
       float* ws = c + i * nb;
-      for (int64_t b = 0; b < nb; ++b) ws[b] = s[b * 32 / p.group] * dx[b];
+      if (per == 1) {  // GGUF: one block per group, 16 at a time
+        for (int64_t b = 0; b < nb; b += 16) {
+          const __mmask16 mk = (__mmask16)((nb - b >= 16) ? 0xffff : ((1u << (nb - b)) - 1));
+          _mm512_mask_storeu_ps(ws + b, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + b), _mm512_maskz_loadu_ps(mk, dx + b)));
+        }
+      } else {
+        for (int64_t g = 0, b = 0; b < nb; ++g)
+          for (int64_t u = 0; u < per && b < nb; ++u, ++b) ws[b] = s[g] * dx[b];
+      }
     }
     const uint8_t* d = p.w + n * rb;
     int64_t b = 0;

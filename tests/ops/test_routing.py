@@ -170,46 +170,46 @@ TORCH_ABBREV = {
 EXPECTED_TORCH = """
 uint4b8 g128               | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4b8 g128               | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4b8 g128               | cpu   | cpu.i4    cpu.i4    cpu.i4    cpu.i4    cpu.i4
+uint4b8 g128               | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
 uint4 g128 zero            | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4 g128 zero            | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4 g128 zero            | cpu   | cpu.i4    cpu.i4    cpu.i4    cpu.i4    cpu.i4
+uint4 g128 zero            | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
 uint4b8 g128 act-order     | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4b8 g128 act-order     | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4b8 g128 act-order     | cpu   | cpu.i4    cpu.i4    cpu.i4    cpu.i4    cpu.i4
+uint4b8 g128 act-order     | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
 uint4b8 channel            | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4b8 channel            | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4b8 channel            | cpu   | cpu.i4    cpu.i4    cpu.i4    cpu.i4    cpu.i4
+uint4b8 channel            | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
 uint8b128 channel          | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint8b128 channel          | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint8b128 channel          | cpu   | cpu.i8    cpu.i8    cpu.i8    cpu.i8    cpu.i8
+uint8b128 channel          | cpu   | cpu.q     cpu.q     cpu.i8    cpu.i8    cpu.i8
 uint2 g64 zero             | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint2 g64 zero             | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint2 g64 zero             | cpu   | ref       ref       ref       ref       ref
 uint3b4 g128               | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint3b4 g128               | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint3b4 g128               | cpu   | cpu.i4    cpu.i4    cpu.i4    cpu.i4    cpu.i4
+uint3b4 g128               | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
 q4_0 uint4b8 g32           | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q4_0 uint4b8 g32           | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-q4_0 uint4b8 g32           | cpu   | cpu.i4    cpu.i4    cpu.i4    cpu.i4    cpu.i4
+q4_0 uint4b8 g32           | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
 q4_1 uint4 g32 float zero  | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q4_1 uint4 g32 float zero  | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-q4_1 uint4 g32 float zero  | cpu   | cpu.i4    cpu.i4    cpu.i4    cpu.i4    cpu.i4
+q4_1 uint4 g32 float zero  | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
 q6_k uint6b32 g16          | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q6_k uint6b32 g16          | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-q6_k uint6b32 g16          | cpu   | ref       ref       ref       ref       ref
+q6_k uint6b32 g16          | cpu   | cpu.q     cpu.q     ref       ref       ref
 q8_0 int8 g32              | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q8_0 int8 g32              | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-q8_0 int8 g32              | cpu   | ref       ref       ref       ref       ref
+q8_0 int8 g32              | cpu   | cpu.q     cpu.q     ref       ref       ref
 nf4 g64                    | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 nf4 g64                    | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-nf4 g64                    | cpu   | ref       ref       ref       ref       ref
+nf4 g64                    | cpu   | cpu.q     cpu.q     ref       ref       ref
 bnb_fp4 g64                | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 bnb_fp4 g64                | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-bnb_fp4 g64                | cpu   | ref       ref       ref       ref       ref
+bnb_fp4 g64                | cpu   | cpu.q     cpu.q     ref       ref       ref
 iq4nl g32                  | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 iq4nl g32                  | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-iq4nl g32                  | cpu   | ref       ref       ref       ref       ref
+iq4nl g32                  | cpu   | cpu.q     cpu.q     ref       ref       ref
 mxfp4 g32                  | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 mxfp4 g32                  | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 mxfp4 g32                  | cpu   | ref       ref       ref       ref       ref

@@ -98,13 +98,17 @@ def test_backends_decline_with_reason(name, w, reason):
 
 def test_dispatch_order_and_env(monkeypatch):
     w4 = _w(qt.uint4b8, 32, 128, (1, 32))
+    # jquant's C++ kernel takes decode sizes (M <= 32), torch's pack kernels the rest of the plan.
+    assert tb.select(w4, "cpu", torch.bfloat16).backend.name == "torch_cpu_qmatmul"
+    assert "torch_cpu_qmatmul (M 1..32), torch_cpu_int4pack (M 1..)" in tb.explain(w4, "cpu", torch.float32)
+    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "torch_cpu_qmatmul")  # below: the torch kernels' order
     assert tb.select(w4, "cpu", torch.bfloat16).backend.name == INT4
     assert tb.select(_w(qt.nf4, 32, 128, (1, 32)), "cpu", torch.float32).backend.name == DEQ
     assert tb.select(_w(qt.int8, 32, 128, (1, 128)), "cpu", torch.float32).backend.name == INT8
     assert tb.select(_w(qt.int8, 32, 128, (1, 128)), "cpu", torch.float32, act_quant="int8").backend.name == DEQ
     text = tb.explain(w4, "cpu", torch.float32)
     assert INT4 in text.splitlines()[0] and "TRITON_INTERPRET" in text
-    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", INT4)
+    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", f"torch_cpu_qmatmul,{INT4}")
     assert tb.select(w4, "cpu", torch.float32).backend.name == DEQ
     monkeypatch.setenv("JQUANT_KERNELS", "pallas_triton_w4a16")  # a JAX-side name: not the torch side's business
     assert tb.select(w4, "cpu", torch.float32).backend.name == DEQ
