@@ -18,13 +18,31 @@ import numpy as np
 from jquant.convert import gguf_file_of
 
 __all__ = [
+    "ACT_MAX_REL",
+    "ACT_MIN_TOP1",
     "LogitAgreement",
+    "MAX_REL",
+    "MIN_TOP1",
     "ParityReport",
     "compare_logits",
     "load_transformers_model",
     "transformers_logits",
     "transformers_greedy",
 ]
+
+# `jquant parity`'s default verdict: float32 agreement with the reference.
+MAX_REL, MIN_TOP1 = 1e-3, 1.0
+# ... and for checkpoints that quantize activations (W8A8, FP8, NVFP4 recipes): a last-bit float32
+# difference upstream can flip one fp8 / int8 activation code, a jump of up to one quantization step,
+# and with dynamic *per-tensor* scales one moved amax moves every code of that activation. The
+# 2-layer models of tests/parity stay under 0.2 (ACT_TOL there), but SmolLM2-135M (30 layers)
+# converted with ``--quantize fp8`` measures, JAX vs the spec on `jquant parity`'s two default
+# prompts, max|diff|/std 0.83 and 1.02 at 97.3% and 86.8% top-1 (0.74 / 1.14 and 91.9% / 84.2%
+# without the prompt bucket's padding; 0.67 at 92% on tests/quantize's random tokens), while the
+# same weights with the activation recipes removed agree within 2.1e-5 at 100%. So these bounds
+# only catch a broken activation path; `jquant parity` also checks the weights alone to
+# MAX_REL / MIN_TOP1.
+ACT_MAX_REL, ACT_MIN_TOP1 = 2.0, 0.8
 
 
 @dataclasses.dataclass

@@ -16,7 +16,10 @@ Tensors and their decoding are in `jquant.formats._int_packed`. Marlin-repacked 
 ``s`` per module, read by `jquant.formats.marlin`; a module that instead holds plain GPTQ tensors
 under that config (what GPTQModel 7.x's ``FORMAT.MARLIN`` holder reads: ``qweight`` / ``qzeros``
 with v1 zero points, ``nn_modules/qlinear/mlx.py GPTQMarlinMlxQuantLinear.pack_source``) is read
-as GPTQ v1. A module is quantized when it has a ``qweight`` (or Marlin's ``B``); everything else (embeddings, norms, an unquantized ``lm_head``) passes through.
+as GPTQ v1. BitBLAS-repacked checkpoints (``checkpoint_format: "bitblas"`` or
+``is_bitblas_format: true``) are read by `jquant.formats.bitblas`. A module is quantized when it
+has a ``qweight`` (or Marlin's ``B``); everything else (embeddings, norms, an unquantized
+``lm_head``) passes through.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 from jquant.core.errors import ConfigError, UnsupportedFormatError
 from jquant.formats._int_packed import CONFIG_FILE, IntScheme, check_bits_group, convert_gptq_group
 from jquant.formats.base import Format, TensorGroup, quant_config
+from jquant.formats.bitblas import convert_bitblas_group
 from jquant.formats.gptq_planar import PLANAR_ONLY_BITS, convert_planar_group
 from jquant.formats.marlin import check_marlin_config, convert_marlin_group
 
@@ -36,9 +40,10 @@ __all__ = ["GPTQ", "GPTQConfig", "DynamicRule", "PlanarScheme"]
 
 # checkpoint_format -> zero points stored as z - 1 (v1)? (GPTQModel model_dequant._uses_gptq_v1_qzeros)
 # "marlin": plain GPTQ tensors under a marlin config keep v1 zeros (module docstring).
-_ZERO_CONVENTION = {"gptq": True, "gptq_v2": False, "gptq_p": False, "marlin": True}
+# "bitblas": zero points stored as BitBLAS reads them, w = (q - z) * s (`jquant.formats.bitblas`).
+_ZERO_CONVENTION = {"gptq": True, "gptq_v2": False, "gptq_p": False, "marlin": True, "bitblas": False}
 # Layouts GPTQModel / AutoGPTQ can also write; each repacks codes differently (formats.md 3).
-_OTHER_LAYOUTS = ("marlin_24", "bitblas", "qqq", "gemm", "gemv", "gemv_fast")
+_OTHER_LAYOUTS = ("marlin_24", "qqq", "gemm", "gemv", "gemv_fast")
 _OVERRIDABLE = ("bits", "group_size", "sym", "desc_act")
 
 
@@ -109,16 +114,12 @@ class GPTQConfig:
         Raises:
             ConfigError: missing or contradictory keys (``format`` vs ``checkpoint_format``),
                 bad values, malformed ``dynamic``.
-            UnsupportedFormatError: bitblas / marlin_24 / qqq layouts, non-int32 packing, Marlin
+            UnsupportedFormatError: marlin_24 / qqq layouts, non-int32 packing, Marlin
                 with anything but 4-bit symmetric without act-order.
         """
-        if qc.get("is_bitblas_format"):
-            raise UnsupportedFormatError(
-                "legacy BitBLAS-repacked GPTQ checkpoint (is_bitblas_format)",
-                file=file,
-                tensor="quantization_config.is_bitblas_format",
-            )
         fmts = {k: str(qc[k]).lower() for k in ("checkpoint_format", "format") if qc.get(k) is not None}
+        if qc.get("is_bitblas_format") is True:  # the legacy boolean spelling (formats.md 0.4)
+            fmts["is_bitblas_format"] = "bitblas"
         if qc.get("is_marlin_format") is True:  # AutoGPTQ <= 0.7.1 (vLLM MarlinConfig reads both)
             fmts["is_marlin_format"] = "marlin"
         if len(set(fmts.values())) > 1:
@@ -234,6 +235,8 @@ class GPTQ(Format, name="gptq"):
                 f"quant_method is gptq but no tensor is named {want}", file=CONFIG_FILE, tensor="quantization_config"
             )
         fmt = cls(cfg)
+        if cfg.checkpoint_format == "bitblas":
+            fmt.partner_suffixes = cls.partner_suffixes | {"zeros"}  # GPTQModel's first BitBLAS QuantLinear
         if cfg.checkpoint_format == "marlin":
             fmt.partner_suffixes = cls.partner_suffixes | {"s"}  # Marlin's scales without its B
             fmt.main_suffix = "B"
@@ -250,6 +253,8 @@ class GPTQ(Format, name="gptq"):
             raise group.error(main, f"module is quantized on disk but the config says it is not ({why})", ConfigError)
         if main == "B":
             return convert_marlin_group(group, group_size=scheme.group_size)
+        if self.cfg.checkpoint_format == "bitblas":
+            return convert_bitblas_group(group, scheme)
         if isinstance(scheme, PlanarScheme):
             return convert_planar_group(group, bits=scheme.bits, group_size=scheme.group_size, desc_act=scheme.desc_act)
         return convert_gptq_group(group, scheme)

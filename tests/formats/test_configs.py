@@ -35,8 +35,8 @@ def test_gptq_format_synonyms_and_v2():
     assert GPTQConfig.from_dict({"bits": 3, "group_size": 64, "format": "GPTQ_V2"}).scheme("x").zeros_v1 is False
     assert GPTQConfig.from_dict({"bits": 3, "group_size": 64, "checkpoint_format": "gptq_v2", "format": "gptq_v2"})
     assert GPTQConfig.from_dict({"bits": 4, "group_size": 128, "is_marlin_format": True}).checkpoint_format == "marlin"
-    with pytest.raises(UnsupportedFormatError, match="legacy BitBLAS"):
-        GPTQConfig.from_dict({"bits": 4, "group_size": 128, "is_bitblas_format": True})
+    with pytest.raises(UnsupportedFormatError, match="checkpoint_format='marlin_24' is not supported"):
+        GPTQConfig.from_dict({"bits": 4, "group_size": 128, "checkpoint_format": "marlin_24"})
     with pytest.raises(ConfigError, match="unknown checkpoint_format='gptq_v9'"):
         GPTQConfig.from_dict({"bits": 4, "group_size": 128, "checkpoint_format": "gptq_v9"})
     with pytest.raises(ConfigError, match="lacks group_size"):
