@@ -342,6 +342,9 @@ def _child(spec: str, model: str, tokens: int) -> None:
     if spec == "kernels":
         print("RESULT " + json.dumps(_kernel_rows()))
         return
+    if spec == "prefill":
+        print("RESULT " + json.dumps(_prefill_rows()))
+        return
     engine, kernels, threads, unrolled = parse_spec(spec)
     if engine == "llamacpp":
         try:
@@ -469,6 +472,47 @@ def _kernel_rows(threads=(1, 2)) -> list[dict]:
     return rows
 
 
+PREFILL_M = (8, 16, 32, 37, 64)
+
+
+def _prefill_rows(ms=PREFILL_M) -> list[dict]:
+    """Where ``cpu_qmatmul`` stops beating ``xla_cpu_chunked`` (the routing's M limit, `kernels_cpu.caps.M_MAX`):
+    ms per token position's worth of SmolLM2's matmuls (its four Q4_1 layer shapes x 30 layers) at M rows,
+    each backend at the process's default threads, each call in a compiled loop over 4 distinct weights.
+    M = 37 is the README prompt's length; `jquant.models.generate` pads prefills to 32k rows (M = 64)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jquant.core import QArray, get_qtype
+    from jquant.ops.xla_cpu import chunked_qmatmul
+    from kernels_cpu import cpu_qmatmul
+
+    rng = np.random.default_rng(0)
+
+    def q41(n, k):
+        g = k // 32
+        return QArray(
+            data=rng.integers(0, 256, (n, k // 2), dtype=np.uint8),
+            scale=(rng.random((n, g)) * 0.01).astype(np.float16),
+            zero=(rng.random((n, g)) * 0.01).astype(np.float16),
+            qtype=get_qtype("uint4"),
+            shape=(n, k),
+            block=(1, 32),
+        )
+
+    shapes = [(n, k) for n, k, bits, _ in KERNEL_SHAPES["smollm2"] if bits == 4]
+    ws = {s: [jax.device_put(q41(*s)) for _ in range(4)] for s in shapes}
+    rows = []
+    for m in ms:
+        x = jnp.asarray(rng.standard_normal((m, 3072)).astype(np.float32))
+        row = {"m": m}
+        for key, fn in (("cpu_qmatmul", cpu_qmatmul), ("xla_cpu_chunked", chunked_qmatmul)):
+            row[key] = sum(_time_calls(fn, x, ws[(n, k)], k, reps=3) * 30 for n, k in shapes)
+        rows.append(row)
+    return rows
+
+
 # ---- the report ----------------------------------------------------------------------------------------
 def _bandwidth() -> dict[int, float]:
     """Streaming-read bytes/s with 1 and 2 threads (empty when the CPU kernel library is unavailable)."""
@@ -538,7 +582,7 @@ def _run_child(spec: str, model: str, tokens: int) -> dict:
         [sys.executable, __file__, "--child", spec, "--model", model, "--tokens", str(tokens)],
         capture_output=True,
         text=True,
-        env=_env(spec) if spec != "kernels" else {**os.environ, "PYTHONPATH": str(ROOT)},
+        env=_env(spec) if spec not in ("kernels", "prefill") else {**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
     )
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -562,6 +606,9 @@ def main() -> int:
     ap.add_argument("--cli-cache", action="store_true", help="time jquant generate's first token, cold and warm cache")
     ap.add_argument("--no-kernels", action="store_true", help="skip the per-shape kernel table")
     ap.add_argument("--kernels-only", action="store_true", help="only the per-shape kernel table (printed)")
+    ap.add_argument(
+        "--prefill-only", action="store_true", help="only cpu_qmatmul vs xla_cpu_chunked at M = 8..64 (printed)"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -569,6 +616,13 @@ def main() -> int:
         return 0
     if args.kernels_only:
         print(json.dumps(_run_child("kernels", args.model, args.tokens), indent=1))
+        return 0
+    if args.prefill_only:
+        print(f"load average {os.getloadavg()[0]:.1f}; ms of 30 layers' SmolLM2 Q4_1 matmuls at M rows")
+        print("| M | cpu_qmatmul | xla_cpu_chunked | kernel speedup |\n|---|---|---|---|")
+        for r in _run_child("prefill", args.model, args.tokens):
+            c, x = r["cpu_qmatmul"] * 1e3, r["xla_cpu_chunked"] * 1e3
+            print(f"| {r['m']} | {c:.1f} | {x:.1f} | {x / c:.2f}x |")
         return 0
     specs = [s.strip() for s in args.runs.split(",") if s.strip()]
     for s in specs:

@@ -335,7 +335,8 @@ def lowered_backends(gen, batch: int, max_len: int) -> list[str]:
 
     cache = gen.model.init_cache(batch, max_len)
     token = jnp.zeros((batch,), jnp.int32)
-    lowered = gen._step.lower(gen.state, token, cache, jax.random.key(0), sampling=SamplingConfig())
+    keys = jax.random.split(jax.random.key(0), batch)  # one key per row (batched generation)
+    lowered = gen._step.lower(gen.state, token, cache, keys, sampling=SamplingConfig())
     try:
         text = lowered.as_text(debug_info=True)
     except TypeError:  # a jax without the keyword

@@ -207,7 +207,8 @@ def run(args) -> int:
 
     ckpt = jquant.convert(src)
     model = from_checkpoint(ckpt, dtype=jnp.float32)
-    step(f"building the reference ({args.reference})")
+    what = {"auto": "transformers from SRC, else the spec", "transformers": "transformers from SRC", "spec": "the spec"}
+    step(f"building the reference ({what[args.reference]})")
     oracle, ref_line = reference_model(src, ckpt, args.reference)
     print(ref_line)
     act = any(isinstance(w, ActQuant) for w in ckpt.weights.values())

@@ -174,42 +174,63 @@ def _calibrated(x: jax.Array, scale: jax.Array, rng: float) -> jax.Array:
 
 
 def write_layer(
-    kv: tuple[jax.Array, ...], k: jax.Array, v: jax.Array, start: jax.Array
+    kv: tuple[jax.Array, ...], k: jax.Array, v: jax.Array, start: jax.Array, layer: jax.Array | None = None
 ) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """Writes one layer's new keys / values into its cache slots ``[start, start + T)``.
 
     Args:
         kv: the layer's cache: ``(k, v)`` [B, S, H, D] in the model dtype, or ``(k_codes, v_codes,
             k_scale, v_scale)`` with codes [B, S, H, D] (fp8 / int8) and f32 scales [H] (0: unset).
+            With ``layer``: every layer's cache stacked, [L, B, S, H, D] and scales [L, H].
         k, v: [B, T, H, D] new keys (rotated) and values.
         start: int32 scalar, the slot of the first new token; or int32 [B], one slot per row.
+        layer: None, or an int32 scalar: the layer of a stacked ``kv`` to write (`KVCache` of a
+            scanned model): only the T new slots of that layer are written, in place in the stack,
+            instead of slicing out, updating and writing back the layer's whole buffer.
 
     Returns:
         ``(new_kv, keys, values, k_scale, v_scale)``: the layer's updated cache (same structure as
-        ``kv``), the whole key / value buffers to attend over (codes for a quantized cache), and
-        their f32 [H] scales (None for a float cache).
+        ``kv``: the whole stack when ``layer`` is given), the layer's whole key / value buffers
+        [B, S, H, D] to attend over (codes for a quantized cache), and their f32 [H] scales (None
+        for a float cache).
     """
     if len(kv) == 2:
-        keys, values = _write(kv[0], k, start), _write(kv[1], v, start)
-        return (keys, values), keys, values, None, None
-    kc, vc, ks, vs = kv
+        kb, vb = _write(kv[0], k, start, layer), _write(kv[1], v, start, layer)
+        return (kb, vb), _at(kb, layer), _at(vb, layer), None, None
+    kc, vc, ks_all, vs_all = kv
     name = next(n for n, s in _SPECS.items() if jnp.dtype(s[0]) == kc.dtype)
     _, _, k_rng, v_rng = _SPECS[name]
-    ks, vs = _calibrated(k, ks, k_rng), _calibrated(v, vs, v_rng)
-    keys, values = _write(kc, quantize_kv(k, ks, kc.dtype), start), _write(vc, quantize_kv(v, vs, vc.dtype), start)
-    return (keys, values, ks, vs), keys, values, ks, vs
+    ks, vs = _calibrated(k, _at(ks_all, layer), k_rng), _calibrated(v, _at(vs_all, layer), v_rng)
+    kb = _write(kc, quantize_kv(k, ks, kc.dtype), start, layer)
+    vb = _write(vc, quantize_kv(v, vs, vc.dtype), start, layer)
+    if layer is None:
+        ks_all, vs_all = ks, vs
+    else:
+        ks_all = jax.lax.dynamic_update_index_in_dim(ks_all, ks, layer, 0)
+        vs_all = jax.lax.dynamic_update_index_in_dim(vs_all, vs, layer, 0)
+    return (kb, vb, ks_all, vs_all), _at(kb, layer), _at(vb, layer), ks, vs
 
 
-def _write(buf: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+def _at(a: jax.Array, layer: jax.Array | None) -> jax.Array:
+    """Layer ``layer`` of a stacked array (``a`` itself when ``layer`` is None)."""
+    return a if layer is None else jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False)
+
+
+def _write(buf: jax.Array, new: jax.Array, start: jax.Array, layer: jax.Array | None = None) -> jax.Array:
     """``new`` [B, T, H, D] written into ``buf`` [B, S, H, D] at slots ``[start, start + T)``.
 
     ``start`` is an int32 scalar (every row at the same slot: one ``dynamic_update_slice``) or int32
     [B] (a ragged batch, `jquant.models.generate`: each row at its own slot, one scatter; slots past
-    S are dropped, where ``dynamic_update_slice`` would clamp).
+    S are dropped, where ``dynamic_update_slice`` would clamp). With ``layer`` (int32 scalar),
+    ``buf`` is a stack [L, B, S, H, D] and only layer ``layer``'s slots are written.
     """
     new = new.astype(buf.dtype)
-    if jnp.ndim(start) == 0:
-        return jax.lax.dynamic_update_slice(buf, new, (0, start, 0, 0))
     b, t = new.shape[:2]
+    if jnp.ndim(start) == 0:
+        if layer is None:
+            return jax.lax.dynamic_update_slice(buf, new, (0, start, 0, 0))
+        return jax.lax.dynamic_update_slice(buf, new[None], (layer, 0, start, 0, 0))
     slots = start[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T]
-    return buf.at[jnp.arange(b)[:, None], slots].set(new, mode="drop")
+    if layer is None:
+        return buf.at[jnp.arange(b)[:, None], slots].set(new, mode="drop")
+    return buf.at[layer, jnp.arange(b)[:, None], slots].set(new, mode="drop")

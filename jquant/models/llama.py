@@ -9,6 +9,8 @@ from the config (Mistral). Every linear layer is a `QuantLinear`, whatever its f
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -16,11 +18,12 @@ from flax import nnx
 from jquant.core.errors import ConfigError
 from jquant.models.attention_sinks import softmax_with_sinks
 from jquant.models.config import DecoderConfig
-from jquant.models.kv_cache import KVCache
+from jquant.models.kv_cache import KVCache, LayerKV
 from jquant.models.kv_quant import write_layer
 from jquant.models.rope import apply_rope, inv_frequencies, rope_cos_sin
 from jquant.nn import Weights
 from jquant.nn.linear import at_layer, split_layer_weights
+from jquant.nn.weights import stack_to_device, to_device_tree
 
 __all__ = ["Attention", "MLP", "DecoderLayer", "LlamaForCausalLM"]
 
@@ -58,9 +61,9 @@ class Attention(nnx.Module):
         cos: jax.Array,
         sin: jax.Array,
         positions: jax.Array,
-        kv: tuple[jax.Array, ...] | None,
+        kv: tuple[jax.Array, ...] | LayerKV | None,
         start: jax.Array | None,
-    ) -> tuple[jax.Array, tuple[jax.Array, ...] | None]:
+    ) -> tuple[jax.Array, tuple[jax.Array, ...] | LayerKV | None]:
         """One attention block.
 
         Args:
@@ -68,13 +71,14 @@ class Attention(nnx.Module):
             cos, sin: [B, T, head_dim] rotary tables of the T query positions.
             positions: int32 [B, T] positions of the queries.
             kv: this layer's cache buffers ([B, S, kv_heads, head_dim] each; a quantized cache
-                adds f32 [kv_heads] k / v scales, `jquant.models.kv_quant.write_layer`) or None
-                (no cache: attend within ``x`` only).
+                adds f32 [kv_heads] k / v scales, `jquant.models.kv_quant.write_layer`), or a
+                `LayerKV` (this layer of a stacked cache, inside the layer scan), or None (no
+                cache: attend within ``x`` only).
             start: int32 scalar, cache slot of the first query (= cache length before this call), or
                 int32 [B]: one per row (a ragged batch; the cache slot of a key is its position).
 
         Returns:
-            [B, T, hidden] and the updated buffers (None without a cache).
+            [B, T, hidden] and the updated buffers, in the form ``kv`` came in (None without a cache).
         """
         b, t, _ = x.shape
         nq, nkv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -93,7 +97,11 @@ class Attention(nnx.Module):
         if kv is None:
             keys, values, kpos = k, v, positions  # [B, S = T]
         else:
-            kv, keys, values, k_scale, v_scale = write_layer(kv, k, v, start)
+            if isinstance(kv, LayerKV):  # write this layer's new slots in place in the stack
+                bufs, keys, values, k_scale, v_scale = write_layer(kv.buffers, k, v, start, kv.index)
+                kv = LayerKV(bufs, kv.index)
+            else:
+                kv, keys, values, k_scale, v_scale = write_layer(kv, k, v, start)
             kpos = jnp.arange(keys.shape[1], dtype=jnp.int32)[None]  # slot = position; later slots masked as future
         # per row: a ragged batch (`jquant.models.generate`) has each row at its own position
         allowed = kpos[:, None, :] <= positions[:, :, None]  # [B, T, S]
@@ -171,10 +179,28 @@ def _homogeneous(layers: list[nnx.Module]) -> bool:
 
 
 def _stack(layers: list[nnx.Module]) -> nnx.Module:
-    """One module of the layers' class whose every array has a leading layer axis."""
+    """One module of the layers' class whose every array has a leading layer axis.
+
+    Consumes ``layers`` (the list is emptied) and stacks one array at a time, dropping each
+    layer's copy as soon as its stack exists. The layers' quantized weights are host arrays
+    (`Weights.defer_quantized`): `stack_to_device` copies them once into the stack (which the CPU
+    backend adopts without a copy), so no per-layer device copy ever exists (the 1B-class GGUF's load peaked at
+    2.7 GB for 0.71 GB of weights with host, per-layer and stacked copies alive at once;
+    bench/results/cpu/decode.md).
+    """
     graphdef, _ = nnx.split(layers[0])
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(layer)[1] for layer in layers])
-    return nnx.merge(graphdef, stacked)
+    states = [nnx.split(layer)[1] for layer in layers]
+    layers.clear()  # the modules' references go; the arrays live on in ``leaves`` only
+    treedef = jax.tree.structure(states[0])
+    leaves = [jax.tree.leaves(s) for s in states]
+    del states
+    stacked = []
+    for j in range(len(leaves[0])):
+        column = [row[j] for row in leaves]
+        for row in leaves:
+            row[j] = None
+        stacked.append(stack_to_device(column, consume=True))
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, stacked))
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -208,7 +234,12 @@ class LlamaForCausalLM(nnx.Module):
         # `jquant.models.kv_quant.KVQuant` for a quantized KV cache (set by from_checkpoint); None: model dtype.
         self.kv_quant = None
         self.embed_tokens = w.embed("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)
-        layers = [self.decoder_layer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
+        # quantized layer weights stay on the host until they are stacked (or moved) below
+        w.defer_quantized = True
+        try:
+            layers = [self.decoder_layer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
+        finally:
+            w.defer_quantized = False
         same = _homogeneous(layers)
         if scan_layers and not same:
             raise ConfigError("scan_layers=True but the decoder layers differ in structure or weight types")
@@ -217,6 +248,8 @@ class LlamaForCausalLM(nnx.Module):
         if same and scan_layers is not False:
             self.layers, self.stacked_layers = nnx.data(None), _stack(layers)
         else:
+            for layer in layers:
+                nnx.update(layer, to_device_tree(nnx.state(layer)))
             self.layers, self.stacked_layers = nnx.List(layers), nnx.data(None)
         del layers
         self.norm = w.norm("model.norm.weight", cfg.hidden_size, cfg.rms_norm_eps)
@@ -248,6 +281,7 @@ class LlamaForCausalLM(nnx.Module):
             self.dtype,
             sharding=self.cache_sharding,
             quant=self.kv_quant,
+            stacked=self.stacked_layers is not None,
         )
 
     def hidden_states(self, input_ids: jax.Array, cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
@@ -270,13 +304,21 @@ class LlamaForCausalLM(nnx.Module):
             # needs no per-layer copy of them; any other gets the slice, as the scan made before.
             graphdef, weights, rest = split_layer_weights(self.stacked_layers)
 
-            def body(h, per_layer):
-                i, state, kv = per_layer
-                return nnx.merge(graphdef, at_layer(weights, i), state)(h, cos, sin, positions, kv, start)
+            # The stacked cache rides in the carry: each layer writes its new slots into it in place
+            # (`LayerKV`); as scan input / output it would be sliced per layer and rebuilt.
+            def body(carry, per_layer):
+                h, bufs = carry
+                i, state = per_layer
+                layer = nnx.merge(graphdef, at_layer(weights, i), state)
+                h, kv = layer(h, cos, sin, positions, None if bufs is None else LayerKV(bufs, i), start)
+                return (h, None if kv is None else kv.buffers), None
 
+            # a per-layer cache (made by hand for a scanned model) is stacked once and stays so
             kvs = None if cache is None else cache.stacked()
+            if cache is not None and not cache.is_stacked:
+                cache = dataclasses.replace(cache, **dict(zip(("k", "v", "k_scale", "v_scale"), kvs)))
             idx = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
-            x, kvs = jax.lax.scan(body, x, (idx, rest, kvs))
+            (x, kvs), _ = jax.lax.scan(body, (x, kvs), (idx, rest))
         else:
             kvs = []
             for i, layer in enumerate(self.layers):

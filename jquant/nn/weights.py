@@ -22,7 +22,7 @@ from jquant.nn.embed import QuantEmbed
 from jquant.nn.linear import QuantLinear
 from jquant.nn.norm import RMSNorm
 
-__all__ = ["Weights", "to_device"]
+__all__ = ["Weights", "to_device", "to_device_tree", "stack_to_device"]
 
 register_pytree()
 register_act_pytree()
@@ -41,6 +41,35 @@ def to_device(w: QArray | ActQuant | np.ndarray, dtype, device=None) -> QArray |
     return jax.device_put(a, device)
 
 
+def to_device_tree(tree):
+    """``tree`` with every numpy leaf moved to the default device, dtype kept (`Weights.defer_quantized`)."""
+    return jax.tree.map(lambda a: jax.device_put(a) if isinstance(a, np.ndarray) else a, tree)
+
+
+def stack_to_device(arrays: list, consume: bool = False) -> jax.Array:
+    """``jnp.stack(arrays)`` [L, *shape] (same dtype), with host (numpy) inputs copied only once.
+
+    Host inputs are written into one 64-byte-aligned host buffer, which the CPU backend adopts
+    without a copy (PJRT's zero-copy ``device_put`` of aligned host buffers; checked on jax 0.10.2:
+    the device array's ``unsafe_buffer_pointer`` is the numpy buffer's), and another backend copies
+    once. ``jnp.stack`` of numpy arrays would copy each to the device and then again into the
+    stack. ``consume=True`` sets each list entry to None once copied (the caller's list must hold
+    the last references for that to free anything). Device inputs take ``jnp.stack``.
+    """
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return jnp.stack(arrays)
+    shape, dtype = (len(arrays), *arrays[0].shape), arrays[0].dtype
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    off = -raw.ctypes.data % 64
+    out = raw[off : off + nbytes].view(dtype).reshape(shape)
+    for i in range(len(arrays)):
+        out[i] = arrays[i]
+        if consume:
+            arrays[i] = None
+    return jax.device_put(out)
+
+
 class Weights:
     """Lookup of a checkpoint's tensors by HF name, building jquant.nn modules.
 
@@ -51,6 +80,13 @@ class Weights:
 
     A linear layer's input-activation recipe (`ActQuant`, W8A8-style checkpoints) is read from
     ``<prefix>.input_quant`` when the checkpoint has one.
+
+    ``defer_quantized`` (set by a model builder, default False): `get` and `fused_linear` hand out
+    quantized weights as the host `QArray` (numpy fields, the checkpoint's own arrays; no copy)
+    instead of device arrays; the builder must then move them (`to_device_tree`) or stack them
+    straight onto the device (`jquant.models.llama`: the scanned layers' weights reach the device
+    once, stacked, instead of per layer and then again stacked). Subclasses that place weights
+    themselves (`jquant.parallel.ShardedWeights`) ignore it.
     """
 
     def __init__(
@@ -64,6 +100,7 @@ class Weights:
         self.dtype = dtype
         self.source = source
         self.used: set[str] = set()
+        self.defer_quantized = False
 
     def __contains__(self, name: str) -> bool:
         return name in self._weights
@@ -80,6 +117,8 @@ class Weights:
         w = self.raw(name)
         if shape is not None and tuple(w.shape) != tuple(shape):
             raise FormatError(f"shape {tuple(w.shape)}, expected {tuple(shape)}", file=self.source, tensor=name)
+        if self.defer_quantized and isinstance(w, QArray):
+            return w
         return to_device(w, self.dtype)
 
     def linear(self, prefix: str, in_features: int, out_features: int, *, implementation=None) -> QuantLinear:
@@ -126,7 +165,9 @@ class Weights:
         self.used.update(names)
         act = None if acts[0] is None else self.get(f"{prefixes[0]}.input_quant")
         self.used.update(f"{p}.input_quant" for p in prefixes if acts[0] is not None)
-        weight = to_device(concat_rows(raw), self.dtype)
+        weight = concat_rows(raw)
+        if not (self.defer_quantized and isinstance(weight, QArray)):
+            weight = to_device(weight, self.dtype)
         bias = None
         if all(biases):
             bias = jnp.concatenate([self.get(f"{p}.bias", (o,)) for p, o in zip(prefixes, out_features)])

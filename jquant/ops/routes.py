@@ -21,8 +21,11 @@ Why this order (measurements in bench/results/nvidia_h200/):
 * ``xla_dequant_dot`` last on GPU: every code type, any M, one bf16/f16 rounding of the weight.
   The f32 ``xla_reference`` is the spec, not a GPU path: it runs there only when forced.
 * CPU: the C++ ``cpu_qmatmul`` (kernels_cpu) for 4/8-bit integer and 4-bit codebook weights up to
-  M = 32, where it beats the chunked XLA dequantization 2-6x (bench/results/cpu/decode.md); then
-  ``xla_cpu_chunked`` for everything else.
+  M = 32, where it beats the chunked XLA dequantization (bench/results/cpu/decode.md); then
+  ``xla_cpu_chunked`` for everything else. Re-measured on SmolLM2-135M's Q4_1 shapes, 2 threads
+  (``python bench/decode_cpu.py --prefill-only``): the kernel's lead shrinks from 1.8x at M = 8 and
+  1.35x at 16 to 1.11x at 32, and it loses from M = 37 (0.94x) to 64 (0.75x, the padded prefill
+  of the README prompt), so the limit stays at 32.
 """
 
 from __future__ import annotations

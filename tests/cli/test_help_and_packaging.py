@@ -69,7 +69,8 @@ def test_readme_example_output_is_what_generate_prints_and_is_dated():
         r"^\d+ tokens; first token after [\d.]+ s \(compile \+ prefill\), decode [\d.]+ tokens/s$", section, re.M
     )
     src = (ROOT / "jquant/cli/generate.py").read_text()
-    assert "weights {mb(held)} on device (bf16: {mb(bf16)}" in src and "(compile + prefill), decode" in src
+    assert "weights {mb(held)} on device (bf16: {mb(bf16)}" in src
+    assert "(compile + prefill), {rate}" in src and 'rate = f"decode {steps:.2f} tokens/s"' in src
 
 
 def test_pyproject_spdx_license_and_no_setuptools_warnings():
