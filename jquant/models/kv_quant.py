@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jquant.core.errors import ConfigError
+from jquant.ops.qmatmul import take_layer
 
 __all__ = ["KV_CACHE_DTYPES", "KVQuant", "kv_quant_from_metadata", "quantize_kv", "write_layer"]
 
@@ -213,7 +214,7 @@ def write_layer(
 
 def _at(a: jax.Array, layer: jax.Array | None) -> jax.Array:
     """Layer ``layer`` of a stacked array (``a`` itself when ``layer`` is None)."""
-    return a if layer is None else jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False)
+    return a if layer is None else take_layer(a, layer)
 
 
 def _write(buf: jax.Array, new: jax.Array, start: jax.Array, layer: jax.Array | None = None) -> jax.Array:

@@ -167,12 +167,8 @@ def select(
 
 def layer_view(w: QArray) -> QArray:
     """The per-layer `QArray` of layer-stacked ``w`` (arrays with a leading layer axis) as shape structs:
-    what routing reads (static fields, dtypes, shapes), with no array sliced."""
-
-    def one(a):
-        return None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
-
-    return w.replace(data=one(w.data), scale=one(w.scale), zero=one(w.zero), perm=one(w.perm), scale2=one(w.scale2))
+    what routing reads (static fields, dtypes, shapes), with no array sliced (`take_layer`'s twin)."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), w)
 
 
 def take_layer(w, layer):
