@@ -2,6 +2,8 @@
 
 Rows: one (code type, shape, M). Columns (device-side medians, microseconds; `bench.timing`):
 
+* ``jquant``: ``jquant.ops.qmatmul`` on this row's weight: what the dispatcher runs for the code
+  type (the ``backend`` column names it; the CUDA decode kernel for 4-bit types at M <= 16).
 * ``wxa16``: `jquant.pallas.wxa16.wxa16_qmatmul` with its heuristic tiles, on this row's weight.
 * ``xla_dequant_dot``: the GPU fallback these code types run on today (dequantize to bf16 in
   XLA, then the dot), on the same weight.
@@ -65,7 +67,14 @@ KINDS = {
     k.name: k
     for k in (
         Kind("uint4b8_g128", "uint4b8", 128, "float16", note="GPTQ sym: the W4A16 kernels' own weight"),
+        Kind("q4_0", "uint4b8", 32, "float16", note="GGUF Q4_0"),
+        Kind("q4_1", "uint4", 32, "float16", "float", note="GGUF Q4_1 (f16 scales and mins)"),
         Kind("q4_k", "uint4", 32, "float32", "float", note="GGUF Q4_K (f32 scales and mins)"),
+        Kind("q3_k", "uint3b4", 16, "float32", note="GGUF Q3_K (4-bit containers, g16)"),
+        Kind("q5_k", "uint5", 32, "float32", "float", note="GGUF Q5_K (bytes)"),
+        Kind("q8_0", "int8", 32, "float16", note="GGUF Q8_0"),
+        Kind("iq4_nl", "iq4nl", 32, "float16", note="GGUF IQ4_NL (codebook)"),
+        Kind("bnb_fp4", "bnb_fp4", 64, "float32", note="bitsandbytes FP4"),
         Kind("q6_k", "uint6b32", 16, "float32", note="GGUF Q6_K (bytes, g16)"),
         Kind("q2_k", "uint2", 16, "float32", "float", note="GGUF Q2_K"),
         Kind("nf4", "nf4", 64, "float32", note="bitsandbytes NF4"),
@@ -75,7 +84,7 @@ KINDS = {
     )
 }
 DEFAULT_KINDS = "uint4b8_g128,q4_k,nf4,nvfp4,fp8_channel"
-COLS = ("wxa16", "xla_dequant_dot", "w4a16", "wna16", "xla_bf16", "torch_bf16")
+COLS = ("jquant", "wxa16", "xla_dequant_dot", "w4a16", "wna16", "xla_bf16", "torch_bf16")
 
 
 def _progress(*a) -> None:
@@ -119,8 +128,8 @@ def make_weight(key, n: int, k: int, kind: Kind):
     else:
         scale = jax.random.uniform(ks, sshape, jnp.float32, 2e-3, 2e-2).astype(sdt)
     zero = None
-    if kind.zero == "float":
-        zero = jax.random.uniform(kz, sshape, jnp.float32, -0.05, 0.05)
+    if kind.zero == "float":  # in the scale's dtype, as the GGUF converter stores mins
+        zero = jax.random.uniform(kz, sshape, jnp.float32, -0.05, 0.05).astype(scale.dtype)
     elif kind.zero == "int":
         zero = jax.random.randint(kz, sshape, 0, 1 << q.bits, dtype=jnp.int32).astype(jnp.uint8)
     scale2 = jnp.full((1, 1), 4e-3, jnp.float32) if kind.scale2 else None
@@ -223,6 +232,8 @@ def run_group(shape: LinearShape, m: int, kinds, iters: int, timing: bool) -> li
             **shared,
         }
         chk = Checker(x, ws[0])
+        res["backend"] = select(x, ws[0], platform="gpu" if gpu else None).backend.name
+        jax_col(res, "jquant", lambda x, w: qmatmul(x, w), ws, chk)
         jax_col(res, "wxa16", lambda x, w: wxa16_qmatmul(x, w, interpret=not gpu), ws, chk)
         jax_col(res, "xla_dequant_dot", dequant_dot, ws, chk)
         out.append(res)
@@ -235,7 +246,8 @@ def _num(v) -> float | None:
 
 
 def ratios(r: dict) -> dict:
-    """Speed-ups of wxa16 (other time / wxa16 time)."""
+    """Speed-ups of wxa16 (other time / wxa16 time), and the routed path's standing: ``j_w4a16`` =
+    jquant time / W4A16 time (target <= 1.2 for 4-bit types), ``j_bf16`` = faster bf16 / jquant."""
     j = _num(r.get("wxa16"))
     bf = [v for v in (_num(r.get("torch_bf16")), _num(r.get("xla_bf16"))) if v is not None]
     out = {}
@@ -243,6 +255,9 @@ def ratios(r: dict) -> dict:
         v = _num(r.get(col))
         out[key] = v / j if j and v else None
     out["x_bf16"] = min(bf) / j if j and bf else None
+    jq, w4 = _num(r.get("jquant")), _num(r.get("w4a16"))
+    out["j_w4a16"] = jq / w4 if jq and w4 else None
+    out["j_bf16"] = min(bf) / jq if jq and bf else None
     return out
 
 
@@ -267,18 +282,22 @@ def write_report(out: str, env: dict, results: list[dict], args_line: str) -> st
         "- device-side median times in microseconds (JAX: CUPTI kernel time per call, weight copies rotated"
         " over >= 2x L2; torch: do_bench median, L2 flushed). `x/deq` = xla_dequant_dot / wxa16,"
         " `x/w4a16` = the dispatcher's 4-bit kernel on a uint4b8 g128 weight / wxa16, `x/wna16` = the"
-        " Pallas WNA16 kernel on that weight / wxa16, `x/bf16` = faster bf16 / wxa16.",
+        " Pallas WNA16 kernel on that weight / wxa16, `x/bf16` = faster bf16 / wxa16; `jq/w4a16` ="
+        " jquant / w4a16 time (issue 15's target for 4-bit types: <= 1.2), `bf16/jq` = faster bf16 / jquant.",
         "",
-        "| case | " + " | ".join(COLS) + " | x/deq | x/w4a16 | x/wna16 | x/bf16 | w4a16 backend | wxa16 config |",
-        "|---" * (len(COLS) + 7) + "|",
+        "| case | "
+        + " | ".join(COLS)
+        + " | jq/w4a16 | bf16/jq | x/deq | x/w4a16 | x/wna16 | x/bf16 | backend | w4a16 backend | wxa16 config |",
+        "|---" * (len(COLS) + 10) + "|",
     ]
     for r in results:
         q = ratios(r)
         lines.append(
             f"| {r['case']} | "
             + " | ".join(_fmt(r.get(c)) for c in COLS)
+            + f" | {_r(q['j_w4a16'])} | {_r(q['j_bf16'])}"
             + f" | {_r(q['x_deq'])} | {_r(q['x_w4a16'])} | {_r(q['x_wna16'])} | {_r(q['x_bf16'])}"
-            + f" | {r.get('w4a16_backend', '-')} | `{r.get('wxa16_config', '')}` |"
+            + f" | {r.get('backend', '-')} | {r.get('w4a16_backend', '-')} | `{r.get('wxa16_config', '')}` |"
         )
     lines += ["", "Kinds:", ""] + [f"- `{k.name}`: {k.note}" for k in KINDS.values()]
     path = os.path.join(out, "qmatmul_wxa16.md")
@@ -291,16 +310,16 @@ def write_report(out: str, env: dict, results: list[dict], args_line: str) -> st
 
 def short_table(results: list[dict]) -> str:
     rows = [
-        f"{'case':30s} {'wxa16':>8s} {'deq_dot':>8s} {'w4a16':>8s} {'wna16':>8s} {'bf16':>8s}  x/deq x/w4a16 x/wna16"
+        f"{'case':30s} {'jquant':>8s} {'wxa16':>8s} {'deq_dot':>8s} {'w4a16':>8s} {'bf16':>8s}  jq/w4 bf16/jq backend"
     ]
     for r in results:
         q = ratios(r)
         bf = min((v for v in (_num(r.get("torch_bf16")), _num(r.get("xla_bf16"))) if v is not None), default=None)
         bf = r.get("xla_bf16") if bf is None else bf
         rows.append(
-            f"{r['case'][:30]:30s} {_fmt(r.get('wxa16')):>8s} {_fmt(r.get('xla_dequant_dot')):>8s}"
-            f" {_fmt(r.get('w4a16')):>8s} {_fmt(r.get('wna16')):>8s} {_fmt(bf):>8s}"
-            f"  {_r(q['x_deq']):>5s} {_r(q['x_w4a16']):>7s} {_r(q['x_wna16']):>7s}"
+            f"{r['case'][:30]:30s} {_fmt(r.get('jquant')):>8s} {_fmt(r.get('wxa16')):>8s}"
+            f" {_fmt(r.get('xla_dequant_dot')):>8s} {_fmt(r.get('w4a16')):>8s} {_fmt(bf):>8s}"
+            f"  {_r(q['j_w4a16']):>5s} {_r(q['j_bf16']):>7s} {r.get('backend', '-')}"
         )
     return "\n".join(rows)
 

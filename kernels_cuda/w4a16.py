@@ -1,9 +1,18 @@
-"""The W4A16 decode kernel (`csrc/w4a16_decode.cu`) as a JAX op and a `qmatmul` backend.
+"""The 4-bit decode kernel (`csrc/decode.cuh`) as a JAX op and a `qmatmul` backend.
 
 The kernel reads jquant's canonical 4-bit `QArray` as it is: codes uint8 [N, K/2] (two codes per
-byte along K, low nibble first), scales [N, K/G] in f32/f16/bf16, optional uint8 zero points of the
-scale's shape. It computes f32 partial sums per K split; the op sums them and casts to the
-activation dtype. The act-order permutation, when present, is applied to x with one gather.
+byte along K, low nibble first), scales [N, K/G] and zeros of the scale's shape. One kernel family,
+three code kinds (`code_kind`):
+
+* integer codes with uint8 zero points or the code's bias (GPTQ, AWQ, GGUF Q4_0, 3-bit GPTQ);
+* integer codes with float zeros ``v * s - z`` (GGUF Q4_1, Q4_K: scales and mins as canonicalized);
+* 16-entry codebooks (NF4, bitsandbytes FP4, IQ4_NL / IQ4_XS, fp4 e2m1 of MXFP4 / NVFP4), looked
+  up in registers.
+
+Scales are f32 / f16 / bf16, or fp8 e4m3 / e8m0 for codebooks (passed as their bytes); groups of 16
+or multiples of 32, or per channel. The kernel computes f32 partial sums per K split; the op sums
+them, applies NVFP4's per-tensor ``scale2`` and casts to the activation dtype. The act-order
+permutation, when present, is applied to x with one gather.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ __all__ = [
     "w4a16_decode",
     "why_not",
     "CAPS",
+    "CODEBOOKS",
     "OPERAND_CAPS",
+    "code_kind",
+    "codebook_words",
     "MAX_M",
 ]
 
@@ -112,8 +124,12 @@ def decode_config(
     return DecodeConfig(k_split=best[1] * STEP_K, stages=stages, warps=warps)
 
 
-def blocks_per_sm_query(x_dtype, scale_dtype, m: int, group: int, stages: int, warps: int):
-    """``k_split -> blocks per SM`` from the CUDA occupancy calculator (needs a GPU); None if unavailable."""
+def blocks_per_sm_query(x_dtype, scale_dtype, m: int, group: int, stages: int, warps: int, kind: int = 0):
+    """``k_split -> blocks per SM`` from the CUDA occupancy calculator (needs a GPU); None if unavailable.
+
+    Args:
+        kind: the `code_kind` of the weight (0 integer, 1 float zeros, 2 codebook).
+    """
     from kernels_cuda.build import BuildError, load_library
 
     try:
@@ -121,14 +137,14 @@ def blocks_per_sm_query(x_dtype, scale_dtype, m: int, group: int, stages: int, w
     except (BuildError, OSError, AttributeError):
         return None
     xd = 0 if np.dtype(x_dtype) == jnp.bfloat16 else 1
-    sd = {"float32": 0, "float16": 1}.get(np.dtype(scale_dtype).name, 2)
+    st = SCALE_TYPES[np.dtype(scale_dtype).name]
 
     @functools.cache
     def query(k_split: int) -> int:
-        v = fn(xd, sd, m, group, k_split, stages, warps)
+        v = fn(xd, kind, st, m, group, k_split, stages, warps)
         return v if v > 0 else DEFAULT_BLOCKS_PER_SM
 
-    return query if fn(xd, sd, m, group, STEP_K, stages, warps) > 0 else None
+    return query if fn(xd, kind, st, m, group, STEP_K, stages, warps) > 0 else None
 
 
 def tile_codes(data, n: int, k: int):
@@ -159,7 +175,7 @@ def untile_codes(tiled, n: int, k: int) -> np.ndarray:
     return d.reshape(rb * ROWS_PER_WARP, k // 2)[:n]
 
 
-# What the three W4A16 kernels read (`kernels_cuda.w4a16_gemm` / `w4a16_wgmma` narrow the M range and
+# What the W4A16 GEMM kernels read (`kernels_cuda.w4a16_gemm` / `w4a16_wgmma` narrow the M range and
 # the device): 4-bit unsigned codes with a bias or uint8 zero points, one scale row per weight row,
 # groups that are multiples of 32 dividing K (or per-channel), K a multiple of 128, f32/f16/bf16
 # scales, bf16/f16 activations.
@@ -170,13 +186,67 @@ OPERAND_CAPS = Capabilities(
     group_divides_k=True,
     k_multiple=STEP_K,
 )
-CAPS = dataclasses.replace(OPERAND_CAPS, m_max=MAX_M)
+
+# The decode kernel reads more (csrc/decode.cuh): float zeros, 16-entry codebooks with fp8 / e8m0
+# scales, groups of 16, NVFP4's scale2. `_why_not_more` narrows what a record cannot say.
+CODEBOOKS = frozenset({"fp4_e2m1", "nf4", "bnb_fp4", "iq4nl"})
+CAPS = dataclasses.replace(
+    OPERAND_CAPS,
+    codes=frozenset({"uint4"}) | CODEBOOKS,
+    zeros=frozenset({"none", "uint8", "float32", "float16", "bfloat16"}),
+    scale_dtypes=frozenset({"float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e8m0fnu"}),
+    scale2=True,
+    group_multiple=16,
+    m_max=MAX_M,
+)
+
+# The kernel's scale_type attribute (csrc/decode.cuh ScaleType) per scale dtype name.
+SCALE_TYPES = {"float32": 0, "float16": 1, "bfloat16": 2, "float8_e4m3fn": 3, "float8_e8m0fnu": 4}
+
+
+def code_kind(w: QArray) -> int:
+    """The kernel's code kind (csrc/decode.cuh Kind): 0 integer (uint8 zeros or bias), 1 integer with
+    float zeros, 2 codebook."""
+    if w.qtype.codebook is not None:
+        return 2
+    return 1 if w.zero is not None and np.dtype(w.zero.dtype).kind != "u" else 0
+
+
+def _why_not_more(call) -> str:
+    g = call.group
+    if g < call.k and g != 16 and g % 32:
+        return f"group size {g}: the decode kernel reads groups of 16 or multiples of 32"
+    codebook = call.codes in CODEBOOKS
+    if call.scale_dtype.startswith("float8") and not codebook:
+        return f"scale dtype {call.scale_dtype} with integer codes (fp8 scales are read for codebooks only)"
+    if call.zero != "none" and codebook:
+        return "zero points with a codebook"
+    if call.zero not in ("none", "uint8") and call.zero != call.scale_dtype:
+        return f"float zeros of dtype {call.zero} with {call.scale_dtype} scales (the kernel reads them alike)"
+    return ""
 
 
 def why_not(x, w) -> str:
     """ "" when the decode kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
     m = math.prod(x.shape[:-1])  # M = 0 is the operand check's ("empty activations")
-    return why_not_operands(CAPS, x, w) or ("" if CAPS.takes_m(m) else f"M={m} outside {CAPS.m_range} (decode kernel)")
+    why = why_not_operands(CAPS, x, w, more=_why_not_more)
+    return why or ("" if CAPS.takes_m(m) else f"M={m} outside {CAPS.m_range} (decode kernel)")
+
+
+def codebook_words(qtype, dtype) -> tuple[int, int, int, int]:
+    """The kernel's codebook attributes ``cb0..cb3`` for ``qtype`` read in activation dtype ``dtype``.
+
+    The 16 table values rounded to ``dtype`` (bf16 / f16), split into byte planes for PRMT
+    (csrc/decode.cuh `Codebook`): words [lo bytes of entries 0-3, 4-7, 8-11, 12-15, hi bytes of
+    0-3, 4-7, 8-11, 12-15], little-endian; attribute i packs words 2i (low 32 bits) and 2i + 1.
+    Zeros for a qtype without a table.
+    """
+    if qtype.codebook is None:
+        return (0, 0, 0, 0)
+    bits = np.asarray(qtype.codebook, np.float32).astype(dtype).view(np.uint16)
+    planes = np.concatenate([bits & 0xFF, bits >> 8]).astype(np.uint8)  # [32] bytes
+    words = planes.view("<u4").astype(np.uint64)  # [8]
+    return tuple(int(np.int64(words[2 * i] | (words[2 * i + 1] << np.uint64(32)))) for i in range(4))
 
 
 def w4a16_decode(
@@ -193,7 +263,8 @@ def w4a16_decode(
 
     Args:
         x: [..., K] bf16 or f16.
-        w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
+        w: 4-bit `QArray` (integer codes with bias / uint8 / float zeros, or a 16-entry codebook)
+            with groups of 16, multiples of 32, or per-channel scales (`why_not` says).
         cfg: launch parameters; default `decode_config`.
         tiled: optional `tile_codes(w.data)`, read instead of the canonical codes.
         partials: return the kernel's f32 partial sums [S, M, N] as they are (profiling).
@@ -215,15 +286,21 @@ def w4a16_decode(
     if w.perm is not None:
         x2 = jnp.take(x2, w.perm, axis=-1)
     group = min(w.block[1], k)
+    kind = code_kind(w)
     if cfg is None:
-        occupancy = _occupancy(x.dtype, w.scale.dtype, m, group) if jax.default_backend() == "gpu" else None
+        gpu = jax.default_backend() == "gpu"
+        occupancy = _occupancy(x.dtype, w.scale.dtype, m, group, kind=kind) if gpu else None
         cfg = decode_config(m, n, k, num_sms=num_sms or device_num_sms(), blocks_per_sm=occupancy)
     offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
+    scale = w.scale
+    if np.dtype(scale.dtype).itemsize == 1:  # fp8 e4m3 / e8m0 scales travel as their bytes
+        scale = jax.lax.bitcast_convert_type(scale, jnp.uint8)
+    cb = codebook_words(w.qtype, x.dtype)
     partial = call_kernel(
         "jquant_w4a16_decode",
         jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32),
-        (x2, w.data if tiled is None else tiled, w.scale, zero),
+        (x2, w.data if tiled is None else tiled, scale, zero),
         poison=poison,
         group=np.int64(group),
         k_split=np.int64(cfg.k_split),
@@ -232,22 +309,31 @@ def w4a16_decode(
         stages=np.int64(cfg.stages),
         warps=np.int64(cfg.warps),
         tiled=np.int64(tiled is not None),
+        kind=np.int64(kind),
+        scale_type=np.int64(SCALE_TYPES[np.dtype(w.scale.dtype).name]),
+        **{f"cb{i}": np.int64(v) for i, v in enumerate(cb)},
     )
     if partials:
         return partial
-    return partial.sum(axis=0).astype(x.dtype).reshape(*lead, n)
+    y = partial.sum(axis=0)
+    if w.scale2 is not None:  # NVFP4's per-tensor second scale, on the f32 sums
+        y = y * w.scale2.reshape(())
+    return y.astype(x.dtype).reshape(*lead, n)
 
 
 @functools.cache
-def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps: int = 8):
-    return blocks_per_sm_query(x_dtype, scale_dtype, m, group, stages, warps)
+def _occupancy(x_dtype, scale_dtype, m: int, group: int, stages: int = 4, warps: int = 8, kind: int = 0):
+    return blocks_per_sm_query(x_dtype, scale_dtype, m, group, stages, warps, kind)
 
 
 class W4A16DecodeBackend(CudaBackend):
-    """`qmatmul` backend ``cuda_w4a16_decode``: 4-bit integer weights, M <= 16, bf16/f16 activations."""
+    """`qmatmul` backend ``cuda_w4a16_decode``: 4-bit weights of every kind, M <= 16, bf16/f16 activations."""
 
     name = "cuda_w4a16_decode"
     caps = CAPS
+
+    def why_not_more(self, call):
+        return _why_not_more(call)
 
     def __call__(self, x, w, act=None):
         return w4a16_decode(x, w)

@@ -73,9 +73,18 @@ def _ptxas_entries(log: str) -> list[tuple[str, tuple[str, str, str], int]]:
 @needs_nvcc
 def test_no_spills_or_stack(sm90_cubins):
     decode = _ptxas_entries(sm90_cubins["w4a16_decode"][1])
+    float_zero = _ptxas_entries(sm90_cubins["decode_float_zero"][1])
+    codebook = _ptxas_entries(sm90_cubins["decode_codebook"][1])
     gemm = _ptxas_entries(sm90_cubins["w4a16_gemm"][1])
-    # decode: 2 activation dtypes x 3 scale dtypes x 2 n8 tiles x 2 ring depths x 2 scale placements
-    assert len(decode) == 48
+    # decode, integer codes: 2 activation dtypes x 3 scale dtypes x 2 n8 tiles x 2 ring depths x 3
+    # scale placements (on the sums, one group per chunk, two); float zeros: one ring depth;
+    # codebooks: also fp8 e4m3 / e8m0 scales
+    assert len(decode) == 2 * 3 * 2 * 2 * 3
+    assert len(float_zero) == 2 * 3 * 2 * 3
+    assert len(codebook) == 2 * 5 * 2 * 3
+    for name, _, regs in decode + float_zero + codebook:  # two 256-thread blocks per SM fit
+        assert regs <= 128, (name, regs)
+    decode += float_zero + codebook
     # gemm: 2 activation dtypes x 3 scale dtypes x 2 output dtypes x 4 block shapes x 2 ring depths
     assert len(gemm) == 2 * 3 * 2 * len(TILES) * 2
     for name, frame, regs in decode + gemm:
@@ -110,7 +119,7 @@ def test_wgmma_header_is_the_generators_output():
 
 @needs_nvcc
 @pytest.mark.skipif(_cuobjdump() is None, reason="no cuobjdump (triton's) to read SASS")
-@pytest.mark.parametrize("stem", ["w4a16_decode", "w4a16_gemm", "w4a16_wgmma"])
+@pytest.mark.parametrize("stem", ["w4a16_decode", "decode_float_zero", "decode_codebook", "w4a16_gemm", "w4a16_wgmma"])
 def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubins, stem):
     cubin, _ = sm90_cubins[stem]
     sass = subprocess.run([_cuobjdump(), "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
@@ -124,7 +133,10 @@ def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubins, stem):
     else:
         assert "HMMA.16816.F32.BF16" in sass and "HMMA.16816.F32 " in sass  # bf16 and f16 mma.sync
     assert "LDGSTS.E.BYPASS.LTC256B.128" in sass, "16-byte cp.async weight copies missing"
-    assert "LOP3.LUT" in sass
+    if stem == "decode_codebook":  # table lookups by byte permutes, no shared-memory tables
+        assert "PRMT" in sass
+    else:
+        assert "LOP3.LUT" in sass
     assert not re.search(r"\b(LDL|STL)\b", sass), "local memory traffic"
     if stem == "w4a16_gemm":
         assert "LDSM.16.M88.4" in sass, "ldmatrix.x4 B fragments missing"
@@ -218,8 +230,9 @@ def test_poisoned_call_aliases_a_nan_buffer_to_the_output(kernel):
 @pytest.mark.parametrize(
     "kw, m, k, dt, expect",
     [
-        (dict(bits=8, group=128), 1, 1024, jnp.bfloat16, "the kernel reads uint4"),
-        (dict(bits=4, group=16), 1, 1024, jnp.bfloat16, "group size 16"),
+        (dict(bits=8, group=128), 1, 1024, jnp.bfloat16, "(uint8 codes): the kernel reads"),
+        (dict(bits=4, group=16), 1, 1024, jnp.bfloat16, ""),
+        (dict(bits=4, group=48), 1, 1536, jnp.bfloat16, "groups of 16 or multiples of 32"),
         (dict(bits=4, group=128), 1, 1000, jnp.bfloat16, "not a multiple of 128"),
         (dict(bits=4, group=128), 17, 1024, jnp.bfloat16, "M=17"),
         (dict(bits=4, group=128), 1, 1024, jnp.float32, "activation dtype float32"),
