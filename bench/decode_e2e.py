@@ -23,6 +23,14 @@ upload, prefill and its sampled token). Decode tok/s = (tokens - 1) / (last stam
 the steady per-step cost as a user sees it, dispatch and the per-token device->host copy
 included; compilation and prefill excluded. The median run is reported.
 
+KV cache (``--kv-cache-dtype auto,fp8_e4m3``; default ``auto``, the model dtype): each weight
+variant runs once per listed cache dtype (`jquant.models.kv_quant`: fp8 / int8 codes with
+per-KV-head scales computed on the first prefill, as vLLM's ``calculate_kv_scales``), each with
+its own Generator, and every row reports the cache's bytes for its ``max_len`` slots
+(`jquant.models.kv_cache.cache_bytes`, batch 1), which the decode step's attention reads in full.
+Long contexts: ``--prompt-len 4096`` / ``16384`` (the prompt is one prefill call; the ``small``
+preset keeps its [heads, T, S] f32 attention scores near 9 GB at 16k).
+
 Backends: the table names the qmatmul backend the dispatcher (`jquant.ops.qmatmul.select`)
 picks for the decode linears (x [1, 1, K] bf16), cross-checked against the ``jquant_qmatmul_*``
 named scopes in the lowered decode step. ``--backends a,b`` runs the w4a16 model once per
@@ -35,7 +43,7 @@ Writes ``decode_e2e.md`` and ``decode_e2e.json`` (card, versions, commit first) 
 
     python -m bench.decode_e2e [--preset llama3-8b|tiny] [--tokens 64] [--prompt-len 16]
         [--layers N] [--repeats 3] [--backends cuda_w4a16_decode,pallas_triton_wna16_decode]
-        [--variants bf16,w4a16,fp8_dynamic] [--out DIR]
+        [--variants bf16,w4a16,fp8_dynamic] [--kv-cache-dtype auto,fp8_e4m3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -87,6 +95,20 @@ LLAMA3_8B = {
 
 PRESETS: dict[str, dict] = {
     "llama3-8b": LLAMA3_8B,
+    # GPU long-context KV-cache runs (4k / 16k prompts in minutes): Llama-3 structure (GQA 4:1,
+    # head_dim 128, llama3 rope) at a quarter of the width and 4 layers; 8 query heads keep the
+    # prefill's f32 attention scores [8, 16k, 16k] at ~9 GB. Per layer the bf16 KV cache at 16k
+    # (17 MB) is about half the bf16 weights (30 MB), as the 8B model's is at 64k.
+    "small": {
+        **LLAMA3_8B,
+        "vocab_size": 32768,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 128,
+    },
     # CPU tests: same structure (GQA, llama3 rope, untied head), every K a multiple of the group (128).
     "tiny": {
         **LLAMA3_8B,
@@ -100,7 +122,11 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-VARIANTS = ("bf16", "w4a16", "fp8_dynamic")
+# Weight-only variants of other code types (GGUF / bitsandbytes / OCP / NVIDIA layouts, issue 15):
+# every block linear is a random weight of that `bench.qmatmul_wxa16.KINDS` kind.
+WEIGHT_KINDS = ("q4_0", "q4_1", "q4_k", "nf4", "mxfp4", "nvfp4")
+VARIANTS = ("bf16", "w4a16", "fp8_dynamic", *WEIGHT_KINDS)
+DEFAULT_KV_CACHE_DTYPES = ("auto",)
 DEFAULT_VARIANTS = ("bf16", "w4a16")
 GROUP = 128
 LINEARS = (
@@ -171,6 +197,7 @@ class RandomWeights(Mapping):
             spec[f"{p}.post_attention_layernorm.weight"] = ("norm", (h,))
             for block, name in LINEARS:
                 kind = {"w4a16": "q4", "fp8_dynamic": "fp8"}.get(variant, "dense")
+                kind = f"wx:{variant}" if variant in WEIGHT_KINDS else kind
                 spec[f"{p}.{block}.{name}.weight"] = (kind, shapes[name])
                 if kind == "fp8":
                     spec[f"{p}.{block}.{name}.input_quant"] = ("act", ())
@@ -189,6 +216,10 @@ class RandomWeights(Mapping):
         key = jax.random.fold_in(jax.random.key(self.seed), self._index[name])
         if kind == "q4":
             return make_qarray(key, shape[0], shape[1], bits=4, group=GROUP, zero=False)
+        if kind.startswith("wx:"):
+            from bench.qmatmul_wxa16 import KINDS, make_weight
+
+            return make_weight(key, shape[0], shape[1], KINDS[kind[3:]])
         if kind in ("fp8", "act"):
             return fp8_linear(key, shape[0], shape[1]) if kind == "fp8" else fp8_linear_act()
         if kind == "norm":
@@ -227,6 +258,10 @@ def decode_weight(variant: str, n: int, k: int):
 
     if variant == "fp8_dynamic":
         return jax.eval_shape(functools.partial(fp8_linear, n=n, k=k), jax.random.key(0)), fp8_linear_act()
+    if variant in WEIGHT_KINDS:
+        from bench.qmatmul_wxa16 import KINDS, make_weight
+
+        return jax.eval_shape(functools.partial(make_weight, n=n, k=k, kind=KINDS[variant]), jax.random.key(0)), None
     make = functools.partial(make_qarray, n=n, k=k, bits=4, group=GROUP, zero=False)
     return jax.eval_shape(make, jax.random.key(0)), None
 
@@ -411,6 +446,7 @@ def run(
     seed: int = 0,
     scan_layers: bool | None = None,
     variants: tuple[str, ...] = DEFAULT_VARIANTS,
+    kv_cache_dtypes: tuple[str, ...] = DEFAULT_KV_CACHE_DTYPES,
 ) -> dict:
     """Builds, runs and times each variant; returns the result dict written to JSON.
 
@@ -423,14 +459,20 @@ def run(
         repeats: timed generate calls per row (median reported).
         seed: weights / prompt seed.
         variants: `VARIANTS` to run (bf16 always runs first: the ratios' baseline).
+        kv_cache_dtypes: `jquant.models.kv_quant.KV_CACHE_DTYPES` to run each variant with, in
+            order (the first bf16 row is the ratios' baseline); scales from the first prefill.
     """
     import jax
 
     from jquant.models.generate import CACHE_BUCKET, PROMPT_BUCKET, Generator, model_bytes
+    from jquant.models.kv_cache import cache_bytes
+    from jquant.models.kv_quant import KV_CACHE_DTYPES, kv_quant_from_metadata
     from jquant.ops.qmatmul import load_kernel_packages
 
     if tokens < 2:
         raise ValueError("--tokens must be >= 2 (the decode rate is measured between the first and last token)")
+    if not kv_cache_dtypes or set(kv_cache_dtypes) - set(KV_CACHE_DTYPES):
+        raise ValueError(f"kv_cache_dtypes {kv_cache_dtypes} must be a non-empty subset of {KV_CACHE_DTYPES}")
     platform = jax.default_backend()
     kernel_packages = load_kernel_packages(platform)
     cfg = make_config(preset, layers)
@@ -448,7 +490,10 @@ def run(
         _log(f"[{variant}] built in {build_s:.1f} s: {held / 1e9:.2f} GB of weights on {jax.devices()[0]}")
         forced = list(backends) if variant == "w4a16" and backends else [None]
         quant = variant != "bf16"
-        for name in forced:
+        for kv_dtype, name in ((kv, n) for kv in kv_cache_dtypes for n in forced):
+            # "auto": the model dtype (None); else codes with per-head scales from the first prefill.
+            model.kv_quant = kv_quant_from_metadata(kv_dtype, None, cfg.num_hidden_layers, cfg.num_key_value_heads)
+            kv_bytes = cache_bytes(model, 1, max_len)
             with forced_backend(name, platform):
                 gen = Generator(model)
                 picked = select_backends(cfg, 1, variant) if quant else {}
@@ -473,6 +518,9 @@ def run(
             ms_tok = res["ms_per_token"]
             row = dict(
                 variant=variant,
+                kv_cache_dtype=kv_dtype,
+                kv_cache_bytes=kv_bytes,
+                max_len=max_len,
                 backend=label,
                 requested=name,
                 decode_tok_s=res["decode_tok_s"],
@@ -496,8 +544,9 @@ def run(
             )
             rows.append(row)
             _log(
-                f"[{variant} | {label}] {row['decode_tok_s']:.1f} tok/s ({ms_tok:.2f} ms/token), prefill "
-                f"{row['prefill_ms']:.1f} ms, compile {row['compile_s']:.1f} s, runs {row['all_tok_s']}"
+                f"[{_row_name(row)} | {label}] {row['decode_tok_s']:.1f} tok/s ({ms_tok:.2f} ms/token), prefill "
+                f"{row['prefill_ms']:.1f} ms, compile {row['compile_s']:.1f} s, runs {row['all_tok_s']}, "
+                f"KV cache ({kv_dtype}, {max_len} slots) {kv_bytes / 2**20:.1f} MiB"
             )
             del gen
         del model
@@ -529,6 +578,8 @@ def run(
         | {"rope": cfg.rope},
         tokens=tokens,
         prompt_len=prompt_len,
+        max_len=max_len,
+        kv_cache_dtypes=list(kv_cache_dtypes),
         repeats=repeats,
         platform=platform,
         device=str(jax.devices()[0]),
@@ -541,13 +592,23 @@ def run(
 TABLE_HEAD = ("variant", "backend", "decode tok/s", "ms/token", "prefill ms", "ratio vs bf16")
 
 
+def _row_name(r: dict) -> str:
+    """The variant, with its KV-cache dtype when that is not the model dtype (``bf16 + kv fp8_e4m3``)."""
+    kv = r.get("kv_cache_dtype", "auto")
+    return r["variant"] if kv == "auto" else f"{r['variant']} + kv {kv}"
+
+
 def table_lines(rows: list[dict]) -> list[str]:
-    """The markdown table (variant | backend | decode tok/s | ms/token | prefill ms | ratio vs bf16)."""
-    lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|---" * len(TABLE_HEAD) + "|"]
+    """The markdown table (variant | backend | decode tok/s | ms/token | prefill ms | ratio vs bf16), plus
+    the KV cache's dtype and MiB when some row's cache is quantized (``--kv-cache-dtype``)."""
+    kv = any(r.get("kv_cache_dtype", "auto") != "auto" for r in rows)
+    head = TABLE_HEAD + (("KV cache", "KV cache MiB") if kv else ())
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in rows:
+        extra = f" {r['kv_cache_dtype']} | {r['kv_cache_bytes'] / 2**20:.1f} |" if kv else ""
         lines.append(
-            f"| {r['variant']} | {r['backend']} | {r['decode_tok_s']:.1f} | {r['ms_per_token']:.2f} | "
-            f"{r['prefill_ms']:.1f} | {r['ratio_vs_bf16']:.2f} |"
+            f"| {_row_name(r)} | {r['backend']} | {r['decode_tok_s']:.1f} | {r['ms_per_token']:.2f} | "
+            f"{r['prefill_ms']:.1f} | {r['ratio_vs_bf16']:.2f} |{extra}"
         )
     return lines
 
@@ -571,7 +632,9 @@ def write_report(out: str | os.PathLike, env: dict, result: dict) -> tuple[Path,
         "- w4a16: block linears uint4b8 g128, fp16 scales; fp8_dynamic: block linears fp8 e4m3 per-channel, f32"
         " scales, dynamic per-token fp8 activations; embeddings, norms, lm_head bf16 in both."
         " bf16: every weight bf16 (XLA dot, f32 accumulation).",
-        f"- {result['prompt_len']}-token random prompt, {result['tokens']} new tokens; warm-up call first, then"
+        f"- {result['prompt_len']}-token random prompt, {result['tokens']} new tokens, KV cache of"
+        f" {result.get('max_len', '?')} slots ({', '.join(result.get('kv_cache_dtypes', ['auto']))}; fp8 / int8"
+        " scales per KV head from the first prefill); warm-up call first, then"
         f" {result['repeats']} timed call(s), median-rate run reported. decode tok/s = (tokens - 1) / (last - first"
         " token on the host): per-step dispatch and device->host token copy included, compile and prefill"
         " excluded. prefill ms = call start to the first token.",
@@ -580,17 +643,17 @@ def write_report(out: str | os.PathLike, env: dict, result: dict) -> tuple[Path,
         *table_lines(result["rows"]),
         "",
         "| variant | backend | weights GB | read per token GB | GB/s (read / ms per token) | runs tok/s"
-        " | prefill backend | compile s |",
-        "|---|---|---|---|---|---|---|---|",
+        " | prefill backend | compile s | KV cache MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         pre = summarize(r["prefill_backends"]) if r["prefill_backends"] else DENSE_BACKEND
         lines.append(
-            f"| {r['variant']} | {r['backend']} | {r['weight_bytes'] / 1e9:.3g} | {r['read_bytes'] / 1e9:.3g} | "
+            f"| {_row_name(r)} | {r['backend']} | {r['weight_bytes'] / 1e9:.3g} | {r['read_bytes'] / 1e9:.3g} | "
             f"{r['weight_gb_s']:.3g} | "
-            f"{r['all_tok_s']} | {pre} | {r['compile_s']:.1f} |"
+            f"{r['all_tok_s']} | {pre} | {r['compile_s']:.1f} | {r['kv_cache_bytes'] / 2**20:.1f} |"
         )
-    notes = [f"- {r['variant']} [{r['backend']}]: {r['note']}" for r in result["rows"] if r["note"]]
+    notes = [f"- {_row_name(r)} [{r['backend']}]: {r['note']}" for r in result["rows"] if r["note"]]
     if notes:
         lines += ["", "Notes:", *notes]
     if result["explain_decode"]:
@@ -626,6 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed generate calls per row (median reported)")
     ap.add_argument("--backends", default="", help="comma-separated qmatmul backends: one w4a16 row each")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--kv-cache-dtype",
+        default=",".join(DEFAULT_KV_CACHE_DTYPES),
+        help="comma-separated KV-cache dtypes, each variant runs once per dtype: auto (the model dtype), "
+        "fp8_e4m3, fp8_e5m2, int8 (scales per KV head from the first prefill)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--scan",
@@ -641,8 +710,22 @@ def main(argv: list[str] | None = None) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     if set(variants) - set(VARIANTS):
         ap.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))} (one of {VARIANTS})")
+    from jquant.models.kv_quant import KV_CACHE_DTYPES
+
+    kv_dtypes = tuple(v.strip() for v in args.kv_cache_dtype.split(",") if v.strip())
+    if not kv_dtypes or set(kv_dtypes) - set(KV_CACHE_DTYPES):
+        ap.error(f"--kv-cache-dtype {args.kv_cache_dtype!r}: comma-separated, of {', '.join(KV_CACHE_DTYPES)}")
     result = run(
-        args.preset, args.tokens, args.prompt_len, args.layers, backends, args.repeats, args.seed, scan, variants
+        args.preset,
+        args.tokens,
+        args.prompt_len,
+        args.layers,
+        backends,
+        args.repeats,
+        args.seed,
+        scan,
+        variants,
+        kv_dtypes,
     )
     md, js = write_report(args.out or default_out(env), env, result)
     _log(f"wrote {md} and {js}")
