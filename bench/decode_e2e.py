@@ -109,6 +109,21 @@ PRESETS: dict[str, dict] = {
         "num_key_value_heads": 2,
         "head_dim": 128,
     },
+    # The README's default model (SmolLM2-135M-Instruct, its GGUF's shapes): hidden 576 is not a
+    # multiple of the CUDA kernels' 128-column step, so its Q4_1 linears take the Pallas wxa16 path.
+    "smollm2-135m": {
+        **LLAMA3_8B,
+        "vocab_size": 49152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "rope_theta": 100000.0,
+        "rope_scaling": None,
+        "tie_word_embeddings": True,
+    },
     # CPU tests: same structure (GQA, llama3 rope, untied head), every K a multiple of the group (128).
     "tiny": {
         **LLAMA3_8B,

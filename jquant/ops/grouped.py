@@ -7,7 +7,7 @@ Rows past ``sum(group_sizes)`` come out as zeros (ragged_dot's rule).
 ``w`` is expert-stacked (`jquant.core.experts`): a `QArray` whose arrays carry a leading expert
 axis E (static ``shape`` = one expert's (N, K)), or a dense [E, N, K] array.
 
-Four XLA implementations, no kernels yet. Two read every expert (prefill):
+Four XLA implementations (grouped kernels: below). Two read every expert (prefill):
 
 * ``xla_reference`` (the spec; CPU / TPU, and f32 activations anywhere): every expert
   dequantized in f32 (``vmap`` of `jquant.core.jnp_dequant.dequantize`), ragged_dot at
@@ -27,8 +27,18 @@ top-k copies), with the same numerics as the pair above:
   repeated expert is read once per row, which the M < E rule keeps below E. Rows past
   ``sum(group_sizes)`` are zeroed, as ragged_dot does.
 
-`grouped_implementation` picks by platform, activation dtype and M < E; `explain_grouped` says why.
-A grouped GPU kernel (quantized ragged GEMM) is still to come (issue 18).
+Kernels register as grouped backends (`register_grouped_backend`, a `jquant.core.routing.Registry`
+of their own: a backend declares a `Capabilities` record, checked on the `Call` of one expert's
+weight, plus ``why_not_experts(w)`` for what the stack's size decides) and are tried first, in the
+order of `GROUPED_ROUTES`; ``JQUANT_DISABLED_KERNELS`` skips them as it does ``qmatmul``
+backends. `jquant.pallas` registers ``pallas_triton_grouped`` (`jquant.pallas.grouped_triton`:
+4-bit integer, MXFP4 / NVFP4 and fp8 experts with bf16 / f16 activations on GPU, M <= 64, reading
+only the experts that have rows); it is loaded the first time the dispatcher runs on a GPU, as
+`jquant.ops.qmatmul` loads its kernel packages.
+
+`grouped_implementation` picks: the first grouped kernel that takes the call, else by platform,
+activation dtype and M < E among the XLA paths; `explain_grouped` says why (and why each kernel
+declined).
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import jax.numpy as jnp
 
 from jquant.core import jnp_dequant
 from jquant.core.qarray import QArray
+from jquant.core.routing import Backend, Call, Registry, env_names
 from jquant.ops.device import current_device
 
 __all__ = [
@@ -47,11 +58,52 @@ __all__ = [
     "dequantize_experts",
     "gather_experts",
     "GROUPED_IMPLEMENTATIONS",
+    "GROUPED_BACKENDS",
+    "GROUPED_ROUTES",
+    "register_grouped_backend",
 ]
 
 GROUPED_IMPLEMENTATIONS = ("xla_reference", "xla_dequant_ragged_dot", "xla_routed_reference", "xla_routed_dequant")
 # Implementations that dequantize in the activation dtype (the rest: in f32 at Precision.HIGHEST).
 _LOW_PRECISION = ("xla_dequant_ragged_dot", "xla_routed_dequant")
+
+# Grouped kernels per platform, in the order they are tried before the XLA paths (`jquant.pallas`
+# registers ``pallas_triton_grouped``; until then the GPU table has nothing loaded).
+GROUPED_ROUTES: dict[str, tuple[str, ...]] = {"gpu": ("pallas_triton_grouped",)}
+GROUPED_REGISTRY = Registry("grouped_qmatmul", GROUPED_ROUTES)
+GROUPED_BACKENDS = GROUPED_REGISTRY.backends  # name -> backend, registered ones only
+
+
+def register_grouped_backend(backend: Backend) -> Backend:
+    """Adds a grouped kernel: a `jquant.core.routing.Backend` with ``caps`` (checked on the `Call` of
+    one expert's weight), ``why_not_experts(w) -> str`` (the stack as a whole) and
+    ``__call__(x, w, group_sizes) -> [M, N]``. Tried in `GROUPED_ROUTES` order; forced by name
+    through ``grouped_qmatmul(..., implementation=name)``."""
+    return GROUPED_REGISTRY.register(backend)
+
+
+def _kernel_reason(b: Backend, x, w, device) -> str:
+    """ "" when grouped kernel ``b`` takes ``grouped_qmatmul(x, w, .)`` on ``device``, else why not."""
+    if not isinstance(w, QArray):
+        return "dense experts (the kernels read quantized stacks)"
+    why = b.reason(Call.of(x.shape, x.dtype, w, device))
+    return why or b.why_not_experts(w)
+
+
+def _kernel_route(x, w, platform: str | None) -> tuple[Backend | None, list[str]]:
+    """The first grouped kernel of the platform's table that takes the call, and why those before it did not."""
+    from jquant.ops.qmatmul import load_kernel_packages  # the kernels import jquant.ops: load lazily
+
+    device = current_device(platform)
+    load_kernel_packages(device.platform)
+    disabled = set(env_names("JQUANT_DISABLED_KERNELS"))
+    skipped = []
+    for b in GROUPED_REGISTRY.ordered(device.platform):
+        why = "disabled by JQUANT_DISABLED_KERNELS" if b.name in disabled else _kernel_reason(b, x, w, device)
+        if not why:
+            return b, skipped
+        skipped.append(f"{b.name}: {why}")
+    return None, skipped
 
 
 def dequantize_experts(w: QArray | jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -82,6 +134,18 @@ def _choose(x, w, platform: str | None) -> tuple[str, str]:
     """(implementation, reason) for ``x`` / ``w`` on ``platform`` (default: JAX's)."""
     platform = platform or current_device().platform
     m, e = x.shape[0], _num_experts(w)
+    kernel, skipped = _kernel_route(x, w, platform)
+    if kernel is not None:
+        return kernel.name, (
+            f"M={m} rows, E={e} experts: grouped kernel, reads only the experts that have rows"
+            + (f"; skipped {skipped}" if skipped else "")
+        )
+    impl, why = _choose_xla(x, w, platform, m, e)
+    return impl, why + (f"; kernels declined: {skipped}" if skipped else "")
+
+
+def _choose_xla(x, w, platform: str, m: int, e: int) -> tuple[str, str]:
+    """(implementation, reason) among the XLA paths."""
     low = platform == "gpu" and jnp.dtype(x.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     prec = (
         f"{jnp.dtype(x.dtype).name} activations on {platform}: dequantize in the activation dtype"
@@ -100,8 +164,9 @@ def _choose(x, w, platform: str | None) -> tuple[str, str]:
 def grouped_implementation(x, w, *, platform: str | None = None) -> str:
     """Which implementation `grouped_qmatmul` runs for ``x`` / ``w`` on ``platform`` (default: JAX's).
 
-    The routed (decode) paths when ``x`` has fewer rows than ``w`` has experts; the dequantize-all
-    paths otherwise. bf16 / f16 activations on a GPU dequantize in their own dtype; everything
+    The first registered grouped kernel that takes the call (`GROUPED_ROUTES`); else the routed
+    (decode) paths when ``x`` has fewer rows than ``w`` has experts, the dequantize-all paths
+    otherwise. bf16 / f16 activations on a GPU dequantize in their own dtype; everything
     else in f32 at ``Precision.HIGHEST`` (the spec).
     """
     return _choose(x, w, platform)[0]
@@ -124,8 +189,8 @@ def grouped_qmatmul(
             ``group_sizes[0]`` rows go to expert 0, the next ``group_sizes[1]`` to expert 1, ...
         w: expert-stacked `QArray` (E experts of shape (N, K)) or dense [E, N, K] array.
         group_sizes: int32 [E], rows per expert; ``sum(group_sizes) <= M``.
-        implementation: one of `GROUPED_IMPLEMENTATIONS` (None: by platform, activation dtype
-            and M < E, `grouped_implementation`).
+        implementation: one of `GROUPED_IMPLEMENTATIONS` or a registered grouped kernel (None:
+            `grouped_implementation`). A forced kernel that declines the call is an error.
 
     Returns:
         [M, N] in ``x.dtype``.
@@ -139,10 +204,23 @@ def grouped_qmatmul(
         raise ValueError(f"x shape {tuple(x.shape)} must be [M, K={k}]")
     if tuple(group_sizes.shape) != (e_w,):
         raise ValueError(f"group_sizes shape {tuple(group_sizes.shape)} must be [E={e_w}]")
+    if implementation and implementation not in GROUPED_IMPLEMENTATIONS:
+        from jquant.ops.qmatmul import load_kernel_packages
+
+        load_kernel_packages(current_device().platform)  # a kernel forced before any routing loaded it
     impl = implementation or grouped_implementation(x, w)
-    if impl not in GROUPED_IMPLEMENTATIONS:
-        raise ValueError(f"unknown grouped_qmatmul implementation {impl!r} (have {GROUPED_IMPLEMENTATIONS})")
     group_sizes = group_sizes.astype(jnp.int32)
+    kernel = GROUPED_BACKENDS.get(impl)
+    if kernel is not None:
+        if implementation:
+            why = _kernel_reason(kernel, x, w, current_device())
+            if why:
+                raise ValueError(f"grouped kernel {impl} cannot run {tuple(x.shape)} x {w!r}: {why}")
+        with jax.named_scope(f"jquant_grouped_qmatmul_{impl}"):
+            return kernel(x, w, group_sizes)
+    if impl not in GROUPED_IMPLEMENTATIONS:
+        have = GROUPED_IMPLEMENTATIONS + tuple(GROUPED_BACKENDS)
+        raise ValueError(f"unknown grouped_qmatmul implementation {impl!r} (have {have})")
     if impl in _LOW_PRECISION:
         dtype, lhs, precision = x.dtype, x, None
     else:

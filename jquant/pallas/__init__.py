@@ -14,6 +14,11 @@ Backends (platform ``"gpu"``; their order is `jquant.ops.routes.ROUTES`):
   16-column groups, 2-bit codes, codebooks NF4 / bnb FP4 / IQ4, fp4 E2M1 with e8m0 or e4m3 scales
   and ``scale2``, fp8 W8A16), M <= 127, dequantized in registers (`jquant.pallas.wxa16`).
 
+and one `jquant.ops.grouped_qmatmul` backend (`jquant.ops.grouped.register_grouped_backend`):
+
+* ``pallas_triton_grouped``: MoE expert stacks of 4-bit integer, fp4 e2m1 (MXFP4 / NVFP4) and fp8
+  e4m3 codes, M <= 64, reading only the experts that have rows (`jquant.pallas.grouped_triton`).
+
 All lower through Pallas' Triton backend (``pltriton.CompilerParams``); CPU tests run them with
 ``interpret=True`` and lower them for CUDA on the CPU host.
 """
@@ -23,6 +28,8 @@ from jquant.core.qarray import register_pytree
 register_pytree()
 
 from jquant.ops.backend import register_backend  # noqa: E402
+from jquant.ops.grouped import register_grouped_backend  # noqa: E402
+from jquant.pallas.grouped_triton import PallasGrouped, grouped_triton_qmatmul  # noqa: E402
 from jquant.pallas.w8a8 import PallasW8A8, pallas_w8a8_qmatmul  # noqa: E402
 from jquant.pallas.wna16_backend import CAPS, WNA16Backend, layout_of, why_not, wna16_qmatmul  # noqa: E402
 from jquant.pallas.wna16_config import WNA16Config, decode_config, prefill_config  # noqa: E402
@@ -33,9 +40,11 @@ register_backend(PallasW8A8())
 register_backend(WNA16Backend("decode"))
 register_backend(WNA16Backend("prefill"))
 register_backend(PallasWXA16())
+register_grouped_backend(PallasGrouped())
 
 __all__ = [
     "CAPS",
+    "PallasGrouped",
     "PallasW8A8",
     "PallasWXA16",
     "pallas_w8a8_qmatmul",
@@ -43,6 +52,7 @@ __all__ = [
     "WNA16Config",
     "WNA16Layout",
     "decode_config",
+    "grouped_triton_qmatmul",
     "layout_of",
     "prefill_config",
     "why_not",

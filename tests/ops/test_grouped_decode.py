@@ -138,11 +138,16 @@ def test_gather_experts_keeps_codes_and_metadata():
         np.testing.assert_array_equal(got, a[[5, 0, 5]])
 
 
-def test_choice_bf16_path_and_explain():
+def test_choice_bf16_path_and_explain(monkeypatch):
     w = jax.device_put(_stack(CASES[0]))
     k = w.shape[1]
     xb = jnp.asarray(np.random.default_rng(3).standard_normal((2, k)), jnp.bfloat16)
     gs = jnp.asarray(ROUTINGS[0][0], jnp.int32)
+    # On a GPU the grouped kernel takes bf16 4-bit experts (tests/pallas/test_grouped_*.py); the XLA
+    # choice below is what runs without it.
+    assert grouped_implementation(xb, w, platform="gpu") == "pallas_triton_grouped"
+    assert "pallas_triton_grouped" in explain_grouped(xb, w, platform="gpu")
+    monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "pallas_triton_grouped")
     assert grouped_implementation(xb, w, platform="gpu") == "xla_routed_dequant"
     assert grouped_implementation(xb, w, platform="cpu") == "xla_routed_reference"
     x8 = jnp.zeros((E, k), jnp.bfloat16)
@@ -156,6 +161,7 @@ def test_choice_bf16_path_and_explain():
     np.testing.assert_allclose(g32, r32, rtol=0, atol=1e-2 * np.abs(r32).max())
     text = explain_grouped(xb, w, platform="gpu")
     assert "xla_routed_dequant" in text and "M=2 rows < E=8 experts" in text and "bfloat16" in text
+    assert "pallas_triton_grouped: disabled by JQUANT_DISABLED_KERNELS" in text
     assert "xla_reference" in explain_grouped(x8.astype(jnp.float32), w, platform="cpu")
 
 
