@@ -43,7 +43,7 @@ ARCH_FLAGS = (
 )
 # Sources whose kernels exist for one architecture only: wgmma is sm_90a machine code (no PTX: the
 # arch-specific features do not carry over to later GPUs).
-SOURCE_ARCH_FLAGS = {"w4a16_wgmma.cu": ("-gencode=arch=compute_90a,code=sm_90a",)}
+SOURCE_ARCH_FLAGS = {name: ("-gencode=arch=compute_90a,code=sm_90a",) for name in ("w4a16_wgmma.cu", "wgmma_kinds.cu")}
 COMMON_FLAGS = ("-O3", "-std=c++17", "-diag-suppress=940,2473", "-Xcompiler=-fPIC", "--threads=0")
 
 # FFI targets this library defines: registered name -> exported handler symbol.

@@ -44,6 +44,7 @@ __all__ = [
     "CODEBOOKS",
     "OPERAND_CAPS",
     "code_kind",
+    "why_not_kinds",
     "codebook_words",
     "MAX_M",
 ]
@@ -188,7 +189,7 @@ OPERAND_CAPS = Capabilities(
 )
 
 # The decode kernel reads more (csrc/decode.cuh): float zeros, 16-entry codebooks with fp8 / e8m0
-# scales, groups of 16, NVFP4's scale2. `_why_not_more` narrows what a record cannot say.
+# scales, groups of 16, NVFP4's scale2. `why_not_kinds` narrows what a record cannot say.
 CODEBOOKS = frozenset({"fp4_e2m1", "nf4", "bnb_fp4", "iq4nl"})
 CAPS = dataclasses.replace(
     OPERAND_CAPS,
@@ -212,7 +213,8 @@ def code_kind(w: QArray) -> int:
     return 1 if w.zero is not None and np.dtype(w.zero.dtype).kind != "u" else 0
 
 
-def _why_not_more(call) -> str:
+def why_not_kinds(call) -> str:
+    """What `CAPS` cannot say about the code kinds (the decode and wgmma kernels' `why_not_more`)."""
     g = call.group
     if g < call.k and g != 16 and g % 32:
         return f"group size {g}: the decode kernel reads groups of 16 or multiples of 32"
@@ -229,7 +231,7 @@ def _why_not_more(call) -> str:
 def why_not(x, w) -> str:
     """ "" when the decode kernel computes ``x @ dequantize(w).T`` for these operands, else why not."""
     m = math.prod(x.shape[:-1])  # M = 0 is the operand check's ("empty activations")
-    why = why_not_operands(CAPS, x, w, more=_why_not_more)
+    why = why_not_operands(CAPS, x, w, more=why_not_kinds)
     return why or ("" if CAPS.takes_m(m) else f"M={m} outside {CAPS.m_range} (decode kernel)")
 
 
@@ -333,7 +335,7 @@ class W4A16DecodeBackend(CudaBackend):
     caps = CAPS
 
     def why_not_more(self, call):
-        return _why_not_more(call)
+        return why_not_kinds(call)
 
     def __call__(self, x, w, act=None):
         return w4a16_decode(x, w)

@@ -131,20 +131,28 @@ def gemm_config(m: int, n: int, k: int, *, num_sms: int = NUM_SMS_DEFAULT) -> Ge
 
 
 @functools.cache
-def _fragment_block() -> np.ndarray:
+def _fragment_block(natural: bool = False) -> np.ndarray:
     # Logical column L = 16 s + 8 hi + 2 q + e of a 128-column block (k16 slice s = 2 i + h; thread
     # quad q of the mma; e, hi its element pair) holds the code that thread q dequantizes there:
-    # column 32 q + 8 i + 2 h + 4 e + hi (w4a16_gemm.cu / w4a16_decode.cu header comments).
+    # column 32 q + 8 i + 2 h + 4 e + hi for the magic-number pairs (w4a16_gemm.cu / w4a16_decode.cu
+    # header comments), 32 q + 8 i + 4 h + 2 hi + e for the codebook lookup's natural pairs
+    # (csrc/codes.cuh `codebook_pairs`).
     L = np.arange(STEP_K)
     s, l16 = L // 16, L % 16
     i, h = s // 2, s % 2
     q, e, hi = (l16 % 8) // 2, l16 % 2, l16 // 8
+    if natural:
+        return 32 * q + 8 * i + 4 * h + 2 * hi + e
     return 32 * q + 8 * i + 2 * h + 4 * e + hi
 
 
-def fragment_order(k: int) -> np.ndarray:
-    """int32 [K]: the kernel reads ``x[:, fragment_order(K)]`` (a permutation within each 128 block)."""
-    blk = _fragment_block()
+def fragment_order(k: int, natural: bool = False) -> np.ndarray:
+    """int32 [K]: the kernel reads ``x[:, fragment_order(K)]`` (a permutation within each 128 block).
+
+    Args:
+        natural: the order of the codebook kind (natural code pairs), else the magic-number one.
+    """
+    blk = _fragment_block(natural)
     return (np.arange(k // STEP_K)[:, None] * STEP_K + blk[None, :]).reshape(-1).astype(np.int32)
 
 
@@ -175,28 +183,45 @@ def w4a16_gemm(x, w: QArray, cfg: GemmConfig | None = None, *, num_sms: int | No
     )
 
 
-def call_gemm_kernel(target: str, x, w: QArray, k_split: int, *, poison: bool = False, **tile_attrs):
+def call_gemm_kernel(
+    target: str, x, w: QArray, k_split: int, *, poison: bool = False, code_attrs: bool = False, **tile_attrs
+):
     """Runs a GEMM-style kernel of the library (operands as in `w4a16_gemm`) on ``x @ dequantize(w).T``.
 
     Gathers x into fragment order (fused with act-order), passes codes, scales and zeros as stored,
-    and sums the f32 partial slabs when K is split (one split: the kernel writes x's dtype).
+    and sums the f32 partial slabs when K is split (one split: the kernel writes x's dtype, unless
+    NVFP4's ``scale2`` is then applied to f32 sums).
+
+    Args:
+        code_attrs: the kernel reads every 4-bit code kind (the wgmma kernel): pass the kind, scale
+            type and codebook attributes (`kernels_cuda.w4a16.code_kind`), fp8 scales as bytes.
     """
     from kernels_cuda.build import register
+    from kernels_cuda.w4a16 import SCALE_TYPES, code_kind, codebook_words
 
     register()
     lead, k = x.shape[:-1], x.shape[-1]
     n = w.shape[0]
     m = math.prod(lead)
-    order = fragment_order(k)
+    kind = code_kind(w)
+    scale = w.scale
+    if code_attrs:
+        cb = codebook_words(w.qtype, x.dtype)
+        tile_attrs.update(kind=kind, scale_type=SCALE_TYPES[np.dtype(scale.dtype).name])
+        tile_attrs.update({f"cb{i}": v for i, v in enumerate(cb)})
+        if np.dtype(scale.dtype).itemsize == 1:  # fp8 e4m3 / e8m0 scales travel as their bytes
+            scale = jax.lax.bitcast_convert_type(scale, jnp.uint8)
+    order = fragment_order(k, natural=kind == 2)
     if w.perm is not None:  # one gather for both permutations: x_frag[:, j] = x[:, perm[order[j]]]
         order = jnp.asarray(w.perm)[order]
     xf = jnp.take(x.reshape(m, k), order, axis=-1)
     splits = -(-k // k_split)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
+    f32_out = splits > 1 or w.scale2 is not None
     y = call_kernel(
         target,
-        jax.ShapeDtypeStruct((splits, m, n), jnp.float32 if splits > 1 else x.dtype),
-        (xf, w.data, w.scale, zero),
+        jax.ShapeDtypeStruct((splits, m, n), jnp.float32 if f32_out else x.dtype),
+        (xf, w.data, scale, zero),
         poison=poison,
         group=np.int64(min(w.block[1], k)),
         k_split=np.int64(k_split),
@@ -204,8 +229,10 @@ def call_gemm_kernel(target: str, x, w: QArray, k_split: int, *, poison: bool = 
         has_zero=np.int64(w.zero is not None),
         **{name: np.int64(v) for name, v in tile_attrs.items()},
     )
-    y = y[0] if splits == 1 else y.sum(axis=0).astype(x.dtype)
-    return y.reshape(*lead, n)
+    y = y[0] if splits == 1 else y.sum(axis=0)
+    if w.scale2 is not None:  # NVFP4's per-tensor second scale, on the f32 sums
+        y = y * w.scale2.reshape(())
+    return y.astype(x.dtype).reshape(*lead, n)
 
 
 class W4A16GemmBackend(CudaBackend):

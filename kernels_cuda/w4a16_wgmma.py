@@ -4,6 +4,10 @@ For prefill-sized M on compute capability 9.0 (H100, H200). Same operands as `w4
 canonical 4-bit `QArray` as stored, x gathered once into fragment order): the wgmma A fragment of
 each warp is the mma.m16n8k16 A fragment, so the same per-thread dequantization feeds
 ``wgmma.m64nNk16`` with the weight in registers and the x tile in 128B-swizzled shared memory.
+
+Every 4-bit code kind of the decode kernel (`kernels_cuda.w4a16`): integer codes with uint8 zeros
+or a bias, float zeros (GGUF Q4_1 / Q4_K), 16-entry codebooks (NF4, bnb FP4, IQ4, MXFP4 / NVFP4 with
+e8m0 / e4m3 scales and ``scale2``); groups of 16 for NVFP4 only (csrc/wgmma_kinds.cu).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import dataclasses
 import math
 
 from jquant.core.qarray import QArray
+from jquant.ops.backend import why_not_operands
 from jquant.ops.device import NUM_SMS_DEFAULT
 from jquant.ops.device import num_sms as device_num_sms
 from kernels_cuda.backend import CudaBackend
-from kernels_cuda.w4a16 import OPERAND_CAPS
-from kernels_cuda.w4a16_gemm import call_gemm_kernel, launch_cost_us, split_candidates, why_not
+from kernels_cuda.w4a16 import CAPS as DECODE_CAPS
+from kernels_cuda.w4a16 import code_kind, why_not_kinds
+from kernels_cuda.w4a16_gemm import call_gemm_kernel, launch_cost_us, split_candidates
 
 __all__ = [
     "WgmmaConfig",
@@ -45,6 +51,25 @@ VARIANTS = ("cp_async", "tma")
 # and 48 (loses by 20%); from M = 128 up the kernel also beats XLA's dequantize -> cuBLAS dot on
 # every shape measured, up to M = 4096 (bench/results/nvidia_h200/qmatmul.md).
 MIN_M = 40
+
+# What the kernel reads: the decode kernel's operands, except 16-column groups of integer codes
+# (Q3_K) and of codebooks with other than e4m3 scales (csrc/wgmma_kinds.cu builds NVFP4's alone).
+OPERAND_CAPS = dataclasses.replace(DECODE_CAPS, m_max=None)
+CAPS = dataclasses.replace(OPERAND_CAPS, m_min=MIN_M, cc_min=(9, 0), cc_max=(9, 0))
+
+
+def _why_not_more(call) -> str:
+    why = why_not_kinds(call)
+    if not why and call.group == 16 and call.group < call.k and call.scale_dtype != "float8_e4m3fn":
+        why = "group size 16: the wgmma kernel reads it for NVFP4 (e4m3 scales) only"
+    return why
+
+
+def why_not(x, w) -> str:
+    """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands (any M), else why not."""
+    return why_not_operands(OPERAND_CAPS, x, w, more=_why_not_more) or (
+        "" if math.prod(x.shape[:-1]) else "empty activations"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +122,9 @@ def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | 
 
     Args:
         x: [..., K] bf16 or f16.
-        w: 4-bit integer `QArray` with group (multiple of 32) or per-channel scales (`why_not` says).
-        cfg: launch parameters; default `wgmma_config`.
+        w: 4-bit `QArray` of any code kind (`why_not` says what it reads).
+        cfg: launch parameters; default `wgmma_config` (the TMA variant for kinds other than
+            integer codes: the only one built for them).
         poison: the kernel writes into a NaN-filled buffer (tests: unwritten outputs stay NaN).
 
     Returns:
@@ -110,6 +136,8 @@ def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | 
         raise ValueError(f"w4a16_wgmma: {why}")
     m, k = math.prod(x.shape[:-1]), x.shape[-1]
     cfg = cfg or wgmma_config(m, w.shape[0], k, num_sms=num_sms or device_num_sms())
+    if cfg.variant != "tma" and code_kind(w) != 0:
+        raise ValueError(f"w4a16_wgmma: variant {cfg.variant!r} is built for integer codes only (use 'tma')")
     return call_gemm_kernel(
         "jquant_w4a16_wgmma",
         x,
@@ -119,14 +147,18 @@ def w4a16_wgmma(x, w: QArray, cfg: WgmmaConfig | None = None, *, num_sms: int | 
         bm=cfg.bm,
         stages=cfg.stages,
         variant=VARIANTS.index(cfg.variant),
+        code_attrs=True,
     )
 
 
 class W4A16WgmmaBackend(CudaBackend):
-    """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit integer weights, M >= `MIN_M`, bf16/f16, sm_90."""
+    """`qmatmul` backend ``cuda_w4a16_wgmma``: 4-bit weights of every kind, M >= `MIN_M`, bf16/f16, sm_90."""
 
     name = "cuda_w4a16_wgmma"
-    caps = dataclasses.replace(OPERAND_CAPS, m_min=MIN_M, cc_min=(9, 0), cc_max=(9, 0))
+    caps = CAPS
+
+    def why_not_more(self, call):
+        return _why_not_more(call)
 
     def __call__(self, x, w, act=None):
         return w4a16_wgmma(x, w)

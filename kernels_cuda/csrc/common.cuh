@@ -154,9 +154,12 @@ struct GemmDims {
 
 // The operand checks the GEMM kernels' handlers share: "" and `d` filled in, or what is wrong.
 // out is f32 partial slabs, one per K split, or x's dtype when there is a single split.
+// kind / scale_type (codes.cuh Kind / ScaleType; -1: integer codes, the scale's own dtype) widen the
+// checks for the kernels that read float zeros, codebooks and fp8 scales (as uint8), groups of 16.
 inline std::string check_gemm_operands(xla::ffi::AnyBuffer x, xla::ffi::AnyBuffer codes, xla::ffi::AnyBuffer scale,
                                        xla::ffi::AnyBuffer zero, const xla::ffi::AnyBuffer& out, int64_t group,
-                                       int64_t k_split, int64_t has_zero, int step_k, GemmDims& d) {
+                                       int64_t k_split, int64_t has_zero, int step_k, GemmDims& d,
+                                       int64_t kind = 0, int64_t scale_type = -1) {
   using xla::ffi::DataType;
   const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = out.dimensions();
   if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 3)
@@ -167,14 +170,24 @@ inline std::string check_gemm_operands(xla::ffi::AnyBuffer x, xla::ffi::AnyBuffe
   if (codes.element_type() != DataType::U8 || wd[0] != n || wd[1] * 2 != k)
     return "codes must be uint8 [N, K/2], got " + dims_str(wd) + " for N=" + std::to_string(n) +
            ", K=" + std::to_string(k);
-  if (st != DataType::F32 && st != DataType::F16 && st != DataType::BF16) return "scale must be f32, f16 or bf16";
-  if (m < 1 || k % step_k != 0 || group % 32 != 0 || group < 1 || k % group != 0 || k_split % step_k != 0 ||
+  if (kind < 0 || kind > 2) return "unknown code kind " + std::to_string(kind);
+  if (scale_type > 4) return "unknown scale type " + std::to_string(scale_type);
+  const bool fp8_scale = scale_type >= 3;  // e4m3 / e8m0 bytes, codebooks only
+  if (fp8_scale ? (st != DataType::U8 || kind != 2)
+                : (st != DataType::F32 && st != DataType::F16 && st != DataType::BF16))
+    return "scale must be f32, f16 or bf16 (fp8 e4m3 / e8m0 as uint8 with codebooks)";
+  if (scale_type >= 0 && !fp8_scale && st != (scale_type == 0 ? DataType::F32 : scale_type == 1 ? DataType::F16 : DataType::BF16))
+    return "scale dtype does not match scale type " + std::to_string(scale_type);
+  const bool group_ok = group % 32 == 0 || (group == 16 && kind == 2 && scale_type == 3);
+  if (m < 1 || k % step_k != 0 || !group_ok || group < 1 || k % group != 0 || k_split % step_k != 0 ||
       k_split < step_k)
     return "unsupported M=" + std::to_string(m) + " K=" + std::to_string(k) + " group=" + std::to_string(group) +
            " k_split=" + std::to_string(k_split);
   if (sd[1] != k / group) return "scale " + dims_str(sd) + " does not match K/G=" + std::to_string(k / group);
-  if (has_zero && (zero.element_type() != DataType::U8 || zero.element_count() != size_t(n * (k / group))))
+  if (kind == 0 && has_zero && (zero.element_type() != DataType::U8 || zero.element_count() != size_t(n * (k / group))))
     return "zero must be uint8 with the scale's shape";
+  if (kind == 1 && (zero.element_type() != st || zero.element_count() != size_t(n * (k / group))))
+    return "float zeros must have the scale's dtype and shape";
   const int64_t splits = (k + k_split - 1) / k_split;
   const bool f32_out = out.element_type() == DataType::F32;
   if (od[0] != splits || od[1] != m || od[2] != n || !(f32_out || (splits == 1 && out.element_type() == xt)))

@@ -99,18 +99,6 @@ std::string check(ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale, 
   return "";
 }
 
-// The 16 codebook entries as 16-bit float bits, two per 32-bit word (entry 2i in the low half),
-// in eight int64 attributes' low 32 bits... packed two words per attribute: cbN = word 2N | word 2N+1 << 32.
-Codebook unpack_codebook(int64_t cb0, int64_t cb1, int64_t cb2, int64_t cb3) {
-  const int64_t w[4] = {cb0, cb1, cb2, cb3};
-  Codebook cb{};
-  for (int i = 0; i < 4; ++i) {
-    cb.t[2 * i] = static_cast<uint32_t>(static_cast<uint64_t>(w[i]) & 0xFFFFFFFFu);
-    cb.t[2 * i + 1] = static_cast<uint32_t>(static_cast<uint64_t>(w[i]) >> 32);
-  }
-  return cb;
-}
-
 ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
                            ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
                            int64_t bias, int64_t has_zero, int64_t stages, int64_t warps, int64_t tiled,

@@ -111,6 +111,19 @@ def test_wgmma_kernel_compiles_for_sm90a_without_spills_or_serialization(sm90_cu
     assert build.source_arch_flags(build.CSRC / "w4a16_wgmma.cu") == ("-gencode=arch=compute_90a,code=sm_90a",)
 
 
+@needs_nvcc
+def test_wgmma_kinds_compile_for_sm90a_without_spills_or_serialization(sm90_cubins):
+    _, log = sm90_cubins["wgmma_kinds"]
+    entries = _ptxas_entries(log)
+    # TMA variant only, 2 activation dtypes x 2 output dtypes x 3 block heights x (float zeros: 3
+    # scale dtypes; codebooks: 5 scale storages with one group per chunk + NVFP4's e4m3 groups of 16)
+    assert len(entries) == 2 * 2 * len(WGMMA_STAGES) * (3 + 5 + 1)
+    for name, frame, regs in entries:
+        assert frame == ("0", "0", "0") and regs <= 255, (name, frame, regs)
+    assert "C751" not in log and "serialized" not in log
+    assert build.source_arch_flags(build.CSRC / "wgmma_kinds.cu") == ("-gencode=arch=compute_90a,code=sm_90a",)
+
+
 def test_wgmma_header_is_the_generators_output():
     from kernels_cuda import gen_wgmma
 
@@ -119,11 +132,13 @@ def test_wgmma_header_is_the_generators_output():
 
 @needs_nvcc
 @pytest.mark.skipif(_cuobjdump() is None, reason="no cuobjdump (triton's) to read SASS")
-@pytest.mark.parametrize("stem", ["w4a16_decode", "decode_float_zero", "decode_codebook", "w4a16_gemm", "w4a16_wgmma"])
+@pytest.mark.parametrize(
+    "stem", ["w4a16_decode", "decode_float_zero", "decode_codebook", "w4a16_gemm", "w4a16_wgmma", "wgmma_kinds"]
+)
 def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubins, stem):
     cubin, _ = sm90_cubins[stem]
     sass = subprocess.run([_cuobjdump(), "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
-    if stem == "w4a16_wgmma":  # Hopper warpgroup MMA, register A, for both 16-bit types and every N
+    if stem in ("w4a16_wgmma", "wgmma_kinds"):  # Hopper warpgroup MMA, register A, both 16-bit types, every N
         for n in WGMMA_STAGES:
             assert f"HGMMA.64x{n}x16.F32.BF16" in sass and f"HGMMA.64x{n}x16.F32 " in sass, n
         assert "HMMA" not in sass
@@ -133,7 +148,7 @@ def test_sass_uses_tensor_cores_and_wide_loads(sm90_cubins, stem):
     else:
         assert "HMMA.16816.F32.BF16" in sass and "HMMA.16816.F32 " in sass  # bf16 and f16 mma.sync
     assert "LDGSTS.E.BYPASS.LTC256B.128" in sass, "16-byte cp.async weight copies missing"
-    if stem == "decode_codebook":  # table lookups by byte permutes, no shared-memory tables
+    if stem in ("decode_codebook", "wgmma_kinds"):  # table lookups by byte permutes, no shared-memory tables
         assert "PRMT" in sass
     else:
         assert "LOP3.LUT" in sass

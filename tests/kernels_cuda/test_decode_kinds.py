@@ -16,7 +16,7 @@ import pytest
 from jquant.core.qtypes import bnb_fp4, fp4_e2m1, iq4nl, nf4
 from kernels_cuda import build
 from kernels_cuda.w4a16 import DecodeConfig, code_kind, codebook_words, w4a16_decode, why_not
-from tests.kernels_cuda.decode_cases import WEIGHTS
+from tests.kernels_cuda.decode_cases import WEIGHTS, K
 
 needs_nvcc = pytest.mark.skipif(build.nvcc_path() is None, reason="nvcc not installed on this host")
 TABLES = {q.name: q for q in (nf4, bnb_fp4, iq4nl, fp4_e2m1)}  # every 16-entry table
@@ -105,3 +105,36 @@ def test_lowers_for_cuda(wid):
         cb = codebook_words(w.qtype, jnp.float16)
         assert all(f"cb{i} = {v}" in call for i, v in enumerate(cb)), call
     assert ("multiply" in text.split("custom_call @jquant_w4a16_decode")[1]) == (w.scale2 is not None)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("wid", ["Q4_K", "nf4-g64", "nvfp4-scale2", "MXFP4"])
+def test_wgmma_lowers_for_cuda(wid):
+    """The prefill (wgmma) kernel takes the same kinds: attributes, fp8 scales as bytes, the
+    codebook's natural fragment order of x, f32 sums when scale2 follows."""
+    from kernels_cuda.w4a16_gemm import fragment_order
+    from kernels_cuda.w4a16_wgmma import WgmmaConfig, w4a16_wgmma
+
+    factory, kind = WEIGHTS[wid]
+    w = factory()
+    wd = jax.tree_util.tree_map(jnp.asarray, w)
+    k = w.shape[1]
+    x = jnp.zeros((200, k), jnp.bfloat16)
+    cfg = WgmmaConfig(bm=128, k_split=k)  # one split: x's dtype out unless scale2
+    low = jax.jit(lambda x, w: w4a16_wgmma(x, w, cfg)).trace(x, wd).lower(lowering_platforms=("cuda",))
+    text = low.as_text()
+    call = next(line for line in text.splitlines() if "custom_call @jquant_w4a16_wgmma" in line)
+    assert f"kind = {kind}" in call and "variant = 1" in call, call
+    out = "f32" if w.scale2 is not None else "bf16"
+    assert f"-> tensor<1x200x{w.shape[0]}x{out}>" in call, call
+    if np.dtype(w.scale.dtype).itemsize == 1:
+        assert f"tensor<{w.shape[0]}x{k // w.block[1]}xui8>" in call
+    # the gather of x uses the kind's fragment order (a constant of the program)
+    assert not np.array_equal(fragment_order(256, True), fragment_order(256, False))
+
+
+def test_wgmma_declines_what_it_does_not_build():
+    from kernels_cuda.w4a16_wgmma import why_not as wgmma_why_not
+
+    assert "NVFP4 (e4m3 scales) only" in wgmma_why_not(jnp.zeros((64, K), jnp.bfloat16), WEIGHTS["uint4b8-g16"][0]())
+    assert wgmma_why_not(jnp.zeros((64, K), jnp.bfloat16), WEIGHTS["nvfp4-scale2"][0]()) == ""

@@ -19,6 +19,8 @@ import pytest
 from jquant.ops import qmatmul
 from jquant.ops.qmatmul import select
 from kernels_cuda.w4a16 import DecodeConfig, tile_codes, w4a16_decode
+from kernels_cuda.w4a16_wgmma import WgmmaConfig, w4a16_wgmma
+from kernels_cuda.w4a16_wgmma import why_not as wgmma_why_not
 from tests.kernels_cuda.decode_cases import WEIGHTS
 from tests.pallas.helpers import assert_close
 
@@ -70,3 +72,25 @@ def test_dispatcher_routes_here(wid):
     np.testing.assert_array_equal(
         np.asarray(y.astype(jnp.float32)), np.asarray(jax.jit(w4a16_decode)(x, wd).astype(jnp.float32))
     )
+
+
+@pytest.mark.parametrize("m", [40, 64, 129, 1000])
+@pytest.mark.parametrize("wid", sorted(WEIGHTS))
+def test_wgmma_matches_spec(wid, m):
+    """The wgmma (prefill) kernel on every kind it reads (Q3_K / g16 integer codes: declined)."""
+    w, wd = _weight(wid)
+    x = _x(m, w.shape[1], jnp.bfloat16, m + 1)
+    why = wgmma_why_not(x, w)
+    if why:
+        assert "group size 16" in why, why
+        pytest.skip(why)
+    y = jax.jit(functools.partial(w4a16_wgmma, poison=True))(x, wd)
+    assert y.shape == (m, w.shape[0]) and y.dtype == x.dtype
+    assert_close(np.asarray(y.astype(jnp.float32)), np.asarray(x.astype(jnp.float32)), w, what=f"wgmma {wid} m={m}")
+    if m == 129:  # f16 activations, and each block height with a split K
+        xh = x.astype(jnp.float16)
+        for bm in (64, 128, 256):
+            y = jax.jit(functools.partial(w4a16_wgmma, cfg=WgmmaConfig(bm=bm, k_split=1024), poison=True))(xh, wd)
+            assert_close(
+                np.asarray(y.astype(jnp.float32)), np.asarray(xh.astype(jnp.float32)), w, what=f"{wid} bm={bm}"
+            )

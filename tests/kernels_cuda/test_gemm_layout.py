@@ -22,7 +22,7 @@ from kernels_cuda.w4a16_gemm import (
 )
 
 
-def _emulated_step(codes_row_bytes: np.ndarray, xf: np.ndarray) -> np.ndarray:
+def _emulated_step(codes_row_bytes: np.ndarray, xf: np.ndarray, natural: bool = False) -> np.ndarray:
     """One 128-column step of one m16 tile as the kernel computes it, from the PTX fragment tables.
 
     Args:
@@ -47,6 +47,10 @@ def _emulated_step(codes_row_bytes: np.ndarray, xf: np.ndarray) -> np.ndarray:
                     def nib(shift, word=word):
                         return (word >> shift) & 0xF
 
+                    if natural:  # codes.cuh codebook_pairs: a0 = codes (4h, 4h + 1), a2 = (4h + 2, 4h + 3)
+                        a[row, 2 * q], a[row, 2 * q + 1] = nib(16 * h), nib(16 * h + 4)
+                        a[row, 2 * q + 8], a[row, 2 * q + 9] = nib(16 * h + 8), nib(16 * h + 12)
+                        continue
                     a[row, 2 * q], a[row, 2 * q + 1] = nib(8 * h), nib(8 * h + 16)  # a0 / a1
                     a[row, 2 * q + 8], a[row, 2 * q + 9] = nib(8 * h + 4), nib(8 * h + 20)  # a2 / a3
         b = xf[:, 16 * sl : 16 * sl + 16].T  # [16 kk, 8 n]
@@ -54,20 +58,23 @@ def _emulated_step(codes_row_bytes: np.ndarray, xf: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_fragment_order_matches_the_mma_fragments():
+@pytest.mark.parametrize("natural", [False, True], ids=["magic-pairs", "codebook-pairs"])
+def test_fragment_order_matches_the_mma_fragments(natural):
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 16, (16, STEP_K))
     packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)  # canonical: low nibble first
     x = rng.standard_normal((8, STEP_K))
-    got = _emulated_step(packed, x[:, fragment_order(STEP_K)])
+    got = _emulated_step(packed, x[:, fragment_order(STEP_K, natural)], natural)
     np.testing.assert_allclose(got, codes @ x.T, rtol=1e-12, atol=1e-9)
-    # a wrong order is caught: identity order gives a different product
-    assert not np.allclose(_emulated_step(packed, x), codes @ x.T)
+    # a wrong order is caught: identity order, or the other kind's, gives a different product
+    assert not np.allclose(_emulated_step(packed, x, natural), codes @ x.T)
+    assert not np.allclose(_emulated_step(packed, x[:, fragment_order(STEP_K, not natural)], natural), codes @ x.T)
 
 
-def test_fragment_order_is_a_permutation_within_each_block():
+@pytest.mark.parametrize("natural", [False, True])
+def test_fragment_order_is_a_permutation_within_each_block(natural):
     k = 4 * STEP_K
-    order = fragment_order(k)
+    order = fragment_order(k, natural)
     assert order.dtype == np.int32 and sorted(order.tolist()) == list(range(k))
     assert all(set(order[b : b + STEP_K]) == set(range(b, b + STEP_K)) for b in range(0, k, STEP_K))
 

@@ -64,7 +64,7 @@ uint3b4 g128               | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu
 q4_0 uint4b8 g32           | sm_90 | cu.dec    cu.dec    cu.gemm   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 q4_0 uint4b8 g32           | sm_80 | cu.dec    cu.dec    cu.gemm   cu.gemm   cu.gemm   cu.gemm   xla.deq   xla.deq   xla.deq
 q4_0 uint4b8 g32           | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-q4_1 uint4 g32 float zero  | sm_90 | cu.dec    cu.dec    pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+q4_1 uint4 g32 float zero  | sm_90 | cu.dec    cu.dec    pl.wx     cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 q4_1 uint4 g32 float zero  | sm_80 | cu.dec    cu.dec    pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 q4_1 uint4 g32 float zero  | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
 q6_k uint6b32 g16          | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
@@ -73,22 +73,22 @@ q6_k uint6b32 g16          | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu
 q8_0 int8 g32              | sm_90 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q8_0 int8 g32              | sm_80 | pl.dec    pl.dec    pl.dec    pl.dec    pl.dec    xla.deq   xla.deq   xla.deq   xla.deq
 q8_0 int8 g32              | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-nf4 g64                    | sm_90 | cu.dec    cu.dec    xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+nf4 g64                    | sm_90 | cu.dec    cu.dec    xla.deq   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 nf4 g64                    | sm_80 | cu.dec    cu.dec    xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
 nf4 g64                    | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-bnb_fp4 g64                | sm_90 | cu.dec    cu.dec    xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+bnb_fp4 g64                | sm_90 | cu.dec    cu.dec    xla.deq   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 bnb_fp4 g64                | sm_80 | cu.dec    cu.dec    xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
 bnb_fp4 g64                | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-iq4nl g32                  | sm_90 | cu.dec    cu.dec    xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
+iq4nl g32                  | sm_90 | cu.dec    cu.dec    xla.deq   cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 iq4nl g32                  | sm_80 | cu.dec    cu.dec    xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq   xla.deq
 iq4nl g32                  | cpu   | cpu.q     cpu.q     cpu.q     cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-mxfp4 g32                  | sm_90 | cu.dec    cu.dec    pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+mxfp4 g32                  | sm_90 | cu.dec    cu.dec    pl.wx     cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 mxfp4 g32                  | sm_80 | cu.dec    cu.dec    pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 mxfp4 g32                  | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-nvfp4 w4a16                | sm_90 | cu.dec    cu.dec    pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
+nvfp4 w4a16                | sm_90 | cu.dec    cu.dec    pl.wx     cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma  cu.wgmma
 nvfp4 w4a16                | sm_80 | cu.dec    cu.dec    pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
 nvfp4 w4a16                | cpu   | cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk   cpu.chk
-nvfp4 w4a4                 | sm_90 | cu.dec+fq cu.dec+fq pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
+nvfp4 w4a4                 | sm_90 | cu.dec+fq cu.dec+fq pl.wx+fq  cu.wgmma+fq cu.wgmma+fq cu.wgmma+fq cu.wgmma+fq cu.wgmma+fq cu.wgmma+fq
 nvfp4 w4a4                 | sm_80 | cu.dec+fq cu.dec+fq pl.wx+fq  pl.wx+fq  pl.wx+fq  xla.deq+fq xla.deq+fq xla.deq+fq xla.deq+fq
 nvfp4 w4a4                 | cpu   | cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq cpu.chk+fq
 fp8 channel w8a16          | sm_90 | pl.wx     pl.wx     pl.wx     pl.wx     pl.wx     xla.deq   xla.deq   xla.deq   xla.deq
