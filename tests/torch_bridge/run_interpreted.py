@@ -1,6 +1,7 @@
 """Runs every `cases.KERNEL_CASES` problem through the Triton kernels on the CPU interpreter.
 
-Invoked by `test_triton_interpreter.py` in a subprocess: ``TRITON_INTERPRET=1`` must be set before
+Invoked by `test_triton_interpreter.py` in a subprocess (``--decode OUT``: `test_triton_decode.py`'s
+split-K cases instead): ``TRITON_INTERPRET=1`` must be set before
 the kernels are decorated (import time) and must not leak into other test modules. Writes the
 outputs as float32 arrays to the ``.npz`` named on the command line; the test compares them.
 """
@@ -39,6 +40,33 @@ def run_case(c) -> np.ndarray:
     return y.float().numpy()
 
 
+def run_decode(out_path: str) -> None:
+    """`test_triton_decode`'s cases: `wxa16_matmul` with their explicit split-K tiles (or the launcher's)."""
+    from tests.torch_bridge.test_triton_decode import DECODE_CASES, DEQUANT_CASES, activations, weight
+    from torch_bridge.triton.backends import TritonWxA16
+    from torch_bridge.triton.configs import interpret_wxa16_config
+    from torch_bridge.triton.wxa16 import dequantize_weight
+
+    results = {}
+    for c in DECODE_CASES + DEQUANT_CASES:
+        t0 = time.perf_counter()
+        w = tb.to_torch(weight(c))
+        dt = getattr(torch, c.x_dtype)
+        spec, t = tb.BACKENDS[TritonWxA16.name].prepare(w, torch.device("cpu"), dt, None)
+        x = torch.from_numpy(activations(c)).to(dt)
+        xp, ops = TritonWxA16.operands(x, t, spec)
+        if c in DEQUANT_CASES:
+            y = dequantize_weight(*ops, torch.float32, config=c.config)
+        else:
+            cfg = c.config or interpret_wxa16_config(c.m, c.n, c.k)
+            y = wxa16_matmul(xp.contiguous(), *ops, config=c.config)
+            assert y.dtype == x.dtype and y.shape == (c.m, c.n), (y.dtype, y.shape)
+            results[f"{c.name}.split_k"] = np.array(cfg.split_k)
+        results[c.name] = y.float().numpy()
+        print(f"{c.name:45s} {time.perf_counter() - t0:6.2f}s")
+    np.savez(out_path, **results)
+
+
 def main(out_path: str) -> None:
     assert is_interpreter(), "TRITON_INTERPRET=1 did not take effect"
     w = tb.to_torch(make_weight(KERNEL_CASES[0]))
@@ -66,4 +94,7 @@ def main(out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--decode":
+        run_decode(sys.argv[2])
+    else:
+        main(sys.argv[1])

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import torch_bridge as tb
+from bench.torch_qmatmul import KINDS as DECODE_KINDS
+from jquant.core import dequantize
 from jquant.core import qtypes as qt
 from tests.torch_bridge.cases import DEQ_DOT, Case, act_group, make_weight, make_x, reference, tolerance
 
@@ -122,3 +124,40 @@ def test_quant_linear_compiles_with_inductor_on_gpu():
     x = torch.randn(200, 1024, device="cuda", dtype=torch.bfloat16)  # the op routes it to dequantize -> GEMM
     eager = lin(x).float()
     torch.testing.assert_close(compiled(x).float(), eager, rtol=2**-7, atol=2**-7 * float(eager.abs().max()))
+
+
+def _poison_allocator(numel: int) -> None:
+    """Leaves a freed NaN block of ``numel`` float32 in the caching allocator, so the launcher's next
+    ``torch.empty`` outputs / split-K partials most likely start as NaN (an unwritten tile shows)."""
+    torch.full((numel,), float("nan"), device="cuda").sum()
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("m", [1, 16, 100])
+@pytest.mark.parametrize("kind", sorted(DECODE_KINDS), ids=str)
+def test_every_code_type_on_gpu(kind, m):
+    """Every `bench.torch_qmatmul` code type (GGUF from the real converter) through the routed op on
+    a decode-sized problem with the launcher's own split-K tiles, into poisoned memory; run twice,
+    bit-identical (the split-K reduction is ordered, not atomic)."""
+    from bench.torch_qmatmul import make_weight
+
+    n, k = 1000, 2048
+    wn = make_weight(DECODE_KINDS[kind], n, k, seed=3)
+    w = tb.to_torch(wn, "cuda")
+    x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+    xt = torch.from_numpy(x).to("cuda", torch.bfloat16)
+    x = xt.float().cpu().numpy()
+    assert tb.select(w, "cuda", torch.bfloat16, m=m).backend.name == "torch_triton_wxa16"
+    _poison_allocator(16 * m * n)
+    y = tb.qmatmul(xt, w)
+    _poison_allocator(16 * m * n)
+    y2 = tb.qmatmul(xt, w)
+    assert torch.equal(y, y2), "split-K result not reproducible"
+    ref = x.astype(np.float64) @ dequantize(wn).astype(np.float64).T
+    got = y.float().cpu().numpy().astype(np.float64)
+    assert np.isfinite(got).all()
+    wd = dequantize(wn).astype(np.float64)
+    rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2) * np.mean(wd**2)))
+    tol = 2.0**-7 * (2 * np.abs(ref) + 4 * np.sqrt(k) * rms)
+    err = np.abs(got - ref)
+    assert (err <= tol).all(), f"{kind} M={m}: max err {err.max():.3g}; worst ratio {(err / tol).max():.3g}"

@@ -19,9 +19,18 @@ from triton.compiler import ASTSource
 from jquant.core.qtypes import QType
 from torch_bridge.triton.configs import TileConfig
 from torch_bridge.triton.w8a8 import w8a8_constexprs, w8a8_kernel
-from torch_bridge.triton.wxa16 import ZeroKind, dequant_kernel, kernel_constexprs, weight_constexprs, wxa16_kernel
+from torch_bridge.triton.wxa16 import (
+    REDUCE_BLOCK,
+    ZeroKind,
+    dequant_kernel,
+    kernel_constexprs,
+    lut_is_f16,
+    splitk_reduce_kernel,
+    weight_constexprs,
+    wxa16_kernel,
+)
 
-__all__ = ["TARGETS", "Wxa16Case", "DequantCase", "W8a8Case", "compile_case"]
+__all__ = ["TARGETS", "Wxa16Case", "DequantCase", "ReduceCase", "W8a8Case", "compile_case"]
 
 TARGETS = {"sm_90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
 
@@ -36,8 +45,10 @@ _ZERO_PTR = {ZeroKind.NONE: "*fp32", ZeroKind.INT: "*u8", ZeroKind.FLOAT: "*fp32
 
 
 def _weight_ptrs(qtype: QType, zero: ZeroKind) -> list[str]:
-    """`_dequant_tile`'s data / scale / zero / lut pointer types (fp8 codes travel as uint8 bits)."""
-    return ["*i8" if qtype.signed else "*u8", "*fp32", _ZERO_PTR[zero], "*fp32"]
+    """`_dequant_tile`'s data / scale / zero / lut pointer types (fp8 codes travel as uint8 bits;
+    codebooks exact in float16 as a float16 table, `lut_table`)."""
+    lut = "*fp16" if qtype.codebook is not None and lut_is_f16(qtype) else "*fp32"
+    return ["*i8" if qtype.signed else "*u8", "*fp32", _ZERO_PTR[zero], lut]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +61,12 @@ class Wxa16Case:
     zero: ZeroKind
     x_dtype: torch.dtype
     config: TileConfig
+    divisible: tuple[str, ...] = ()  # int arguments the JIT would see divisible by 16 (shape-dependent)
 
     def signature_and_constexprs(self) -> tuple[dict, dict]:
         consts = kernel_constexprs(self.qtype, self.block, self.k, self.zero, self.x_dtype, self.config, dot_f32=None)
         consts["DOT_F32"] = self.x_dtype == torch.float32  # what a GPU launch uses (not the interpreter's)
+        consts.update(UNIT_STRIDES_WXA16)
         y_ptr = "*fp32" if self.config.split_k > 1 else _PTR[self.x_dtype]
         ptrs = [_PTR[self.x_dtype], *_weight_ptrs(self.qtype, self.zero), y_ptr]
         return _signature(wxa16_kernel, ptrs, consts), consts
@@ -69,12 +82,26 @@ class DequantCase:
     zero: ZeroKind
     out_dtype: torch.dtype
     config: TileConfig
+    divisible: tuple[str, ...] = ()  # as `Wxa16Case.divisible`
 
     def signature_and_constexprs(self) -> tuple[dict, dict]:
         consts = weight_constexprs(self.qtype, self.block, self.k, self.zero, self.config.block_k)
-        consts.update(BLOCK_N=self.config.block_n, BLOCK_K=self.config.block_k)
+        consts.update(BLOCK_N=self.config.block_n, BLOCK_K=self.config.block_k, **UNIT_STRIDES_DEQUANT)
         ptrs = [*_weight_ptrs(self.qtype, self.zero), _PTR[self.out_dtype]]
         return _signature(dequant_kernel, ptrs, consts), consts
+
+
+@dataclasses.dataclass(frozen=True)
+class ReduceCase:
+    """`splitk_reduce_kernel` (the split-K decode's second launch): splits and output dtype."""
+
+    split_k: int
+    out_dtype: torch.dtype
+    config: TileConfig = TileConfig(num_warps=4, num_stages=1)
+
+    def signature_and_constexprs(self) -> tuple[dict, dict]:
+        consts = dict(SPLIT_K=self.split_k, BLOCK=REDUCE_BLOCK)
+        return _signature(splitk_reduce_kernel, ["*fp32", _PTR[self.out_dtype]], consts), consts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +122,12 @@ class W8a8Case:
         return _signature(w8a8_kernel, ptrs, consts), consts
 
 
+# The launchers pass contiguous tensors, whose innermost strides the JIT specializes to the constant 1
+# (Triton specializes int arguments equal to 1), which is what lets it vectorize the code loads.
+UNIT_STRIDES_WXA16 = dict(stride_xk=1, stride_dk=1, stride_yn=1)
+UNIT_STRIDES_DEQUANT = dict(stride_dk=1, stride_ok=1)
+
+
 def _signature(kernel, ptr_types: list[str], consts: dict) -> dict:
     sig = {}
     ptrs = iter(ptr_types)
@@ -108,13 +141,22 @@ def _signature(kernel, ptr_types: list[str], consts: dict) -> dict:
     return sig
 
 
-def compile_case(case: Wxa16Case | DequantCase | W8a8Case, target: GPUTarget):
+def compile_case(case: Wxa16Case | DequantCase | ReduceCase | W8a8Case, target: GPUTarget):
     """Compiles one case for ``target``; returns the `triton.compiler.CompiledKernel`."""
-    kernel = {Wxa16Case: wxa16_kernel, DequantCase: dequant_kernel, W8a8Case: w8a8_kernel}[type(case)]
+    kernels = {Wxa16Case: wxa16_kernel, DequantCase: dequant_kernel, ReduceCase: splitk_reduce_kernel}
+    kernel = {**kernels, W8a8Case: w8a8_kernel}[type(case)]
     if not isinstance(kernel, triton.runtime.JITFunction):
         raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1; AOT compilation needs JIT functions")
     sig, consts = case.signature_and_constexprs()
-    src = ASTSource(fn=kernel, signature=sig, constexprs=consts)
+    # Fresh torch allocations are 16-byte aligned: the JIT's pointer divisibility specialization.
+    # So are int arguments divisible by 16 (``divisible``: the shape's; the JIT checks the values).
+    div = set(getattr(case, "divisible", ()))
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(kernel.arg_names)
+        if sig[name].startswith("*") or (name in div and sig[name] == "i32")
+    }
+    src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(
         src, target=target, options={"num_warps": case.config.num_warps, "num_stages": case.config.num_stages}
     )

@@ -11,10 +11,10 @@ from jquant.core.routing import Capabilities
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import TorchBackend, register_backend
 from torch_bridge.cpu import _spec, qtype_of
-from torch_bridge.dequant import block_scale, codebook
+from torch_bridge.dequant import block_scale
 from torch_bridge.triton.configs import PREFILL_DEQUANT_M
 from torch_bridge.triton.w8a8 import k_block, w8a8_matmul
-from torch_bridge.triton.wxa16 import dequantize_weight, is_interpreter, wxa16_matmul
+from torch_bridge.triton.wxa16 import dequantize_weight, is_interpreter, lut_table, wxa16_matmul
 
 __all__ = ["TritonWxA16", "TritonDequantDot", "TritonW8A8"]
 
@@ -67,7 +67,7 @@ class TritonWxA16(TorchBackend):
             tensors.append((z.float() if z.dtype.is_floating_point else z).contiguous())
         if w.qtype.codebook is not None:
             names.append("lut")
-            tensors.append(codebook(w.qtype, device))
+            tensors.append(lut_table(w.qtype, device))
         pn, pt = _perm_tensors(w, device)
         return _spec(self.name, w, names + pn), tensors + pt
 
