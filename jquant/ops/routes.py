@@ -7,6 +7,10 @@ Why this order (measurements in bench/results/nvidia_h200/):
 
 * CUDA W4A16 kernels first where they apply: wgmma (sm_90, M >= 40) beats the mma.sync GEMM from
   M = 40 (qmatmul_crossover.md); the decode kernel (M <= 16) and the GEMM (17..128) beat Pallas.
+  The decode and wgmma kernels read every 4-bit code kind (integer codes, GGUF float zeros, NF4 /
+  bnb FP4 / IQ4 codebooks, MXFP4 / NVFP4), 1.05-1.5x faster than the Pallas ``wxa16`` kernel at
+  decode and 1.3-3.3x faster than ``xla_dequant_dot`` at M = 128..1024 on an H100
+  (bench/results/nvidia_h100/issue15_h100_run.md); the mma.sync GEMM reads integer codes only.
 * W8A8 before the weight-only kernels: it declines weight-only calls, and weight-only kernels take
   an activation recipe only composed with an XLA fake-quantization. ``pallas_triton_w8a8`` takes
   the recipes whose scales change along K (1x128 activation groups with 128x128 weight blocks,
