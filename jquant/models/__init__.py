@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 
-import jax
 import jax.numpy as jnp
 
 from jquant.convert.checkpoint import Checkpoint
@@ -39,8 +38,11 @@ __all__ = [
 
 
 def default_dtype():
-    """float32 on CPU (XLA:CPU has no fast bf16 matmul), bfloat16 on accelerators."""
-    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    """float32 on CPU (XLA:CPU has no fast bf16 matmul), bfloat16 on accelerators (where computations
+    are placed now: `jquant.ops.device.default_platform`)."""
+    from jquant.ops.device import default_platform
+
+    return jnp.float32 if default_platform() == "cpu" else jnp.bfloat16
 
 
 def from_checkpoint(

@@ -27,13 +27,24 @@ def parse_cc(cc: str | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 @functools.cache
+def default_platform() -> str:
+    """Where computations are placed now: the platform of ``jax.default_device`` when one is set
+    (``with jax.default_device(jax.devices("cpu")[0])`` on a GPU host runs on the CPU, so it must
+    route to CPU kernels), else JAX's default backend."""
+    dev = jax.config.jax_default_device
+    if dev is None:
+        return jax.default_backend()
+    platform = dev if isinstance(dev, str) else dev.platform
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
 def current_device(platform: str | None = None) -> Device:
-    """The `Device` of JAX's first device on ``platform`` (default: JAX's default backend).
+    """The `Device` of JAX's first device on ``platform`` (default: `default_platform`).
 
     A platform without devices here (``"gpu"`` on a CPU host, as in routing tests) gives a
     `Device` with no compute capability or SM count.
     """
-    platform = platform or jax.default_backend()
+    platform = platform or default_platform()
     try:
         dev = jax.devices(platform)[0]
     except Exception:  # "Unknown backend" (RuntimeError) or no such platform in this jaxlib

@@ -132,3 +132,15 @@ def test_forced_backend_that_declines_raises(m1_backend, monkeypatch):
         qmatmul(x4, w)
     with pytest.raises(ValueError, match="unknown backend"):
         qmatmul(x4, w, implementation="no_such_kernel")
+
+
+def test_routing_follows_the_default_device():
+    """``with jax.default_device(cpu)`` on a GPU host must route to CPU kernels (Pallas GPU kernels
+    cannot run there); without one, JAX's default backend decides."""
+    import jax
+
+    from jquant.ops.device import current_device, default_platform
+
+    assert default_platform() == jax.default_backend()
+    with jax.default_device(jax.devices("cpu")[0]):
+        assert default_platform() == "cpu" and current_device().platform == "cpu"
