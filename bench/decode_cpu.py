@@ -17,7 +17,8 @@ versions and commit.
 ``--runs``: one row per entry, ``engine[:kernels][@<n>t][@unrolled]``. Engines: ``jquant`` (kernels =
 ``JQUANT_KERNELS``, ``auto`` = the dispatcher's choice; ``@unrolled``: layers unrolled instead of
 ``lax.scan``), ``torch`` (the Torch bridge: `torch_bridge.from_checkpoint`, kernels = its backend,
-``auto`` = its routing table), ``llamacpp`` (llama-cpp-python; skipped with a message where it is not
+``auto`` = its routing table; decoded by `torch_bridge.patch.Decoder`, ``@hf``: by transformers'
+forward per token), ``llamacpp`` (llama-cpp-python; skipped with a message where it is not
 installed: ``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python`` builds it from source in
 ~10 min on 2 cores) and ``transformers`` (``gguf_file=``: dequantized to f32 dense weights). ``@<n>t``:
 threads (``JQUANT_CPU_THREADS`` for jquant's kernel, ``torch.set_num_threads`` and the kernel's for
@@ -226,7 +227,19 @@ def _torch_loop(model, ids: list[int], tokens: int) -> tuple[list[int], list[flo
     return out, stamps, t0
 
 
-def _torch(path: Path, tokens: int, threads: int | None, kernels: str, unrolled: bool) -> dict:
+def _decoder_loop(model, ids: list[int], tokens: int) -> tuple[list[int], list[float], float]:
+    """`_torch_loop` through `torch_bridge.patch.Decoder` (the prompt through the model's forward, then
+    the lean step: fused q / k / v and gate / up, static cache, no per-token transformers machinery)."""
+    from torch_bridge.patch import Decoder
+
+    dec = Decoder(model, max_len=len(ids) + tokens + 1)
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    out = dec.generate(ids, tokens, on_token=lambda t: stamps.append(time.perf_counter()))
+    return out, stamps, t0
+
+
+def _torch(path: Path, tokens: int, threads: int | None, kernels: str, unrolled: bool, hf: bool = False) -> dict:
     import torch
 
     import jquant
@@ -250,14 +263,16 @@ def _torch(path: Path, tokens: int, threads: int | None, kernels: str, unrolled:
     model = torch_bridge.from_checkpoint(ckpt, dtype=torch.float32, implementation=impl)
     load_s = time.perf_counter() - t0
     ids = _prompt_ids(path)
+    loop = _torch_loop if hf else _decoder_loop
     t0 = time.perf_counter()
-    _torch_loop(model, ids, tokens)
+    loop(model, ids, tokens)
     compile_s = time.perf_counter() - t0
-    out, stamps, t0 = _torch_loop(model, ids, tokens)
+    out, stamps, t0 = loop(model, ids, tokens)
     name = impl or torch_bridge.select(_first_q(ckpt), "cpu", torch.float32).backend.name
     held = sum(q.nbytes for n, q in w.items() if isinstance(q, QArray) and n != "lm_head.weight")
+    how = "transformers forward per token" if hf else "Decoder: fused q/k/v, gate/up, static cache"
     return dict(
-        engine=f"Torch bridge ({name}; torch {torch.__version__}, {torch.get_num_threads()} torch thread(s))",
+        engine=f"Torch bridge ({name}; {how}; torch {torch.__version__}, {torch.get_num_threads()} torch thread(s))",
         **_rates(stamps, t0),
         load_s=load_s,
         compile_s=compile_s,
@@ -352,14 +367,28 @@ def _child(spec: str, model: str, tokens: int) -> None:
         except ImportError as e:
             print("RESULT " + json.dumps({"skipped": f"llama-cpp-python is not installed here ({e})"}))
             return
-    res = ENGINES[engine](model_path(model), tokens, threads, kernels, unrolled)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    extra = {"hf": True} if "@hf" in spec else {}
+    res = ENGINES[engine](model_path(model), tokens, threads, kernels, unrolled, **extra)
+    res["peak_rss_mb"] = _peak_rss_kb() / 1024
     print("RESULT " + json.dumps(res))
 
 
+def _peak_rss_kb() -> float:
+    """This process's peak RSS in KiB: ``VmHWM`` of /proc/self/status (the high-water mark of this
+    program's memory map, which starts anew at exec). ``ru_maxrss`` keeps the forking parent's mark
+    across exec on Linux, so every child reported at least the parent's RSS (557 MiB after the
+    512 MiB bandwidth probe; llama.cpp and the SmolLM2 jquant rows all showed exactly that)."""
+    try:
+        with open("/proc/self/status") as f:
+            return float(next(ln.split()[1] for ln in f if ln.startswith("VmHWM:")))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def parse_spec(spec: str) -> tuple[str, str, int | None, bool]:
-    """``engine[:kernels][@<n>t][@unrolled][@int8]`` -> (engine, kernels, threads, unrolled); ``@int8``
-    (opt-in int8 activations of kernels_cpu, ``JQUANT_CPU_ACT``) only changes the environment."""
+    """``engine[:kernels][@<n>t][@unrolled][@int8][@hf]`` -> (engine, kernels, threads, unrolled); ``@int8``
+    (opt-in int8 activations of kernels_cpu, ``JQUANT_CPU_ACT``) only changes the environment; ``@hf``
+    (torch only) decodes through transformers' forward per token instead of `torch_bridge.patch.Decoder`."""
     head, *opts = spec.split("@")
     engine, _, kernels = head.partition(":")
     if engine not in ENGINES:
@@ -370,7 +399,7 @@ def parse_spec(spec: str) -> tuple[str, str, int | None, bool]:
             threads = int(o[:-1])
         elif o == "unrolled":
             unrolled = True
-        elif o == "int8":
+        elif o == "int8" or (o == "hf" and engine == "torch"):
             pass
         else:
             raise ValueError(f"unknown option {o!r} in {spec!r}")
@@ -599,8 +628,9 @@ def main() -> int:
     ap.add_argument(
         "--runs",
         default="jquant:auto@1t,jquant:auto@2t,jquant:auto@2t@unrolled,jquant:xla_cpu_chunked,"
-        "torch:torch_cpu_qmatmul@1t,torch:torch_cpu_qmatmul@2t,torch:auto@2t,llamacpp@1t,llamacpp@2t,transformers@2t",
-        help="rows: engine[:kernels][@<n>t][@unrolled], comma-separated",
+        "torch:torch_cpu_qmatmul@1t,torch:torch_cpu_qmatmul@2t,torch:torch_cpu_qmatmul@2t@hf,llamacpp@1t,llamacpp@2t,"
+        "transformers@2t",
+        help="rows: engine[:kernels][@<n>t][@unrolled][@int8][@hf], comma-separated",
     )
     ap.add_argument("--repeats", type=int, default=3, help="rounds over all rows (round-robin)")
     ap.add_argument("--cli-cache", action="store_true", help="time jquant generate's first token, cold and warm cache")

@@ -118,6 +118,12 @@ class TorchBackend(Backend):
     def run(self, x: torch.Tensor, tensors: list[torch.Tensor], spec: KernelSpec) -> torch.Tensor:
         """``act(x) @ dequantize(w).T``: x [M, K] -> [M, N] in ``x.dtype``."""
 
+    def bind(self, tensors: list[torch.Tensor], spec: KernelSpec):
+        """``run`` with this layer's tensors and spec fixed: a callable x [M, K] -> [M, N], the same
+        function. Backends whose per-call argument handling costs more than a decode call (the CPU
+        kernel's ctypes call) override it to do that work once (`torch_bridge.linear.QuantLinear.runner`)."""
+        return lambda x: self.run(x, tensors, spec)
+
 
 REGISTRY = Registry("torch", ROUTES, env_prefix="torch_")
 BACKENDS = REGISTRY.backends

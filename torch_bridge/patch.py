@@ -20,7 +20,10 @@ Fused 3-D names (``mlp.experts.gate_up_proj``) are parameters already and are co
 
 from __future__ import annotations
 
+import inspect
 import re
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,10 +34,10 @@ from jquant.core.activation import ActQuant
 from jquant.core.errors import ConfigError
 from jquant.core.qarray import QArray
 from torch_bridge.dequant import dequantize
-from torch_bridge.linear import QuantLinear
+from torch_bridge.linear import QuantLinear, fuse
 from torch_bridge.tensor import as_tensor, to_torch
 
-__all__ = ["patch_model", "from_checkpoint", "PatchReport", "QuantExperts"]
+__all__ = ["patch_model", "from_checkpoint", "PatchReport", "QuantExperts", "Decoder"]
 
 
 class PatchReport(dict):
@@ -316,3 +319,181 @@ def from_checkpoint(
         model, ckpt, act_quant=act_quant, implementation=implementation, device=device, strict=strict
     )
     return model.eval()
+
+
+class Decoder:
+    """Greedy batch-1 decoding of a patched Llama-family model without transformers' per-token machinery.
+
+    transformers' eager forward costs ~0.5 ms per decoder layer and token on a laptop-class CPU
+    (module calls and hooks, mask building, ``DynamicCache`` concatenation, three q / k / v and two
+    gate / up kernel calls), more than the quantized matmuls of a 135M model. ``Decoder`` runs the
+    prompt through the model's own forward (``DynamicCache``), copies the cache into preallocated
+    [1, H_kv, max_len, D] buffers, then computes each new token with the same functions on the
+    same tensors: the model's RMSNorm arithmetic, rotary module, ``apply_rotary_pos_emb``,
+    attention function (``config._attn_implementation``) and activation; q / k / v and gate / up
+    as one fused quantized matmul each (`torch_bridge.linear.fuse`, row-independent: the same
+    numbers), every `QuantLinear` called through its `QuantLinear.runner`. The logits equal the
+    model's forward with a ``DynamicCache`` (tests/torch_bridge/test_cpu_decoder.py).
+
+    Supported: ``llama``, ``mistral`` (no sliding window shorter than ``max_len``) and ``qwen2``
+    (q / k / v biases) decoders with full attention. Not thread-safe; one sequence at a time.
+
+    Args:
+        model: a `from_checkpoint` / `patch_model` model (``LlamaForCausalLM`` & co.), in eval mode.
+        max_len: the longest prompt + generated length the cache holds.
+
+    Example::
+
+        >>> dec = Decoder(torch_bridge.from_checkpoint(ckpt))
+        >>> tokens = dec.generate(prompt_ids, max_new_tokens=64)
+    """
+
+    MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+    def __init__(self, model: nn.Module, max_len: int = 2048):
+        cfg = model.config
+        if cfg.model_type not in self.MODEL_TYPES:
+            raise ConfigError(f"Decoder runs {self.MODEL_TYPES} models, not {cfg.model_type!r}")
+        window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+        if window is not None and window < max_len:
+            raise ConfigError(f"sliding window {window} < max_len {max_len}: not supported by Decoder")
+        if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
+            raise ConfigError("Decoder runs full-attention layers only")
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        inner = model.model
+        self.model, self.max_len = model, max_len
+        self.dtype = inner.embed_tokens.weight.dtype
+        self.device = inner.embed_tokens.weight.device
+        hf = sys.modules[type(inner.layers[0].self_attn).__module__]  # the architecture's own functions
+        self._rope, self._rotate_half = hf.apply_rotary_pos_emb, hf.rotate_half
+        self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(cfg._attn_implementation, hf.eager_attention_forward)
+        # transformers' sdpa_attention_forward at one query row, no mask, head_dim <= 256 on the CPU is one
+        # F.scaled_dot_product_attention(..., is_causal=False, enable_gqa=groups > 1) call; made directly.
+        attn0 = inner.layers[0].self_attn
+        self._direct_sdpa = cfg._attn_implementation == "sdpa" and self.device.type == "cpu" and attn0.head_dim <= 256
+        self._gqa = {"enable_gqa": True} if attn0.num_key_value_groups > 1 else {}
+        self._layers = [self._layer(layer) for layer in inner.layers]
+        self._norm = (inner.norm.weight, inner.norm.variance_epsilon)
+        self._head = self._call(model.lm_head)
+        self._pos = torch.arange(max_len, device=self.device)[None]
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.length = 0  # tokens in the cache
+
+    def _call(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return module.runner(self.device, self.dtype) if isinstance(module, QuantLinear) else module
+
+    def _layer(self, layer: nn.Module) -> dict:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        gate_up = fuse([mlp.gate_proj, mlp.up_proj])
+        return dict(
+            attn=attn,
+            norm1=(layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
+            norm2=(layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon),
+            qkv=None if qkv is None else self._call(qkv),
+            split=(attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features),
+            q=self._call(attn.q_proj),
+            k=self._call(attn.k_proj),
+            v=self._call(attn.v_proj),
+            o=self._call(attn.o_proj),
+            gate_up=None if gate_up is None else self._call(gate_up),
+            inter=mlp.gate_proj.out_features,
+            gate=self._call(mlp.gate_proj),
+            up=self._call(mlp.up_proj),
+            down=self._call(mlp.down_proj),
+            act=mlp.act_fn,
+        )
+
+    def _rms(self, x: torch.Tensor, norm: tuple[torch.Tensor, float]) -> torch.Tensor:
+        # LlamaRMSNorm.forward's arithmetic; its float32 round trip is skipped for float32 models (a no-op).
+        weight, eps = norm
+        if x.dtype == torch.float32:
+            return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * h.to(x.dtype)
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Runs the prompt through the model's forward (starting a new sequence); returns its logits [1, L, V]."""
+        from transformers import DynamicCache
+
+        ids = torch.as_tensor(ids, device=self.device).reshape(1, -1)
+        if ids.shape[1] >= self.max_len:
+            raise ValueError(f"prompt of {ids.shape[1]} tokens >= max_len {self.max_len}")
+        cache = DynamicCache()
+        kw = {"cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values": cache}
+        logits = self.model(input_ids=ids, use_cache=True, **kw).logits  # transformers 5.x renamed the argument
+        if not self._cache:  # [1, H_kv, max_len, D] per layer, allocated once
+            for layer in cache.layers:
+                shape = (*layer.keys.shape[:2], self.max_len, layer.keys.shape[3])
+                self._cache.append(tuple(torch.zeros(shape, dtype=layer.keys.dtype, device=self.device) for _ in "kv"))
+        n = ids.shape[1]
+        for (kc, vc), layer in zip(self._cache, cache.layers):
+            kc[:, :, :n] = layer.keys
+            vc[:, :, :n] = layer.values
+        self.length = n
+        return logits
+
+    @torch.inference_mode()
+    def step(self, token: int) -> torch.Tensor:
+        """Appends ``token`` at the next position; returns its logits [1, 1, V] (in the model's dtype)."""
+        pos = self.length
+        if pos >= self.max_len:
+            raise ValueError(f"the cache is full (max_len {self.max_len})")
+        x = torch.nn.functional.embedding(
+            torch.tensor([[token]], device=self.device), self.model.model.embed_tokens.weight
+        )
+        cos, sin = self.model.model.rotary_emb(x, self._pos[:, pos : pos + 1])
+        cos1, sin1 = cos.unsqueeze(1), sin.unsqueeze(1)  # what apply_rotary_pos_emb broadcasts
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        for L, (kc, vc) in zip(self._layers, self._cache):
+            attn = L["attn"]
+            d = attn.head_dim
+            h = self._rms(x, L["norm1"])
+            if L["qkv"] is not None:
+                # q and k are adjacent rows of the fused output: rotated together, element for element
+                # apply_rotary_pos_emb's q * cos + rotate_half(q) * sin (and k's), in one set of ops.
+                nq, nk, _ = L["split"]
+                qkv = L["qkv"](h)
+                qk = qkv[..., : nq + nk].view(1, 1, -1, d).transpose(1, 2)
+                qk = qk * cos1 + self._rotate_half(qk) * sin1
+                q, k = qk.narrow(1, 0, nq // d), qk.narrow(1, nq // d, nk // d)
+                v = qkv[..., nq + nk :].view(1, 1, -1, d).transpose(1, 2)
+            else:
+                q, k, v = L["q"](h), L["k"](h), L["v"](h)
+                q = q.view(1, 1, -1, d).transpose(1, 2)
+                k = k.view(1, 1, -1, d).transpose(1, 2)
+                v = v.view(1, 1, -1, d).transpose(1, 2)
+                q, k = self._rope(q, k, cos, sin)
+            kc.narrow(2, pos, 1).copy_(k)
+            vc.narrow(2, pos, 1).copy_(v)
+            keys, values = kc.narrow(2, 0, pos + 1), vc.narrow(2, 0, pos + 1)
+            if self._direct_sdpa:
+                o = sdpa(q, keys, values, scale=attn.scaling, **self._gqa).transpose(1, 2)
+            else:
+                o, _ = self._attention(attn, q, keys, values, None, dropout=0.0, scaling=attn.scaling)
+            x = x + L["o"](o.reshape(1, 1, -1).contiguous())
+            h = self._rms(x, L["norm2"])
+            if L["gate_up"] is not None:
+                g, u = L["gate_up"](h).split(L["inter"], -1)
+            else:
+                g, u = L["gate"](h), L["up"](h)
+            x = x + L["down"](L["act"](g) * u)
+        self.length = pos + 1
+        return self._head(self._rms(x, self._norm))
+
+    def generate(self, ids: list[int] | torch.Tensor, max_new_tokens: int, on_token=None) -> list[int]:
+        """Greedy: the prompt's next ``max_new_tokens`` tokens (end tokens do not stop it); ``on_token(t)``
+        is called as each one is chosen."""
+        logits = self.prefill(ids)[:, -1]
+        out: list[int] = []
+        for i in range(max_new_tokens):
+            t = int(logits.argmax(-1))
+            out.append(t)
+            if on_token is not None:
+                on_token(t)
+            if i + 1 < max_new_tokens:
+                logits = self.step(t)[:, -1]
+        return out

@@ -13,6 +13,8 @@ tokenizer's big arrays (tokens, merges, scores, token types) stay in the file, w
 from __future__ import annotations
 
 import collections
+import dataclasses
+import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +74,35 @@ def gguf_metadata_summary(f: GGUFFile) -> dict[str, Any]:
     return out
 
 
+_OWN_MAP_MIN_BYTES = 1 << 20
+
+
+def _own_mapping(a: Any) -> Any:
+    """``a`` (a `QArray` or an array) with every host array of >= 1 MiB moved into its own anonymous,
+    page-aligned memory map (one copy, one tensor at a time while converting).
+
+    Two reasons, both about peak memory (bench/results/cpu/decode_1b_q4_0.md): XLA's CPU client adopts
+    a 64-byte-aligned numpy buffer without a copy (`jquant.nn.weights.stack_to_device`), so the weights
+    a model keeps unstacked (embedding table, LM head: 0.16 GB on the 1B-class Q4_0 bench model) are
+    then held once, by the checkpoint and the model together; and a freed map goes back to the system
+    at once, while glibc keeps the heap chunks numpy allocates below its (dynamic, up to 32 MiB)
+    mmap threshold: 0.6-0.8 GB of a dropped checkpoint stayed in the process (``malloc_trim`` gave it
+    back) and the model's compilation then came on top. Views into the file's map stay as they are.
+    """
+    if isinstance(a, QArray):
+        return dataclasses.replace(a, **{k: _own_mapping(v) for k, v in a.arrays().items()})
+    if not isinstance(a, np.ndarray) or a.nbytes < _OWN_MAP_MIN_BYTES:
+        return a
+    base = a
+    while base is not None:  # already a map (the file's, or one of ours)
+        if isinstance(base, np.memmap | mmap.mmap):
+            return a
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    out = np.frombuffer(mmap.mmap(-1, a.nbytes), dtype=a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str], None] | None = None) -> Checkpoint:
     """Converts a GGUF file to a `Checkpoint` (weights under HF names, HF orientation).
 
@@ -119,9 +150,15 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
         if progress is not None:
             progress(i, len(groups), prefix)
         try:
-            weights.update(fmt.convert_module(TensorGroup(prefix, groups[prefix])))
+            weights.update(
+                {k: _own_mapping(v) for k, v in fmt.convert_module(TensorGroup(prefix, groups[prefix])).items()}
+            )
         except FormatError as e:
             raise e.with_file(path) from None
+        # The pages just read would otherwise stay in this process's RSS next to their conversions for
+        # as long as any zero-copy view (norms) keeps the map: the whole file by the end (0.71 GB on the
+        # 1B-class Q4_0 bench model, bench/results/cpu/decode_1b_q4_0.md). Cheap: ~150 groups.
+        f.release_pages()
     if progress is not None:
         progress(len(groups), len(groups), "")
     types = collections.Counter(t.type.name for t in f.tensors.values())
@@ -136,4 +173,5 @@ def convert_gguf(path: str | os.PathLike, *, progress: Callable[[int, int, str],
     }
     if rope_freqs is not None:
         metadata["rope_freqs"] = np.asarray(rope_freqs, dtype=np.float32).tolist()
+    f.release_pages()  # the metadata's pages
     return Checkpoint(format=fmt.name, config=fmt.config, weights=weights, metadata=metadata)

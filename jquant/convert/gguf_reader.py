@@ -22,6 +22,7 @@ Version 1 (u32 counts, 2023) and big-endian files are refused as unsupported.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 import struct
 from collections.abc import Iterator, Mapping
@@ -303,6 +304,19 @@ class GGUFFile(Mapping):
         return TensorInfo(name, ne, t, start, nbytes)
 
     # ---- access ------------------------------------------------------------------------------
+    def release_pages(self) -> None:
+        """Unmaps the file's pages from this process (``madvise(MADV_DONTNEED)``); the mapping stays valid.
+
+        Converting reads every tensor, so every page of the file becomes resident in the process and
+        counts in its RSS for as long as any view into the map lives (the dense tensors a `Checkpoint`
+        keeps zero-copy, e.g. the norms, keep the whole map). For a read-only file mapping the kernel
+        then drops the process's page-table entries only: a later read of a view faults the page back
+        in from the page cache, with the same bytes (madvise(2)). A no-op where ``madvise`` is missing.
+        """
+        mm = getattr(self._mm, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes, uint8 [rows, row_bytes] (rows = product of the outer dims)."""
         info = self.tensors[name]

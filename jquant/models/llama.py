@@ -10,9 +10,12 @@ from the config (Mistral). Every linear layer is a `QuantLinear`, whatever its f
 from __future__ import annotations
 
 import dataclasses
+import mmap
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jquant.core.errors import ConfigError
@@ -23,7 +26,7 @@ from jquant.models.kv_quant import write_layer
 from jquant.models.rope import apply_rope, inv_frequencies, rope_cos_sin
 from jquant.nn import Weights
 from jquant.nn.linear import at_layer, split_layer_weights
-from jquant.nn.weights import stack_to_device, to_device_tree
+from jquant.nn.weights import to_device_tree
 
 __all__ = ["Attention", "MLP", "DecoderLayer", "LlamaForCausalLM"]
 
@@ -164,43 +167,51 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
-def _homogeneous(layers: list[nnx.Module]) -> bool:
-    """Whether every layer has the same graph and the same array shapes / dtypes / static fields."""
-
-    def signature(state):
-        return [(a.shape, a.dtype) for a in jax.tree.leaves(state)]
-
-    g0, s0 = nnx.split(layers[0])
-    for layer in layers[1:]:
-        g, s = nnx.split(layer)
-        if g != g0 or jax.tree.structure(s) != jax.tree.structure(s0) or signature(s) != signature(s0):
-            return False
-    return True
+def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zeroed host array in its own anonymous memory map: page-aligned, so the CPU backend's
+    ``device_put`` adopts it without a copy (`jquant.nn.weights.stack_to_device`), and handed back to
+    the system as soon as it is freed (glibc keeps freed heap chunks; `jquant.convert.gguf._own_mapping`)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), np.uint8)[:nbytes].view(dtype).reshape(shape)
 
 
-def _stack(layers: list[nnx.Module]) -> nnx.Module:
-    """One module of the layers' class whose every array has a leading layer axis.
+def _build_stacked(build: Callable[[int], nnx.Module], n: int) -> tuple[nnx.Module | None, list[nnx.Module]]:
+    """Builds layers ``build(0) .. build(n - 1)`` and stacks them as they come.
 
-    Consumes ``layers`` (the list is emptied) and stacks one array at a time, dropping each
-    layer's copy as soon as its stack exists. The layers' quantized weights are host arrays
-    (`Weights.defer_quantized`): `stack_to_device` copies them once into the stack (which the CPU
-    backend adopts without a copy), so no per-layer device copy ever exists (the 1B-class GGUF's load peaked at
-    2.7 GB for 0.71 GB of weights with host, per-layer and stacked copies alive at once;
-    bench/results/cpu/decode.md).
+    Returns ``(stacked, [])``: one module of the layers' class whose every array has a leading layer
+    axis, when all layers have the same graph and the same array shapes / dtypes; else
+    ``(None, layers)``, the layers one by one (those already stacked as views of the stack).
+
+    Each layer's host arrays (quantized weights, `Weights.defer_quantized`: the checkpoint's own
+    arrays, or the concatenation of q / k / v and of gate / up) are copied into their preallocated,
+    64-byte-aligned [L, ...] host stack as soon as the layer is built, and the layer is dropped
+    before the next one is built; the stacks then reach the device without a copy on the CPU (one
+    copy elsewhere). So at most one layer's fused concatenations exist at a time: stacking after
+    building every layer held all of them too, 0.36 GB on the 1B-class Q4_0 GGUF
+    (bench/results/cpu/decode_1b_q4_0.md). Device leaves (norms) are stacked with ``jnp.stack``.
     """
-    graphdef, _ = nnx.split(layers[0])
-    states = [nnx.split(layer)[1] for layer in layers]
-    layers.clear()  # the modules' references go; the arrays live on in ``leaves`` only
-    treedef = jax.tree.structure(states[0])
-    leaves = [jax.tree.leaves(s) for s in states]
-    del states
-    stacked = []
-    for j in range(len(leaves[0])):
-        column = [row[j] for row in leaves]
-        for row in leaves:
-            row[j] = None
-        stacked.append(stack_to_device(column, consume=True))
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, stacked))
+
+    def leaves_of(layer):
+        g, s = nnx.split(layer)
+        return g, jax.tree.structure(s), jax.tree.leaves(s)
+
+    g0, treedef, leaves = leaves_of(build(0))
+    sig = [(a.shape, a.dtype, isinstance(a, np.ndarray)) for a in leaves]
+    stacks = [_aligned_empty((n, *a.shape), a.dtype) if host else [None] * n for a, (_, _, host) in zip(leaves, sig)]
+    for i in range(n):
+        if i:
+            layer = build(i)
+            g, t, leaves = leaves_of(layer)
+            if g != g0 or t != treedef or [(a.shape, a.dtype, isinstance(a, np.ndarray)) for a in leaves] != sig:
+                done = [nnx.merge(g0, jax.tree.unflatten(treedef, [s[k] for s in stacks])) for k in range(i)]
+                return None, [*done, layer, *(build(k) for k in range(i + 1, n))]
+            del layer
+        for s, a in zip(stacks, leaves):
+            s[i] = a
+        leaves = None  # the layer's own copies go before the next layer is built
+    out = [jax.device_put(s) if host else jnp.stack(s) for s, (_, _, host) in zip(stacks, sig)]
+    return nnx.merge(g0, jax.tree.unflatten(treedef, out)), []
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -237,16 +248,19 @@ class LlamaForCausalLM(nnx.Module):
         # quantized layer weights stay on the host until they are stacked (or moved) below
         w.defer_quantized = True
         try:
-            layers = [self.decoder_layer(cfg, w, i, fuse=fuse_projections) for i in range(cfg.num_hidden_layers)]
+            build = lambda i: self.decoder_layer(cfg, w, i, fuse=fuse_projections)  # noqa: E731
+            if scan_layers is False:
+                stacked, layers = None, [build(i) for i in range(cfg.num_hidden_layers)]
+            else:
+                stacked, layers = _build_stacked(build, cfg.num_hidden_layers)
         finally:
             w.defer_quantized = False
-        same = _homogeneous(layers)
-        if scan_layers and not same:
+        if scan_layers and stacked is None:
             raise ConfigError("scan_layers=True but the decoder layers differ in structure or weight types")
         self.layers: nnx.List | None
         self.stacked_layers: DecoderLayer | None
-        if same and scan_layers is not False:
-            self.layers, self.stacked_layers = nnx.data(None), _stack(layers)
+        if stacked is not None:
+            self.layers, self.stacked_layers = nnx.data(None), stacked
         else:
             for layer in layers:
                 nnx.update(layer, to_device_tree(nnx.state(layer)))
