@@ -6,6 +6,7 @@ The same `QArray` the JAX side reads (no second layout), with torch tensors as l
     model = AutoModelForCausalLM.from_config(...)       # or any model with the checkpoint's HF names
     torch_bridge.patch_model(model, ckpt)                # nn.Linear -> QuantLinear, dense weights copied
     logits = model(input_ids).logits
+    tokens = torch_bridge.Decoder(model).generate(prompt_ids, max_new_tokens=64)  # lean greedy decode
 
     y = torch_bridge.qmatmul(x, torch_bridge.to_torch(w))   # == x @ jquant.dequantize(w).T
 
@@ -21,7 +22,7 @@ from torch_bridge.backend import BACKENDS, explain, select
 from torch_bridge.dequant import dequantize
 from torch_bridge.linear import QuantLinear
 from torch_bridge.ops import qmatmul
-from torch_bridge.patch import from_checkpoint, patch_model
+from torch_bridge.patch import Decoder, from_checkpoint, patch_model
 from torch_bridge.tensor import as_tensor, checkpoint_to_torch, to_torch
 
 try:  # Triton is optional: without it the CPU backends and the reference still run.
@@ -35,6 +36,7 @@ else:
 
 __all__ = [
     "BACKENDS",
+    "Decoder",
     "HAS_TRITON",
     "QuantLinear",
     "as_tensor",
