@@ -10,9 +10,9 @@ Schedule: the rows of each expert are cut into tiles of ``bm`` rows, and one XLA
 (`num_tiles`): the expert of tile t and its row range [row_start, row_end). The grid is
 (T, cdiv(N, bn), split_k); program (t, j, s) loads its tile's expert id and rows, skips the whole
 body when the tile is empty (expert -1; a ``lax.cond``, so an unused tile reads no weight), and
-otherwise runs `jquant.pallas.wxa16_triton`'s K loop on that expert's codes: code planes of x,
-the value and scale decoders (`VALUE_DECODERS`, `SCALE_DECODERS`, imported, not copied),
-in-register dequantization, f32 accumulation, and a masked store of the tile's rows only. An expert
+otherwise runs the weight-only kernel's K loop (`jquant.pallas.wxa16_triton.tile_sum`, given the
+expert) on that expert's codes: in-register dequantization, f32 accumulation, and a masked store of
+the tile's rows only. An expert
 with g rows is read ceil(g / bm) times; experts without rows are never read.
 
 Expert arrays are passed flattened along E (codes [E * N, K / P], scales [E * rows, groups]: free
@@ -43,14 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
 
 from jquant.core.qarray import QArray, register_pytree
 from jquant.core.routing import Backend, Call, Capabilities, Device, check
 from jquant.ops.device import NUM_SMS_DEFAULT, num_sms
 from jquant.pallas.launch import launch, store_tile
 from jquant.pallas.wxa16 import decode_config, layout_of
-from jquant.pallas.wxa16_triton import SCALE_DECODERS, VALUE_DECODERS, WXA16Config, WXA16Layout, value_kind
+from jquant.pallas.wxa16_triton import WXA16Config, WXA16Layout, tile_sum, value_kind
 
 __all__ = [
     "CAPS",
@@ -169,15 +168,6 @@ def tile_schedule(group_sizes: jax.Array, m: int, bm: int) -> tuple[jax.Array, j
     return jnp.where(live, ex, -1), jnp.where(live, r0, 0), jnp.where(live, r1, 0)
 
 
-def _dot_nt(a, b):
-    """a [m, k] @ b [n, k].T -> f32 [m, n] (``tl.dot`` with a transposed B; same dtypes)."""
-    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def _log2(v: int) -> int:
-    return v.bit_length() - 1
-
-
 def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out_partial: bool, poison: bool):
     if poison:  # the NaN-filled buffer aliased to the output: drop its input ref
         refs = refs[:-2] + refs[-1:]
@@ -187,14 +177,7 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
     lut_ref = rest.pop(0) if lay.value == "lut" else None
     (o_ref,) = rest
 
-    bm, bn, bk = cfg.bm, cfg.bn, cfg.bk
-    planes = lay.per_byte
-    width = bk // planes  # bytes of a step = columns of one code plane
-    kp = lay.k // planes  # bytes per weight row = columns per x plane
-    cdt = x_ref.dtype
-    gemv = cfg.gemv
-    decode = VALUE_DECODERS[lay.value]
-
+    bm, bn = cfg.bm, cfg.bn
     tile, pid_n, pid_s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     ex, r0, r1 = ex_ref[tile], r0_ref[tile], r1_ref[tile]
     n0 = pid_n * bn
@@ -202,86 +185,15 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
     row_ok = rows < r1
     cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)  # weight rows = output columns
     col_ok = cols < lay.n
-    k_begin = pid_s * k_chunk
-    kb_begin = pid_s * (k_chunk // planes)
 
     def body():
         e = jnp.maximum(ex, 0)
         s2 = s2_ref[e, 0] if s2_ref is not None else None
-
-        def load_block(ref, g0, ng, other):
-            """Raw [R, ng] tile of expert e's scale-shaped rows of flattened ``ref`` (scale columns
-            g0..g0+ng) for this program's weight rows; R = bn, or 1 for one scale row per expert."""
-            g_idx = g0 + jax.lax.broadcasted_iota(jnp.int32, (1, ng), 1)
-            g_ok = g_idx < lay.n_groups
-            if lay.scale_bn == 1:
-                return pltriton.load(ref.at[pl.ds(e * lay.n + n0, bn), pl.ds(g0, ng)], mask=col_ok & g_ok, other=other)
-            if lay.n_srows == 1:
-                return pltriton.load(ref.at[pl.ds(e, 1), pl.ds(g0, ng)], mask=g_ok, other=other)
-            srow = e * lay.n_srows + jax.lax.div(cols, lay.scale_bn)  # 2-D blocks: each row's scale row
-            return pltriton.load(ref.at[srow, g_idx], mask=col_ok & g_ok, other=other)
-
-        def load_params(g0, ng):
-            """(scale f32 [R, ng], zero f32 [R, ng] or None) of scale columns g0..g0+ng."""
-            s = SCALE_DECODERS[lay.scale](load_block(s_ref, g0, ng, 0))
-            if s2 is not None:
-                s = s * s2
-            z = None if z_ref is None else load_block(z_ref, g0, ng, 0).astype(jnp.float32)
-            return s, z
-
-        def expand(a):
-            """[R, ng] per-group values -> [R, width] per plane column (each repeated G / P times)."""
-            if a is None or a.shape[1] == 1:
-                return a  # broadcasts against [bn, width]
-            r, ng = a.shape
-            return jnp.broadcast_to(a[:, :, None], (r, ng, width // ng)).reshape(r, width)
-
-        def dequant(c, s, z):
-            """Codes [bn, width] -> f32 weights (values only when the scale is applied to the output);
-            `jquant.pallas.wxa16_triton`'s per-element rule."""
-            v = decode(c, lay, lut_ref)
-            if lay.scale_on_output:
-                return v if z is None else v - z
-            if lay.zero == "int":
-                return (v - z) * s
-            if lay.zero == "float":
-                return v * s - z
-            return v * s
-
-        s_c, z_c = load_params(0, 1) if lay.const_k else (None, None)  # [R, 1], hoisted out of the K loop
-
-        def step(i, acc):
-            # Offsets from products of static powers of two, as in the weight-only kernel.
-            k0 = pl.multiple_of(k_begin + i * bk, bk)
-            kb = pl.multiple_of(kb_begin + i * width, width)
-            if lay.const_k:
-                s, z = s_c, z_c
-            else:
-                g0 = jax.lax.shift_right_logical(k0, _log2(lay.group))
-                s, z = load_params(g0, max(1, bk // lay.group))
-                s, z = expand(s), expand(z)
-            b_idx = kb + jax.lax.broadcasted_iota(jnp.int32, (1, width), 1)
-            k_ok = b_idx < kp
-            q = pltriton.load(q_ref.at[pl.ds(e * lay.n + n0, bn), pl.ds(kb, width)], mask=col_ok & k_ok, other=0)
-            q = q.astype(jnp.int32)  # uint8 zero-extends
-            mask = (1 << lay.cbits) - 1
-            for p in range(planes):  # static unroll: plane p holds columns P*b + p
-                c = q if planes == 1 else (jax.lax.shift_right_logical(q, lay.cbits * p) & mask)
-                w = dequant(c, s, z)
-                xs = pltriton.load(x_ref.at[pl.ds(p * m + r0, bm), pl.ds(kb, width)], mask=row_ok & k_ok, other=0)
-                if gemv:
-                    acc = acc + jnp.sum(w * xs.astype(jnp.float32), axis=1, keepdims=True)
-                else:
-                    acc = acc + _dot_nt(xs, w.astype(cdt))
-            return acc
-
-        acc = jax.lax.fori_loop(0, k_chunk // bk, step, jnp.zeros((bn, 1) if gemv else (bm, bn), jnp.float32))
-        if gemv:
-            if lay.scale_on_output:
-                acc = acc * s_c
-            acc = acc.reshape(1, bn)
-        elif lay.scale_on_output:
-            acc = acc * (s_c.reshape(1, bn) if s_c.shape[0] == bn else s_c)
+        # The weight-only kernel's K loop on expert e's rows of the stacked arrays.
+        acc = tile_sum(
+            x_ref, q_ref, s_ref, z_ref, s2, lut_ref, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk,
+            pid_s=pid_s, row0=r0, n0=n0, row_ok=row_ok, col_ok=col_ok, expert=e,
+        )  # fmt: skip
         out_mask = row_ok & col_ok.reshape(1, bn)
         store_tile(o_ref, acc, m0=r0, n0=n0, bm=bm, bn=bn, pid_s=pid_s, out_partial=out_partial, mask=out_mask)
 

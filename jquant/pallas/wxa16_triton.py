@@ -291,15 +291,22 @@ def _log2(v: int) -> int:
     return v.bit_length() - 1
 
 
-def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out_partial: bool, poison: bool):
-    if poison:  # the NaN-filled buffer aliased to the output: drop its input ref
-        refs = refs[:-2] + refs[-1:]
-    x_ref, q_ref, s_ref, *rest = refs
-    z_ref = rest.pop(0) if lay.zero != "none" else None
-    s2_ref = rest.pop(0) if lay.scale2 else None
-    lut_ref = rest.pop(0) if lay.value == "lut" else None
-    (o_ref,) = rest
+def tile_sum(
+    x_ref, q_ref, s_ref, z_ref, s2, lut_ref, *, lay, cfg, m, k_chunk, pid_s, row0, n0, row_ok, col_ok, expert=0
+):
+    """One program's f32 sum over its K chunk: ``x[row0:row0+bm] @ dequantize(w)[n0:n0+bn].T``.
 
+    The K loop every weight-only Pallas kernel here shares (this module's `_kernel`, and the grouped
+    MoE kernel `jquant.pallas.grouped_triton`, which passes the expert of its row tile): codes,
+    scales and zeros are read for rows ``expert * N + n0 ..`` of arrays that stack the experts along
+    their first axis (``expert = 0``: a single weight), dequantized in registers per code plane and
+    multiplied with the x plane. Returns [bm, bn] (gemv: [1, bn]), the scale already applied.
+
+    Args:
+        s2: the second (per-tensor) scale as a scalar, or None.
+        row0, row_ok: first activation row of the tile and its [bm, 1] validity mask.
+        n0, col_ok: first weight row (output column) and its [bn, 1] validity mask.
+    """
     bm, bn, bk = cfg.bm, cfg.bn, cfg.bk
     planes = lay.per_byte
     width = bk // planes  # bytes of a step = columns of one code plane
@@ -307,11 +314,15 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
     cdt = x_ref.dtype
     gemv = cfg.gemv
     decode = VALUE_DECODERS[lay.value]
-
-    pid_s, m0, n0, row_ok, col_ok = tile_origin(m, lay.n, bm, bn)
     k_begin = pid_s * k_chunk
     kb_begin = pid_s * (k_chunk // planes)
-    s2 = s2_ref[0, 0] if s2_ref is not None else None
+
+    def stacked(rows, stride):
+        """Row index ``rows`` of expert ``expert`` in an array stacking ``stride`` rows per expert
+        (no op for a single weight, so that its program is the one it always was)."""
+        return rows if isinstance(expert, int) and expert == 0 else expert * stride + rows
+
+    wrow0 = stacked(n0, lay.n)  # first code / scale row of the tile
 
     def load_block(ref, g0, ng, other):
         """Raw [R, ng] tile of scale-shaped ``ref`` (scale columns g0..g0+ng) for this program's rows;
@@ -319,11 +330,11 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
         g_idx = g0 + jax.lax.broadcasted_iota(jnp.int32, (1, ng), 1)
         g_ok = g_idx < lay.n_groups
         if lay.scale_bn == 1:
-            return pltriton.load(ref.at[pl.ds(n0, bn), pl.ds(g0, ng)], mask=col_ok & g_ok, other=other)
+            return pltriton.load(ref.at[pl.ds(wrow0, bn), pl.ds(g0, ng)], mask=col_ok & g_ok, other=other)
         if lay.n_srows == 1:
-            return pltriton.load(ref.at[pl.ds(0, 1), pl.ds(g0, ng)], mask=g_ok, other=other)
+            return pltriton.load(ref.at[pl.ds(expert, 1), pl.ds(g0, ng)], mask=g_ok, other=other)
         cols = n0 + jax.lax.broadcasted_iota(jnp.int32, (bn, 1), 0)
-        srow = jax.lax.div(cols, lay.scale_bn)  # 2-D blocks: gather each row's scale row
+        srow = stacked(jax.lax.div(cols, lay.scale_bn), lay.n_srows)  # 2-D blocks: each row's scale row
         return pltriton.load(ref.at[srow, g_idx], mask=col_ok & g_ok, other=other)
 
     def load_params(g0, ng):
@@ -368,13 +379,13 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
             s, z = expand(s), expand(z)
         b_idx = kb + jax.lax.broadcasted_iota(jnp.int32, (1, width), 1)
         k_ok = b_idx < kp
-        q = pltriton.load(q_ref.at[pl.ds(n0, bn), pl.ds(kb, width)], mask=col_ok & k_ok, other=0)
+        q = pltriton.load(q_ref.at[pl.ds(wrow0, bn), pl.ds(kb, width)], mask=col_ok & k_ok, other=0)
         q = q.astype(jnp.int32)  # uint8 zero-extends, int8 sign-extends
         mask = (1 << lay.cbits) - 1
         for p in range(planes):  # static unroll: plane p holds columns P*b + p
             c = q if planes == 1 else (jax.lax.shift_right_logical(q, lay.cbits * p) & mask)
             w = dequant(c, s, z)
-            xs = pltriton.load(x_ref.at[pl.ds(p * m + m0, bm), pl.ds(kb, width)], mask=row_ok & k_ok, other=0)
+            xs = pltriton.load(x_ref.at[pl.ds(p * m + row0, bm), pl.ds(kb, width)], mask=row_ok & k_ok, other=0)
             if gemv:
                 acc = acc + jnp.sum(w * xs.astype(jnp.float32), axis=1, keepdims=True)
             else:
@@ -386,9 +397,28 @@ def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out
     if gemv:
         if lay.scale_on_output:
             acc = acc * s_c
-        acc = acc.reshape(1, bn)
-    elif lay.scale_on_output:
+        return acc.reshape(1, bn)
+    if lay.scale_on_output:
         acc = acc * (s_c.reshape(1, bn) if s_c.shape[0] == bn else s_c)
+    return acc
+
+
+def _kernel(*refs, lay: WXA16Layout, cfg: WXA16Config, m: int, k_chunk: int, out_partial: bool, poison: bool):
+    if poison:  # the NaN-filled buffer aliased to the output: drop its input ref
+        refs = refs[:-2] + refs[-1:]
+    x_ref, q_ref, s_ref, *rest = refs
+    z_ref = rest.pop(0) if lay.zero != "none" else None
+    s2_ref = rest.pop(0) if lay.scale2 else None
+    lut_ref = rest.pop(0) if lay.value == "lut" else None
+    (o_ref,) = rest
+
+    bm, bn = cfg.bm, cfg.bn
+    pid_s, m0, n0, row_ok, col_ok = tile_origin(m, lay.n, bm, bn)
+    s2 = s2_ref[0, 0] if s2_ref is not None else None
+    acc = tile_sum(
+        x_ref, q_ref, s_ref, z_ref, s2, lut_ref, lay=lay, cfg=cfg, m=m, k_chunk=k_chunk,
+        pid_s=pid_s, row0=m0, n0=n0, row_ok=row_ok, col_ok=col_ok,
+    )  # fmt: skip
     out_mask = row_ok & col_ok.reshape(1, bn)
     store_tile(o_ref, acc, m0=m0, n0=n0, bm=bm, bn=bn, pid_s=pid_s, out_partial=out_partial, mask=out_mask)
 
