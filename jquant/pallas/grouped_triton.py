@@ -48,8 +48,8 @@ from jquant.core.qarray import QArray, register_pytree
 from jquant.core.routing import Backend, Call, Capabilities, Device, check
 from jquant.ops.device import NUM_SMS_DEFAULT, num_sms
 from jquant.pallas.launch import launch, store_tile
-from jquant.pallas.wxa16 import decode_config, layout_of
-from jquant.pallas.wxa16_triton import WXA16Config, WXA16Layout, tile_sum, value_kind
+from jquant.pallas.wxa16 import decode_config, layout_of, why_not_value
+from jquant.pallas.wxa16_triton import WXA16Config, WXA16Layout, tile_sum
 
 __all__ = [
     "CAPS",
@@ -118,13 +118,7 @@ def why_not(x, w, group_sizes=None) -> str:
     if group_sizes is not None and tuple(group_sizes.shape) != (_experts(w),):
         return f"group_sizes shape {tuple(group_sizes.shape)} must be [E={_experts(w)}]"
     call = Call.of(x.shape, x.dtype, w, Device("any"))
-    why = check(CAPS.operands(), call)
-    if not why:
-        try:
-            value_kind(w.qtype)
-        except ValueError as e:
-            why = str(e)
-    return why or why_not_experts(w)
+    return check(CAPS.operands(), call) or why_not_value(w.qtype) or why_not_experts(w)
 
 
 def num_tiles(m: int, e: int, bm: int) -> int:
@@ -363,12 +357,7 @@ class PallasGrouped(Backend):
         self.caps = dataclasses.replace(CAPS, platforms=frozenset({"cpu", "gpu"}) if interpret else CAPS.platforms)
 
     def why_not_more(self, call: Call) -> str:
-        """Code types without a value decoder (a storage dtype the kernel cannot read)."""
-        try:
-            value_kind(call.qtype)
-        except ValueError as e:
-            return str(e)
-        return ""
+        return why_not_value(call.qtype)
 
     def why_not_experts(self, w: QArray) -> str:
         """What the per-expert `Call` cannot say: the stack's size (`why_not_experts`)."""

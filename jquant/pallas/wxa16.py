@@ -51,6 +51,7 @@ __all__ = [
     "prefill_config",
     "planes_of",
     "why_not",
+    "why_not_value",
     "wxa16_qmatmul",
 ]
 
@@ -82,15 +83,19 @@ CAPS = Capabilities(
 )
 
 
+def why_not_value(qtype) -> str:
+    """ "" when the kernel has a value decoder for ``qtype``'s codes, else why not (a code type in
+    `CAPS.codes` whose storage dtype it cannot read)."""
+    try:
+        value_kind(qtype)
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
 def why_not(x, w) -> str:
     """ "" when `wxa16_qmatmul` computes ``x @ dequantize(w).T`` for these operands (any M), else why not."""
-    why = why_not_operands(CAPS, x, w)
-    if not why:
-        try:
-            value_kind(w.qtype)
-        except ValueError as e:
-            why = str(e)
-    return why
+    return why_not_operands(CAPS, x, w) or why_not_value(w.qtype)
 
 
 def planes_of(w: QArray) -> int:
@@ -248,12 +253,7 @@ class PallasWXA16(Backend):
         )
 
     def why_not_more(self, call: Call) -> str:
-        """Code types in `CAPS.codes` without a value decoder (a storage dtype the kernel cannot read)."""
-        try:
-            value_kind(call.qtype)
-        except ValueError as e:
-            return str(e)
-        return ""
+        return why_not_value(call.qtype)
 
     def __call__(self, x, w, act=None):
         del act  # weight-only: the router composes an activation recipe before calling
