@@ -43,7 +43,9 @@ __all__ = [
     "CAPS",
     "CODEBOOKS",
     "OPERAND_CAPS",
+    "apply_scale2",
     "code_kind",
+    "kind_operands",
     "why_not_kinds",
     "codebook_words",
     "MAX_M",
@@ -251,6 +253,26 @@ def codebook_words(qtype, dtype) -> tuple[int, int, int, int]:
     return tuple(int(np.int64(words[2 * i] | (words[2 * i + 1] << np.uint64(32)))) for i in range(4))
 
 
+def kind_operands(w: QArray, x_dtype):
+    """The scale operand and the code-kind attributes the decode and wgmma kernels take for ``w``.
+
+    Returns:
+        (scale: ``w.scale``, fp8 e4m3 / e8m0 bitcast to their uint8 bytes; attrs: ``kind``,
+        ``scale_type`` and the codebook words ``cb0..cb3`` as int64, see `codebook_words`).
+    """
+    scale = w.scale
+    if np.dtype(scale.dtype).itemsize == 1:
+        scale = jax.lax.bitcast_convert_type(scale, jnp.uint8)
+    attrs = {"kind": code_kind(w), "scale_type": SCALE_TYPES[np.dtype(w.scale.dtype).name]}
+    attrs.update({f"cb{i}": v for i, v in enumerate(codebook_words(w.qtype, x_dtype))})
+    return scale, {name: np.int64(v) for name, v in attrs.items()}
+
+
+def apply_scale2(y, w: QArray):
+    """f32 sums ``y`` times NVFP4's per-tensor second scale, when ``w`` has one."""
+    return y if w.scale2 is None else y * w.scale2.reshape(())
+
+
 def w4a16_decode(
     x,
     w: QArray,
@@ -288,17 +310,13 @@ def w4a16_decode(
     if w.perm is not None:
         x2 = jnp.take(x2, w.perm, axis=-1)
     group = min(w.block[1], k)
-    kind = code_kind(w)
     if cfg is None:
         gpu = jax.default_backend() == "gpu"
-        occupancy = _occupancy(x.dtype, w.scale.dtype, m, group, kind=kind) if gpu else None
+        occupancy = _occupancy(x.dtype, w.scale.dtype, m, group, kind=code_kind(w)) if gpu else None
         cfg = decode_config(m, n, k, num_sms=num_sms or device_num_sms(), blocks_per_sm=occupancy)
     offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
-    scale = w.scale
-    if np.dtype(scale.dtype).itemsize == 1:  # fp8 e4m3 / e8m0 scales travel as their bytes
-        scale = jax.lax.bitcast_convert_type(scale, jnp.uint8)
-    cb = codebook_words(w.qtype, x.dtype)
+    scale, kind_attrs = kind_operands(w, x.dtype)
     partial = call_kernel(
         "jquant_w4a16_decode",
         jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32),
@@ -311,16 +329,11 @@ def w4a16_decode(
         stages=np.int64(cfg.stages),
         warps=np.int64(cfg.warps),
         tiled=np.int64(tiled is not None),
-        kind=np.int64(kind),
-        scale_type=np.int64(SCALE_TYPES[np.dtype(w.scale.dtype).name]),
-        **{f"cb{i}": np.int64(v) for i, v in enumerate(cb)},
+        **kind_attrs,
     )
     if partials:
         return partial
-    y = partial.sum(axis=0)
-    if w.scale2 is not None:  # NVFP4's per-tensor second scale, on the f32 sums
-        y = y * w.scale2.reshape(())
-    return y.astype(x.dtype).reshape(*lead, n)
+    return apply_scale2(partial.sum(axis=0), w).astype(x.dtype).reshape(*lead, n)
 
 
 @functools.cache

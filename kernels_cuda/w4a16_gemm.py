@@ -23,7 +23,7 @@ from jquant.ops.device import NUM_SMS_DEFAULT
 from jquant.ops.device import num_sms as device_num_sms
 from kernels_cuda.backend import CudaBackend, call_kernel
 from kernels_cuda.w4a16 import MAX_M as DECODE_MAX_M
-from kernels_cuda.w4a16 import OPERAND_CAPS
+from kernels_cuda.w4a16 import OPERAND_CAPS, apply_scale2, code_kind, kind_operands
 
 __all__ = [
     "GemmConfig",
@@ -197,21 +197,13 @@ def call_gemm_kernel(
             type and codebook attributes (`kernels_cuda.w4a16.code_kind`), fp8 scales as bytes.
     """
     from kernels_cuda.build import register
-    from kernels_cuda.w4a16 import SCALE_TYPES, code_kind, codebook_words
 
     register()
     lead, k = x.shape[:-1], x.shape[-1]
     n = w.shape[0]
     m = math.prod(lead)
-    kind = code_kind(w)
-    scale = w.scale
-    if code_attrs:
-        cb = codebook_words(w.qtype, x.dtype)
-        tile_attrs.update(kind=kind, scale_type=SCALE_TYPES[np.dtype(scale.dtype).name])
-        tile_attrs.update({f"cb{i}": v for i, v in enumerate(cb)})
-        if np.dtype(scale.dtype).itemsize == 1:  # fp8 e4m3 / e8m0 scales travel as their bytes
-            scale = jax.lax.bitcast_convert_type(scale, jnp.uint8)
-    order = fragment_order(k, natural=kind == 2)
+    scale, kind_attrs = kind_operands(w, x.dtype) if code_attrs else (w.scale, {})
+    order = fragment_order(k, natural=code_kind(w) == 2)
     if w.perm is not None:  # one gather for both permutations: x_frag[:, j] = x[:, perm[order[j]]]
         order = jnp.asarray(w.perm)[order]
     xf = jnp.take(x.reshape(m, k), order, axis=-1)
@@ -228,10 +220,9 @@ def call_gemm_kernel(
         bias=np.int64(int(w.qtype.bias)),
         has_zero=np.int64(w.zero is not None),
         **{name: np.int64(v) for name, v in tile_attrs.items()},
+        **kind_attrs,
     )
-    y = y[0] if splits == 1 else y.sum(axis=0)
-    if w.scale2 is not None:  # NVFP4's per-tensor second scale, on the f32 sums
-        y = y * w.scale2.reshape(())
+    y = apply_scale2(y[0] if splits == 1 else y.sum(axis=0), w)
     return y.astype(x.dtype).reshape(*lead, n)
 
 
