@@ -71,6 +71,39 @@ __device__ __forceinline__ void codebook_pairs(uint32_t w, const Codebook& cb, u
   }
 }
 
+// The four 16-bit value pairs of one code word w, in the order the mma A fragments take them
+// ([a0 (h = 0), a2 (h = 0), a0 (h = 1), a2 (h = 1)]): raw (MAGIC + q) pairs (8i, 8i + 4), ... for
+// integer kinds (`magic_pair`), table values in natural pairs for codebooks (`codebook_pairs`).
+template <typename T, int KIND>
+__device__ __forceinline__ void raw_pairs(uint32_t w, const Codebook& cb, uint32_t (&p)[4]) {
+  if constexpr (KIND == kCodebook) {
+    codebook_pairs(w, cb, p);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) p[e] = magic_pair<T>(w, 4 * e);
+  }
+}
+
+// `raw_pairs` -> weights, two per instruction, rounded once to T: (v - z) * s for kInt (z2 = MAGIC +
+// zero + bias: the subtraction is exact), (v - MAGIC - bias) * s - zero for kFloatZero (z2 = -zero,
+// mb2 = MAGIC + bias), table[q] * s for kCodebook.
+template <typename T, int KIND>
+__device__ __forceinline__ void dequant_pairs(uint32_t (&p)[4], typename Half2Traits<T>::T2 s2,
+                                              typename Half2Traits<T>::T2 z2, typename Half2Traits<T>::T2 mb2) {
+  using T2 = typename Half2Traits<T>::T2;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    T2 v = *reinterpret_cast<T2*>(&p[e]);
+    if constexpr (KIND == kInt)
+      v = __hmul2(__hsub2(v, z2), s2);
+    else if constexpr (KIND == kFloatZero)
+      v = __hfma2(__hsub2(v, mb2), s2, z2);
+    else
+      v = __hmul2(v, s2);
+    p[e] = *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
 // The handlers' codebook attributes: entry bits two words per int64 (word 2i low, 2i + 1 high).
 inline Codebook unpack_codebook(int64_t cb0, int64_t cb1, int64_t cb2, int64_t cb3) {
   const int64_t w[4] = {cb0, cb1, cb2, cb3};

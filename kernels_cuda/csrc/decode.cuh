@@ -286,25 +286,10 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
       uint32_t a[4][4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        if constexpr (KIND == kCodebook) {
-          codebook_pairs(w[j][i], cb, a[j]);
-        } else {
-#pragma unroll
-          for (int p = 0; p < 4; ++p) a[j][p] = magic_pair<T>(w[j][i], 4 * p);
-        }
+        raw_pairs<T, KIND>(w[j][i], cb, a[j]);
         if constexpr (!kOnAcc) {
           const int u = kSubs == 2 ? i / 2 : 0;  // G = 16: words 0, 1 in the chunk's first group
-#pragma unroll
-          for (int p = 0; p < 4; ++p) {
-            T2 v = *reinterpret_cast<T2*>(&a[j][p]);
-            if constexpr (KIND == kInt)
-              v = __hmul2(__hsub2(v, z2[j][u]), s2[j][u]);
-            else if constexpr (KIND == kFloatZero)
-              v = __hfma2(__hsub2(v, magic_bias2), s2[j][u], z2[j][u]);
-            else
-              v = __hmul2(v, s2[j][u]);
-            a[j][p] = *reinterpret_cast<uint32_t*>(&v);
-          }
+          dequant_pairs<T, KIND>(a[j], s2[j][u], z2[j][u], magic_bias2);
         }
       }
 #pragma unroll

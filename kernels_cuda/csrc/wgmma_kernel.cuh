@@ -68,7 +68,6 @@ __device__ __forceinline__ void dequant_step(uint32_t (&a)[kBK / 16][4], const u
                                              const typename Half2Traits<T>::T2 (&s2)[2][SUBS],
                                              const typename Half2Traits<T>::T2 (&z2)[2][SUBS],
                                              typename Half2Traits<T>::T2 mb2, const Codebook& cb) {
-  using T2 = typename Half2Traits<T>::T2;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int u = SUBS == 2 ? i / 2 : 0;
@@ -76,23 +75,8 @@ __device__ __forceinline__ void dequant_step(uint32_t (&a)[kBK / 16][4], const u
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const uint32_t wj = i == 0 ? w[j].x : i == 1 ? w[j].y : i == 2 ? w[j].z : w[j].w;
-      if constexpr (KIND == kCodebook) {
-        codebook_pairs(wj, cb, p[j]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) p[j][e] = magic_pair<T>(wj, 4 * e);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        T2 v = *reinterpret_cast<T2*>(&p[j][e]);
-        if constexpr (KIND == kInt)
-          v = __hmul2(__hsub2(v, z2[j][u]), s2[j][u]);
-        else if constexpr (KIND == kFloatZero)
-          v = __hfma2(__hsub2(v, mb2), s2[j][u], z2[j][u]);
-        else
-          v = __hmul2(v, s2[j][u]);
-        p[j][e] = *reinterpret_cast<uint32_t*>(&v);
-      }
+      raw_pairs<T, KIND>(wj, cb, p[j]);
+      dequant_pairs<T, KIND>(p[j], s2[j][u], z2[j][u], mb2);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
