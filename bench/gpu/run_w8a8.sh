@@ -13,7 +13,7 @@ log "w8a8 gpu tests"
 timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/pallas/test_w8a8_gpu.py -k "not timing" -x \
     > "$OUT/w8a8_tests.log" 2>&1; log "w8a8 tests rc=$?"; tail -4 "$OUT/w8a8_tests.log"
 log "model w8a8 gpu tests"
-JQUANT_CT_FIXTURES=.gpu_fixtures timeout 100 python -m pytest -q -s -p no:cacheprovider -m gpu tests/models/test_w8a8_gpu.py \
+JQUANT_GPU_FIXTURES=.gpu_fixtures timeout 100 python -m pytest -q -s -p no:cacheprovider -m gpu tests/models/test_w8a8_gpu.py \
     > "$OUT/model_w8a8.log" 2>&1; log "model rc=$?"; tail -4 "$OUT/model_w8a8.log"
 wait
 log "bench w8a8 (pallas forced)"

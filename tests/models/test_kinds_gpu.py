@@ -30,6 +30,7 @@ from jquant.core.qarray import QArray
 from jquant.models import Generator, from_checkpoint
 from jquant.ops.qmatmul import select
 from jquant.parity import compare_logits
+from tests.models.test_w8a8_gpu import _folder
 
 pytestmark = pytest.mark.gpu
 
@@ -55,15 +56,6 @@ def _gguf(setup: str) -> Path:
     if setup == "llama-all-q4_1":
         pytest.skip("carried fixture only")
     return gguf_files.tiny_gguf(setup)[0]
-
-
-def _ct(scheme: str) -> Path:
-    root = _root()
-    if root is None:
-        root = pytest.importorskip("tests.fixtures.producers_ct").llmcompressor_dir()
-    if not (root / scheme).exists():
-        pytest.skip(f"no {scheme} under {root}")
-    return root / scheme
 
 
 def _bnb(variant: str) -> Path:
@@ -105,7 +97,7 @@ def test_gguf_model_on_gpu_matches_cpu_path(setup):
 
 @pytest.mark.parametrize("scheme", CT)
 def test_compressed_tensors_model_on_gpu_matches_cpu_path(scheme):
-    _check(_ct(scheme), f"compressed-tensors {scheme}")
+    _check(_folder(scheme), f"compressed-tensors {scheme}")
 
 
 @pytest.mark.parametrize("variant", BNB)
@@ -116,7 +108,7 @@ def test_bitsandbytes_model_on_gpu_matches_cpu_path(variant):
 def test_fp8_kv_cache_with_checkpoint_scales_on_gpu():
     """llm-compressor's FP8 folder carries per-tensor k_scale / v_scale: the fp8 cache on the GPU
     starts from them, and prefill + 8 decode steps match the CPU path with the same cache."""
-    ckpt = jquant.convert(_ct("FP8"))
+    ckpt = jquant.convert(_folder("FP8"))
     out = {}
     for dev in (jax.devices("gpu")[0], jax.devices("cpu")[0]):
         with jax.default_device(dev):

@@ -2,7 +2,7 @@
 
 compressed-tensors checkpoints made by llm-compressor (tests/fixtures/producers_ct.py; on the
 device machine, whose environment has no producers, the cached folders are carried and named by
-``JQUANT_CT_FIXTURES``). Every W8A8 linear layer must route to a fused W8A8 backend (never the f32
+``JQUANT_GPU_FIXTURES``). Every W8A8 linear layer must route to a fused W8A8 backend (never the f32
 reference); logits must match the CPU path within the spread that activation rounding ties cause:
 dynamic per-token quantization flips a code wherever x / s sits on a tie and the two inputs differ
 in the last bit (tests/models/test_quantized_parity.py measures that spread for transformers against
@@ -39,7 +39,9 @@ IDS = np.random.default_rng(7).integers(3, 512, size=(2, 24)).astype(np.int32)
 
 
 def _folder(scheme: str) -> Path:
-    root = os.environ.get("JQUANT_CT_FIXTURES")
+    """llm-compressor's ``scheme`` folder: under ``JQUANT_GPU_FIXTURES`` (or the older
+    ``JQUANT_CT_FIXTURES``) on the device, else built by the producer here."""
+    root = os.environ.get("JQUANT_GPU_FIXTURES") or os.environ.get("JQUANT_CT_FIXTURES")
     if root is None:
         producers_ct = pytest.importorskip("tests.fixtures.producers_ct")
         root = producers_ct.llmcompressor_dir()
