@@ -272,11 +272,18 @@ class Generator:
         done = limits == 0
         out = []
         while True:
-            tok = np.asarray(token).copy()
+            # Dispatch the next step before reading this token back, so the host's work (the copy,
+            # the stop checks, the callbacks, the next dispatch) overlaps the device's step instead
+            # of adding to it. The step is skipped only when every row stops here by its count; a
+            # row's end token is known after the read, so an end-token stop wastes one step.
+            now, now_logits = token, logits
+            if not (done | (counts + 1 >= limits)).all():
+                token, logits, keys, cache = self._step(self.state, token, cache, keys, sampling=sampling)
+            tok = np.asarray(now).copy()
             tok[done] = pad_id
             out.append(tok)
             if on_logits is not None:
-                on_logits(np.asarray(logits))
+                on_logits(np.asarray(now_logits))
             if on_token is not None:
                 on_token(tok)
             live = ~done
@@ -284,7 +291,6 @@ class Generator:
             done = done | (live & (np.isin(tok, eos) | (counts >= limits)))
             if done.all():
                 break
-            token, logits, keys, cache = self._step(self.state, token, cache, keys, sampling=sampling)
         return np.stack(out, axis=1), counts
 
 

@@ -315,24 +315,27 @@ class LlamaForCausalLM(nnx.Module):
         if self.stacked_layers is not None:
             # The linear weights stay whole (closed over) and each layer's QuantLinear gets
             # LayerOf(stack, i): a backend that reads stacked weights in place (kernels_cpu) then
-            # needs no per-layer copy of them; any other gets the slice, as the scan made before.
+            # needs no per-layer copy of them; any other gets the slice ``stack[i]``.
             graphdef, weights, rest = split_layer_weights(self.stacked_layers)
 
             # The stacked cache rides in the carry: each layer writes its new slots into it in place
             # (`LayerKV`); as scan input / output it would be sliced per layer and rebuilt.
-            def body(carry, per_layer):
-                h, bufs = carry
-                i, state = per_layer
+            # The layer index rides in the carry too (i -> i + 1): XLA then sees a slice at the
+            # loop's induction variable and hands a custom call (the CUDA kernels) its layer of the
+            # stack in place. An index read from an ``arange`` scanned as input hides that, and
+            # every layer's weights were copied before each call (4.4 of 7.3 ms per decode step of
+            # the 8B-shaped W4A16 model on H200: bench/results/nvidia_h200/decode_step_profile.md).
+            def body(carry, state):
+                h, bufs, i = carry
                 layer = nnx.merge(graphdef, at_layer(weights, i), state)
                 h, kv = layer(h, cos, sin, positions, None if bufs is None else LayerKV(bufs, i), start)
-                return (h, None if kv is None else kv.buffers), None
+                return (h, None if kv is None else kv.buffers, i + 1), None
 
             # a per-layer cache (made by hand for a scanned model) is stacked once and stays so
             kvs = None if cache is None else cache.stacked()
             if cache is not None and not cache.is_stacked:
                 cache = dataclasses.replace(cache, **dict(zip(("k", "v", "k_scale", "v_scale"), kvs)))
-            idx = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
-            (x, kvs), _ = jax.lax.scan(body, (x, kvs), (idx, rest))
+            (x, kvs, _), _ = jax.lax.scan(body, (x, kvs, jnp.zeros((), jnp.int32)), rest)
         else:
             kvs = []
             for i, layer in enumerate(self.layers):

@@ -205,8 +205,9 @@ def qmatmul(
         layer: None, or an int32 scalar (may be traced): multiply by layer ``layer`` of stacked
             ``w``. Routing sees the per-layer weight; a backend that declares ``reads_stacked``
             gets the stacked weight and ``layer=`` and reads the layer in place, any other gets the
-            slice ``w[layer]`` (for a custom call under ``lax.scan`` that slice is a copy of the
-            layer's weights per call: XLA gives a custom call operands in buffers of their own).
+            slice ``w[layer]``. Under ``lax.scan``, XLA hands a custom call that slice in place only
+            when ``layer`` is the loop's induction variable (carried ``i -> i + 1``); otherwise
+            each call copies its layer's weights first (`jquant.models.llama`).
 
     Returns:
         [..., N] in ``x.dtype``.
