@@ -311,7 +311,7 @@ def device_weights(weights: Mapping, dtype):
 def build_model(cfg, variant: str, seed: int = 0, scan_layers: bool | None = None):
     """The jquant `LlamaForCausalLM` with random weights of ``variant``, bf16 compute.
 
-    ``scan_layers``: the model's stacked-layers switch (None: stacked when possible).
+    ``scan_layers``: the model's stacked-layers switch (None: the model's default).
     """
     import jax
     import jax.numpy as jnp
@@ -574,9 +574,11 @@ def run(
         explanation = "\n".join(explain_decode(cfg, v) for v in variants if v != "bf16")
     return dict(
         preset=preset,
-        scan_layers={None: "auto (stacked under lax.scan)", True: "stacked under lax.scan", False: "unrolled"}[
-            scan_layers
-        ],
+        scan_layers={
+            None: "auto (unrolled on a GPU, stacked under lax.scan on the CPU)",
+            True: "stacked under lax.scan",
+            False: "unrolled",
+        }[scan_layers],
         config={
             k: getattr(cfg, k)
             for k in (
@@ -715,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scan",
         choices=("auto", "on", "off"),
         default="auto",
-        help="layers stacked under lax.scan (auto: when possible) or unrolled",
+        help="layers stacked under lax.scan or unrolled (auto: the model default, stacked on the CPU, unrolled on a GPU)",
     )
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<card>/)")
     args = ap.parse_args(argv)

@@ -7,6 +7,7 @@ Eight stacked W4A16 layers (14336 x 4096, g128), M = 1, three forms of one loop:
 Prints GPU time per loop (CUPTI, all kernels), the kernel names with their summed time, and the
 copy-like instructions of the optimized HLO.
 """
+
 import collections
 import re
 
@@ -29,6 +30,7 @@ def closed(x, w):
     def body(h, i):
         y = qmatmul(h, take_layer(w, i))
         return h + y[:, :4096] * 0.001, None
+
     return jax.lax.scan(body, x, jnp.arange(L, dtype=jnp.int32))[0]
 
 
@@ -36,6 +38,7 @@ def xs(x, w):
     def body(h, wl):
         y = qmatmul(h, wl)
         return h + y[:, :4096] * 0.001, None
+
     return jax.lax.scan(body, x, w)[0]
 
 
@@ -43,6 +46,7 @@ def layer_arg(x, w):
     def body(h, i):
         y = qmatmul(h, w, layer=i)
         return h + y[:, :4096] * 0.001, None
+
     return jax.lax.scan(body, x, jnp.arange(L, dtype=jnp.int32))[0]
 
 
@@ -51,6 +55,7 @@ def carried(x, w):
         h, i = c
         y = qmatmul(h, take_layer(w, i))
         return (h + y[:, :4096] * 0.001, i + 1), None
+
     return jax.lax.scan(body, (x, jnp.int32(0)), None, length=L)[0][0]
 
 

@@ -72,8 +72,8 @@ def from_checkpoint(
         dtype: activation / float-weight dtype (default: `default_dtype`).
         strict: raise if the checkpoint holds tensors the model does not use (default: warn; extra
             tensors such as KV-cache scales may be legitimate).
-        scan_layers: run identical decoder layers under ``lax.scan`` (None: whenever they are
-            identical in structure; see `LlamaForCausalLM`).
+        scan_layers: run identical decoder layers under ``lax.scan`` (None: on the CPU whenever
+            they are identical in structure, unrolled on a GPU; see `LlamaForCausalLM`).
         fuse_projections: q/k/v and gate/up (experts' too) as one stacked matmul each where their
             weights stack losslessly (same code type and scale layout, same act-order permutation).
         mesh: a ``jax.sharding.Mesh`` to split the model over (tensor / expert parallel,

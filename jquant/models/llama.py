@@ -27,6 +27,7 @@ from jquant.models.rope import apply_rope, inv_frequencies, rope_cos_sin
 from jquant.nn import Weights
 from jquant.nn.linear import at_layer, split_layer_weights
 from jquant.nn.weights import to_device_tree
+from jquant.ops.device import default_platform
 
 __all__ = ["Attention", "MLP", "DecoderLayer", "LlamaForCausalLM"]
 
@@ -220,16 +221,22 @@ class LlamaForCausalLM(nnx.Module):
     Build it with `jquant.models.from_checkpoint`. Call it as ``model(input_ids)`` for logits
     [B, T, vocab], or with a `KVCache` for incremental decoding.
 
-    When every decoder layer has the same structure (same quantization types and shapes, same
-    attention window), the layers are stored stacked (``stacked_layers``: one `DecoderLayer` whose
-    arrays have a leading layer axis) and run under ``jax.lax.scan``: one layer is compiled instead
-    of ``num_hidden_layers``. Checkpoints that mix types across layers (llama.cpp's Q4_K_M, GPTQModel
-    dynamic overrides) keep the unrolled ``layers`` list.
+    On the CPU, when every decoder layer has the same structure (same quantization types and
+    shapes, same attention window), the layers are stored stacked (``stacked_layers``: one
+    `DecoderLayer` whose arrays have a leading layer axis) and run under ``jax.lax.scan``: one layer
+    is compiled instead of ``num_hidden_layers``, and the CPU kernels read each layer of the stack
+    in place. Checkpoints that mix types across layers (llama.cpp's Q4_K_M, GPTQModel dynamic
+    overrides) keep the unrolled ``layers`` list. On a GPU the layers stay unrolled by default: XLA
+    copies a layer's weights out of the stack before each of its own fused GEMMs (only custom calls
+    get the slice in place), so scanned decode of the Llama-3-8B shape runs 2.6x slower in bf16
+    and 1.3x slower in FP8 (H200, bench/results/nvidia_h200/decode_e2e_forms.md), for a compile
+    time 1.7-3.8x shorter.
 
     Args:
         cfg: the decoder geometry.
         w: the checkpoint's tensors (HF names), already bound to the compute dtype.
-        scan_layers: True / False to force the stacked / unrolled form; None: stacked when possible.
+        scan_layers: True / False to force the stacked / unrolled form; None: stacked when possible
+            on the CPU, unrolled elsewhere (`jquant.ops.device.default_platform`).
         fuse_projections: run q/k/v and gate/up as one stacked matmul each where their weights
             stack losslessly (`jquant.core.concat`); the checkpoint's tensors are unchanged.
     """
@@ -239,6 +246,8 @@ class LlamaForCausalLM(nnx.Module):
     ):
         self.config = cfg
         self.dtype = w.dtype
+        if scan_layers is None and default_platform() != "cpu":
+            scan_layers = False
         # Where init_cache puts the KV buffers: None (default device), or split by heads over a mesh
         # (set by `jquant.parallel.shard`).
         self.cache_sharding = None

@@ -39,3 +39,16 @@ def test_layers_that_differ_fall_back_to_unrolled():
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(nnx.state(model)))
     ref = from_checkpoint(ckpt, dtype=jnp.float32, scan_layers=False)
     np.testing.assert_array_equal(np.asarray(model(IDS)), np.asarray(ref(IDS)))
+
+
+def test_default_form_follows_the_platform(monkeypatch):
+    """scan_layers=None stacks on the CPU and unrolls elsewhere (on a GPU, XLA copies a stacked layer's
+    weights before its own fused GEMMs); an explicit True still stacks."""
+    import jquant.models.llama as llama
+
+    ckpt = jquant.quantize(hf_dir("llama3"), "w4a16-g128-asym")
+    assert from_checkpoint(ckpt, dtype=jnp.float32).stacked_layers is not None
+    monkeypatch.setattr(llama, "default_platform", lambda: "gpu")
+    model = from_checkpoint(ckpt, dtype=jnp.float32)
+    assert model.stacked_layers is None and len(model.layers) == model.config.num_hidden_layers
+    assert from_checkpoint(ckpt, dtype=jnp.float32, scan_layers=True).stacked_layers is not None
