@@ -217,3 +217,22 @@ def test_cli_empty_prompts_file_is_an_error(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n \n")
     rc = main(["generate", str(hf_dir("llama3")), "--prompts-file", str(tmp_path / "empty.txt")])
     assert rc == 2 and "--prompts-file holds no prompt" in capsys.readouterr().err
+
+
+def test_next_step_is_dispatched_before_the_token_is_read():
+    """The loop dispatches step n + 1 before reading token n back (host work overlaps the device's). A
+    stop by count is known ahead, so it costs no extra step; an end-token stop costs exactly one, and
+    the tokens are those of the loop that never runs ahead."""
+    model = from_checkpoint(jquant.quantize(hf_dir("llama3"), "w4a16-g128-asym"), dtype=jnp.float32)
+    gen = Generator(model)
+    calls, step = [], gen._step
+    gen._step = lambda *a, **kw: (calls.append(1), step(*a, **kw))[1]
+    prompt = [[5, 9, 2, 77]]
+    out = gen(prompt, max_new_tokens=6)
+    assert out.shape == (1, 6) and len(calls) == 5  # tokens 2..6; none past the count
+    end = int(out[0, 2])
+    first = out[0].tolist().index(end)  # the end token's first appearance (0, 1 or 2)
+    calls.clear()
+    cut = gen(prompt, max_new_tokens=6, eos_token_ids=[end])
+    np.testing.assert_array_equal(cut[0], out[0, : first + 1])
+    assert len(calls) == first + 1  # the last one ran ahead and was dropped
