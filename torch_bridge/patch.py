@@ -90,8 +90,14 @@ def patch_model(
     weights = _weights(ckpt)
     recipes = {n.rpartition(".")[0]: a for n, a in weights.items() if isinstance(a, ActQuant)}
     dense = []
+    # A model built without its weights (parameters on the meta device, `from_checkpoint`) gets
+    # uninitialized storage first; every such parameter the model keeps must be filled below.
+    unset = _materialize_meta_parameters(model, device)
+    filled: set[int] = set()  # id() of the parameters written from the checkpoint
     # Pass 0: per-expert weights into (or in place of) transformers' 3-D experts modules.
-    done = _patch_experts(model, weights, report, act_quant=act_quant, implementation=implementation, device=device)
+    done = _patch_experts(
+        model, weights, report, act_quant=act_quant, implementation=implementation, device=device, filled=filled
+    )
     # Pass 1: quantized weights replace their modules (a replaced Linear keeps its bias parameter).
     for name, w in weights.items():
         if isinstance(w, ActQuant) or name in done:
@@ -124,6 +130,7 @@ def patch_model(
             report["quantized"].append(name)
         elif isinstance(module, nn.Embedding):
             _copy_into(module.weight, dequantize(to_torch(w)), name)
+            filled.add(id(module.weight))
             report["embedding_dequantized"].append(name)
         else:
             raise ConfigError(
@@ -145,11 +152,44 @@ def patch_model(
             report["unknown"].append(name)
             continue
         _copy_into(target, as_tensor(np.asarray(weights[name])), name)
+        filled.add(id(target))
         report["dense"].append(name)
     if strict and report["unknown"]:
         raise ConfigError(f"the model has no parameter for {len(report['unknown'])} checkpoint tensors",
                           tensor=report["unknown"][0])  # fmt: skip
+    missing = [n for n, p in model.named_parameters(remove_duplicate=False) if n in unset and id(p) not in filled]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} model parameters have no tensor in the checkpoint (the model was built without "
+            "weights, so nothing else would set them)",
+            tensor=missing[0],
+        )
     return report
+
+
+def _materialize_meta_parameters(model: nn.Module, device) -> set[str]:
+    """Gives every parameter on the meta device uninitialized storage on ``device`` (default CPU).
+
+    Ties (one parameter under several names, e.g. a tied ``lm_head``) stay ties. The storage is
+    allocated, not written: the pages of weights that the patch replaces by quantized layers are
+    never touched, so they never count against the process' memory.
+
+    Returns:
+        every name (all aliases) of the parameters so created.
+    """
+    dev = device if device is not None and torch.device(device).type != "meta" else "cpu"
+    made: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id(meta) -> (meta, real): keeps ids unique
+    names: set[str] = set()
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        for leaf, p in list(module._parameters.items()):
+            if p is None or p.device.type != "meta":
+                continue
+            if id(p) not in made:
+                real = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=dev), requires_grad=p.requires_grad)
+                made[id(p)] = (p, real)
+            module._parameters[leaf] = made[id(p)][1]
+            names.add(f"{mod_name}.{leaf}" if mod_name else leaf)
+    return names
 
 
 _EXPERT_RE = re.compile(r"(?P<block>.+)\.experts\.(?P<e>\d+)\.(?P<proj>[A-Za-z0-9_]+)\.(?P<leaf>weight|bias)")
@@ -208,7 +248,7 @@ def _experts_module(model: nn.Module, block: str) -> tuple[str, nn.Module] | Non
     return None
 
 
-def _patch_experts(model, weights, report, *, act_quant, implementation, device) -> set[str]:
+def _patch_experts(model, weights, report, *, act_quant, implementation, device, filled) -> set[str]:
     """Pass 0 of `patch_model` (module docstring); returns the checkpoint names it consumed."""
     blocks: dict[str, dict[tuple[int, str, str], str]] = {}
     for name in weights:
@@ -244,7 +284,7 @@ def _patch_experts(model, weights, report, *, act_quant, implementation, device)
             report["quantized"].extend(n for n in names.values() if isinstance(weights[n], QArray))
             report["dense"].extend(n for n in names.values() if not isinstance(weights[n], QArray))
         else:
-            _copy_experts(experts, weights, names, roles, n_exp, block)
+            _copy_experts(experts, weights, names, roles, n_exp, block, filled)
             report["dense"].extend(names.values())
         done.update(names.values())
     return done
@@ -266,14 +306,16 @@ def _expert_linear(weights, names, e, role, act_quant, implementation, device) -
     return lin
 
 
-def _copy_experts(experts, weights, names, roles, n_exp, block) -> None:
-    """Dense per-expert weights into the 3-D parameters (HF [E, out, in], or [E, in, out] when transposed)."""
+def _copy_experts(experts, weights, names, roles, n_exp, block, filled: set[int]) -> None:
+    """Dense per-expert weights into the 3-D parameters (HF [E, out, in], or [E, in, out] when transposed);
+    adds the parameters written to ``filled`` (every expert has every role: `_patch_experts` checked)."""
     transposed = getattr(experts, "is_transposed", False)
     for e in range(n_exp):
         w = {r: as_tensor(np.asarray(weights[names[(e, r, "weight")]])) for r in roles}
         gate_up = w["gate_up"] if "gate_up" in w else torch.cat([w["gate"], w["up"]])
         for param, value in (("gate_up_proj", gate_up), ("down_proj", w["down"])):
             _copy_into(getattr(experts, param)[e], value.T if transposed else value, f"{block}.experts.{e}.{param}")
+            filled.add(id(getattr(experts, param)))
         for r, param in (("gate_up", "gate_up_proj_bias"), ("down", "down_proj_bias")):
             if (e, r, "bias") in names:
                 _copy_into(
@@ -281,6 +323,7 @@ def _copy_experts(experts, weights, names, roles, n_exp, block) -> None:
                     as_tensor(np.asarray(weights[names[(e, r, "bias")]])),
                     f"{block}.experts.{e}.{param}",
                 )
+                filled.add(id(getattr(experts, param)))
 
 
 def _copy_into(target: torch.Tensor, value: torch.Tensor, name: str) -> None:
@@ -307,14 +350,20 @@ def from_checkpoint(
         device: where the model runs.
         act_quant, implementation, strict: see `patch_model`.
     """
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = {k: v for k, v in ckpt.config.items() if k != "quantization_config"}
     config = AutoConfig.for_model(**cfg)
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in _weights(ckpt):
         config.tie_word_embeddings = False  # the checkpoint has its own (maybe quantized) head
-    with torch.device(device):
+    # Parameters on the meta device, buffers (rotary tables) computed for real: the float model the
+    # quantized layers replace is never allocated (a 135M model's f32 weights are 0.5 GB).
+    with init_empty_weights(include_buffers=False), torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    # accelerate's meta hook re-creates each parameter as it is registered, which unties a tied
+    # lm_head; tie it again so that it reads the embedding the checkpoint fills
+    model.tie_weights()
     model.jquant_patch_report = patch_model(
         model, ckpt, act_quant=act_quant, implementation=implementation, device=device, strict=strict
     )
