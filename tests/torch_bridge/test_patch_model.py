@@ -6,6 +6,8 @@ Logits of the patched model == transformers over the *producer's own* dequantize
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -75,6 +77,21 @@ def test_patch_report_and_backends():
     # generate() through transformers' own loop with the KV cache
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 9)
+
+
+def test_model_is_built_without_weights_and_every_parameter_is_set():
+    """from_checkpoint builds the transformers model with its parameters on the meta device, so the
+    float weights the quantized layers replace never exist; nothing may stay unset (uninitialized
+    storage would be a wrong answer, where transformers' random init used to hide a missing tensor)."""
+    path, _ = SOURCES["gguf_llama_mix"]()
+    ckpt = jquant.convert(path)
+    model = tb.from_checkpoint(ckpt)
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    rotary = model.model.rotary_emb  # buffers are computed, not loaded: they must not be left empty
+    assert torch.isfinite(rotary.inv_freq).all() and (rotary.inv_freq > 0).all()
+    weights = {k: v for k, v in ckpt.weights.items() if k != "model.norm.weight"}
+    with pytest.raises(jquant.ConfigError, match="model.norm.weight"):
+        tb.from_checkpoint(dataclasses.replace(ckpt, weights=weights))
 
 
 def test_w8a8_checkpoint_quantizes_activations():
