@@ -22,7 +22,8 @@
   read and scaled in registers, nothing is dequantized per call. f32 activations and accumulation
   (bf16 / f16 inputs are widened), the same function as the JAX path (f32 rounding only). Up to
   ``MAX_M`` = 32 rows (its declared M range); longer inputs (prefill) go to the next backend of the
-  layer's plan (`torch_bridge.backend.plan`: torch's pack kernels, else dequantize + matmul).
+  layer's plan (`torch_bridge.backend.plan`): torch's int8 pack kernel for 8-bit per-channel codes,
+  else dequantize + matmul (torch's int4 kernel declares M <= 4, already covered here).
 * ``torch_dequant_matmul``: the reference on any device: `torch_bridge.dequant` (bit-exact twin of
   the numpy spec) then a float32 matmul. Supports everything; tried last.
 """
@@ -134,8 +135,11 @@ class CpuInt4Pack(TorchBackend):
     The float32 flavour of that kernel is a decode kernel: measured on this project's 2-core CPU
     box (torch 2.13), 4096x4096 g128 at M = 1 it beats dequantize + matmul 3.5x (103 vs 366 ms),
     at M = 40 it loses 6x (2.7 s vs 0.43 s; its bf16 flavour takes 38 ms but is not the
-    checkpoint's function, see above). So rows beyond `MAX_M` take dequantize + matmul from the
-    canonical tensors, which the prepared list shares with the layer (no extra copy).
+    checkpoint's function, see above). So it declares M <= `MAX_M`: a layer's plan hands larger M
+    to the next backend (``torch_dequant_matmul``), and behind jquant's own CPU kernel (M <= 32) it is
+    not in the plan at all, so its packed copy (0.75 bytes a weight: int4 tiles and f32 scale/zero
+    pairs) is never made. Forced by name it still runs any M, larger ones by dequantize + matmul
+    from the canonical tensors, which the prepared list shares with the layer (no extra copy).
     """
 
     MAX_M = 4
@@ -143,7 +147,7 @@ class CpuInt4Pack(TorchBackend):
     name = "torch_cpu_int4pack"
     caps = Capabilities(
         platforms=frozenset({"cpu"}), codes=frozenset({"uint4"}), zeros=None, scale_dtypes=None, row_blocks=None,
-        act_dtypes=None,
+        act_dtypes=None, m_max=MAX_M,
     )  # fmt: skip
 
     def why_not_more(self, call):
@@ -236,7 +240,7 @@ class CpuKernel(TorchBackend):
 
     name = "torch_cpu_qmatmul"
     # Decode sizes only: from M = 33 a layer's plan hands the call to the next backend in `ROUTES`
-    # (torch's int4 / int8 pack kernels, else one dequantization and the BLAS GEMM).
+    # (torch's int8 pack kernel, else one dequantization and the BLAS GEMM).
     caps = dataclasses.replace(KERNEL_CAPS, m_max=MAX_M, act_dtypes=None)
 
     def why_not_more(self, call):

@@ -170,16 +170,16 @@ TORCH_ABBREV = {
 EXPECTED_TORCH = """
 uint4b8 g128               | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4b8 g128               | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4b8 g128               | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
+uint4b8 g128               | cpu   | cpu.q     cpu.q     ref       ref       ref
 uint4 g128 zero            | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4 g128 zero            | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4 g128 zero            | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
+uint4 g128 zero            | cpu   | cpu.q     cpu.q     ref       ref       ref
 uint4b8 g128 act-order     | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4b8 g128 act-order     | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4b8 g128 act-order     | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
+uint4b8 g128 act-order     | cpu   | cpu.q     cpu.q     ref       ref       ref
 uint4b8 channel            | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint4b8 channel            | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint4b8 channel            | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
+uint4b8 channel            | cpu   | cpu.q     cpu.q     ref       ref       ref
 uint8b128 channel          | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint8b128 channel          | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint8b128 channel          | cpu   | cpu.q     cpu.q     cpu.i8    cpu.i8    cpu.i8
@@ -188,13 +188,13 @@ uint2 g64 zero             | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.
 uint2 g64 zero             | cpu   | ref       ref       ref       ref       ref
 uint3b4 g128               | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 uint3b4 g128               | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-uint3b4 g128               | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
+uint3b4 g128               | cpu   | cpu.q     cpu.q     ref       ref       ref
 q4_0 uint4b8 g32           | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q4_0 uint4b8 g32           | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-q4_0 uint4b8 g32           | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
+q4_0 uint4b8 g32           | cpu   | cpu.q     cpu.q     ref       ref       ref
 q4_1 uint4 g32 float zero  | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q4_1 uint4 g32 float zero  | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
-q4_1 uint4 g32 float zero  | cpu   | cpu.q     cpu.q     cpu.i4    cpu.i4    cpu.i4
+q4_1 uint4 g32 float zero  | cpu   | cpu.q     cpu.q     ref       ref       ref
 q6_k uint6b32 g16          | sm_90 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q6_k uint6b32 g16          | sm_80 | tr.wx     tr.wx     tr.deq    tr.deq    tr.deq
 q6_k uint6b32 g16          | cpu   | cpu.q     cpu.q     ref       ref       ref

@@ -98,9 +98,9 @@ def test_backends_decline_with_reason(name, w, reason):
 
 def test_dispatch_order_and_env(monkeypatch):
     w4 = _w(qt.uint4b8, 32, 128, (1, 32))
-    # jquant's C++ kernel takes decode sizes (M <= 32), torch's pack kernels the rest of the plan.
+    # jquant's C++ kernel takes decode sizes (M <= 32); torch's int4 kernel (M <= 4) adds nothing after it.
     assert tb.select(w4, "cpu", torch.bfloat16).backend.name == "torch_cpu_qmatmul"
-    assert "torch_cpu_qmatmul (M 1..32), torch_cpu_int4pack (M 1..)" in tb.explain(w4, "cpu", torch.float32)
+    assert "torch_cpu_qmatmul (M 1..32), torch_dequant_matmul (M 1..)" in tb.explain(w4, "cpu", torch.float32)
     monkeypatch.setenv("JQUANT_DISABLED_KERNELS", "torch_cpu_qmatmul")  # below: the torch kernels' order
     assert tb.select(w4, "cpu", torch.bfloat16).backend.name == INT4
     assert tb.select(_w(qt.nf4, 32, 128, (1, 32)), "cpu", torch.float32).backend.name == DEQ

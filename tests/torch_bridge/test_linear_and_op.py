@@ -36,9 +36,9 @@ def test_quant_linear_matches_dense(case):
     y = lin(x)
     assert y.shape == (2, 2, case.n) and y.dtype == torch.float32
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-4)
-    # the layer's plan: jquant's C++ kernel for decode sizes, then torch's pack kernel / the reference
+    # the layer's plan: jquant's C++ kernel for decode sizes, then torch's int8 pack kernel / the reference
     assert lin.backend in (
-        "torch_cpu_qmatmul, torch_cpu_int4pack",
+        "torch_cpu_qmatmul, torch_dequant_matmul",
         "torch_cpu_qmatmul, torch_cpu_int8pack",
         "torch_dequant_matmul",
     )

@@ -72,8 +72,8 @@ def test_patch_report_and_backends():
     assert len(layers) == 14 and all(m.weight_perm is not None for m in layers)  # act-order kept as perm
     ids = torch.tensor([[5, 17, 300, 2, 9]])
     with torch.no_grad():
-        model(ids[:, :1])  # one decode row: jquant's C++ CPU kernel; torch's int4 kernel from M = 33
-    assert {m.backend for m in layers} == {"torch_cpu_qmatmul, torch_cpu_int4pack"}
+        model(ids[:, :1])  # one decode row: jquant's C++ CPU kernel; dequantize + matmul from M = 33
+    assert {m.backend for m in layers} == {"torch_cpu_qmatmul, torch_dequant_matmul"}
     # generate() through transformers' own loop with the KV cache
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.shape == (1, 9)
