@@ -26,6 +26,11 @@ the batched step until every row is done, but its output is cut at its stop.
 A quantized KV cache (`jquant.models.kv_quant`) whose scales come from the first prefill computes
 them over the whole batch (``amax`` over every row and the padding), so a batched row's codes can
 differ from its codes alone; checkpoint or constant scales (``kv_cache_scales``) keep them equal.
+
+Prompts longer than ``prefill_chunk`` tokens (`PREFILL_CHUNK` by default) are prefilled in chunks:
+each chunk attends over the cache written so far and its own causal block, so the logits equal the
+one-pass prefill's up to f32 summation order, with attention memory bounded by the chunk. A
+quantized cache without checkpoint scales then takes them from the first chunk.
 """
 
 from __future__ import annotations
@@ -38,10 +43,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["SamplingConfig", "sample", "Generator", "generate", "model_bytes", "PROMPT_BUCKET", "CACHE_BUCKET"]
+__all__ = [
+    "SamplingConfig",
+    "sample",
+    "Generator",
+    "generate",
+    "model_bytes",
+    "PROMPT_BUCKET",
+    "CACHE_BUCKET",
+    "PREFILL_CHUNK",
+]
 
 PROMPT_BUCKET = 32
 CACHE_BUCKET = 128
+# Prompts longer than this run through the cache in chunks of this many tokens: attention's f32
+# scores of one chunk are [B, heads, chunk, S], where a whole 16k prompt's would be [B, heads, 16k,
+# 16k] (32 GiB per layer for Llama-3-8B's 32 heads). A multiple of PROMPT_BUCKET.
+PREFILL_CHUNK = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,12 +156,19 @@ class Generator:
 
     Args:
         model: a jquant causal LM (`LlamaForCausalLM`): ``hidden_states``, ``logits``, ``init_cache``.
+        prefill_chunk: prompts longer than this many tokens are prefilled in chunks of it (a
+            multiple of `PROMPT_BUCKET`); None: always in one pass.
     """
 
-    def __init__(self, model: nnx.Module):
+    def __init__(self, model: nnx.Module, *, prefill_chunk: int | None = PREFILL_CHUNK):
+        if prefill_chunk is not None and (prefill_chunk <= 0 or prefill_chunk % PROMPT_BUCKET):
+            raise ValueError(f"prefill_chunk must be a positive multiple of {PROMPT_BUCKET}, got {prefill_chunk}")
         self.model = model
+        self.prefill_chunk = prefill_chunk
         self.graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("sampling",), donate_argnames=("cache",))
+        self._prefill_part = jax.jit(self._prefill_part_fn, donate_argnames=("cache",))
+        self._prefill_end = jax.jit(self._prefill_end_fn, static_argnames=("sampling",), donate_argnames=("cache",))
         self._step = jax.jit(self._step_fn, static_argnames=("sampling",), donate_argnames=("cache",))
         self._forward = jax.jit(lambda state, ids: nnx.merge(self.graphdef, state)(ids))
 
@@ -174,6 +199,36 @@ class Generator:
         logits = model.logits(last)
         keys, now = _split_rows(keys)
         return _sample_rows(logits, now, sampling), logits, keys, cache
+
+    def _prefill_part_fn(self, state, ids, start, lengths, cache, last):
+        """One chunk ``ids`` [B, C] of a long prompt at cache slots ``[start, start + C)``; ``last``
+        [B, hidden] keeps each row's hidden state at its last prompt token once a chunk holds it."""
+        model = nnx.merge(self.graphdef, state)
+        cache = dataclasses.replace(cache, length=start)
+        h, cache = model.hidden_states(ids, cache)
+        b, c = ids.shape
+        at = jnp.broadcast_to(lengths, (b,)) - 1 - start  # each row's last prompt token, within this chunk
+        here = (at >= 0) & (at < c)
+        last = jnp.where(here[:, None], h[jnp.arange(b), jnp.clip(at, 0, c - 1)], last)
+        return cache, last
+
+    def _prefill_end_fn(self, state, last, lengths, cache, keys, sampling):
+        """The first tokens from the last prompt positions' hidden states (after `_prefill_part_fn`)."""
+        model = nnx.merge(self.graphdef, state)
+        cache = dataclasses.replace(cache, length=lengths)
+        logits = model.logits(last)
+        keys, now = _split_rows(keys)
+        return _sample_rows(logits, now, sampling), logits, keys, cache
+
+    def _chunked_prefill(self, padded, n, cache, keys, sampling):
+        """`_prefill` for prompts longer than ``prefill_chunk``, one chunk at a time (one compilation)."""
+        c = self.prefill_chunk
+        b = padded.shape[0]
+        last = jnp.zeros((b, self.model.config.hidden_size), self.model.dtype)
+        for start in range(0, padded.shape[1], c):
+            ids = jnp.asarray(padded[:, start : start + c])
+            cache, last = self._prefill_part(self.state, ids, jnp.int32(start), n, cache, last)
+        return self._prefill_end(self.state, last, n, cache, keys, sampling=sampling)
 
     def _step_fn(self, state, token, cache, keys, sampling):
         model = nnx.merge(self.graphdef, state)
@@ -254,7 +309,8 @@ class Generator:
         n_steps = int(limits.max())
         if n_steps == 0:
             return np.zeros((b, 0), np.int32), counts
-        t_pad = _round_up(int(lengths.max()), PROMPT_BUCKET)
+        chunked = self.prefill_chunk is not None and int(lengths.max()) > self.prefill_chunk
+        t_pad = _round_up(int(lengths.max()), self.prefill_chunk if chunked else PROMPT_BUCKET)
         cache = self.model.init_cache(b, _round_up(t_pad + n_steps, CACHE_BUCKET))
         padded = np.zeros((b, t_pad), np.int32)
         for i, r in enumerate(rows):
@@ -267,7 +323,12 @@ class Generator:
             cache = dataclasses.replace(cache, length=jnp.zeros((b,), jnp.int32))
         # jax.random.key(s) per row: a row's stream depends on its seed alone, not on the batch
         keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
-        token, logits, keys, cache = self._prefill(self.state, jnp.asarray(padded), n, cache, keys, sampling=sampling)
+        if chunked:
+            token, logits, keys, cache = self._chunked_prefill(padded, n, cache, keys, sampling)
+        else:
+            token, logits, keys, cache = self._prefill(
+                self.state, jnp.asarray(padded), n, cache, keys, sampling=sampling
+            )
         eos = np.asarray(list(eos_token_ids), np.int32)
         done = limits == 0
         out = []

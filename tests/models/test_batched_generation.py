@@ -236,3 +236,36 @@ def test_next_step_is_dispatched_before_the_token_is_read():
     cut = gen(prompt, max_new_tokens=6, eos_token_ids=[end])
     np.testing.assert_array_equal(cut[0], out[0, : first + 1])
     assert len(calls) == first + 1  # the last one ran ahead and was dropped
+
+
+@pytest.mark.parametrize("arch", ["llama3", "mistral"])  # mistral: its sliding window (8) spans chunk edges
+def test_chunked_prefill_equals_one_pass(gens, arch):
+    """Prompts longer than ``prefill_chunk`` run through the cache a chunk at a time: the same tokens,
+    logits equal up to f32 summation order, for a ragged batch whose rows end in different chunks."""
+    one_pass = _gen(gens, arch)
+    chunked = Generator(one_pass.model, prefill_chunk=32)
+    prompts = _prompts(one_pass.model.config.vocab_size, lengths=(70, 5, 33, 64), seed=7)
+    for batch in (prompts, [prompts[0]]):
+        want, want_logits = _run(one_pass, batch)
+        got, got_logits = _run(chunked, batch)
+        assert got.tolist() == want.tolist()
+        err = np.abs(got_logits - want_logits).max() / np.abs(want_logits).max()
+        assert err < LOGIT_TOL, f"max |chunked - one pass| / max |logit| = {err:.2e}"
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Generator(one_pass.model, prefill_chunk=48)
+
+
+def test_chunked_prefill_with_a_quantized_cache(gens):
+    """An fp8 KV cache with fixed (checkpoint-style) scales: chunked prefill writes the same codes."""
+    from jquant.models.kv_quant import KVQuant
+
+    base = _gen(gens, "llama3").model
+    c = base.config
+    scales = tuple((0.02,) * c.num_key_value_heads for _ in range(c.num_hidden_layers))
+    model = nnx.clone(base)
+    model.kv_quant = KVQuant("fp8_e4m3", scales, scales, "constant")
+    prompts = _prompts(c.vocab_size, lengths=(70, 40), seed=8)
+    want, want_logits = _run(Generator(model, prefill_chunk=None), prompts)
+    got, got_logits = _run(Generator(model, prefill_chunk=32), prompts)
+    assert got.tolist() == want.tolist()
+    assert np.abs(got_logits - want_logits).max() / np.abs(want_logits).max() < LOGIT_TOL
