@@ -21,8 +21,11 @@ from tests.fuzz import builders as B
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-c", "import sys; from jquant.cli import main; sys.exit(main(sys.argv[1:]))"]
+# The driver restores Python's SIGINT handler: a shell starts background jobs (`cmd &`, nohup)
+# with SIGINT ignored, and Python then keeps it ignored, which is not what this test is about.
 DRIVER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from jquant.convert import canonical
 real = canonical.write_safetensors
 def slow(*a, **k):
