@@ -113,6 +113,16 @@ def _split_rows(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
     return both[:, 0], both[:, 1]
 
 
+def _first_tokens(model, last, lengths, cache, keys, sampling):
+    """End of a prefill: (tokens, logits, keys, cache) from the hidden states ``last`` [B, hidden] at
+    each row's last prompt token. Slots past each prompt were padding: the cache's length becomes
+    ``lengths`` (a scalar when every prompt has it)."""
+    cache = dataclasses.replace(cache, length=lengths)
+    logits = model.logits(last)
+    keys, now = _split_rows(keys)
+    return _sample_rows(logits, now, sampling), logits, keys, cache
+
+
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
@@ -194,11 +204,7 @@ class Generator:
         h, cache = model.hidden_states(ids, cache)
         b = ids.shape[0]
         last = h[jnp.arange(b), jnp.broadcast_to(lengths, (b,)) - 1]  # [B, hidden] at each row's last prompt token
-        # slots past each prompt were padding; ``lengths`` is a scalar when every prompt has it
-        cache = dataclasses.replace(cache, length=lengths)
-        logits = model.logits(last)
-        keys, now = _split_rows(keys)
-        return _sample_rows(logits, now, sampling), logits, keys, cache
+        return _first_tokens(model, last, lengths, cache, keys, sampling)
 
     def _prefill_part_fn(self, state, ids, start, lengths, cache, last):
         """One chunk ``ids`` [B, C] of a long prompt at cache slots ``[start, start + C)``; ``last``
@@ -214,11 +220,7 @@ class Generator:
 
     def _prefill_end_fn(self, state, last, lengths, cache, keys, sampling):
         """The first tokens from the last prompt positions' hidden states (after `_prefill_part_fn`)."""
-        model = nnx.merge(self.graphdef, state)
-        cache = dataclasses.replace(cache, length=lengths)
-        logits = model.logits(last)
-        keys, now = _split_rows(keys)
-        return _sample_rows(logits, now, sampling), logits, keys, cache
+        return _first_tokens(nnx.merge(self.graphdef, state), last, lengths, cache, keys, sampling)
 
     def _chunked_prefill(self, padded, n, cache, keys, sampling):
         """`_prefill` for prompts longer than ``prefill_chunk``, one chunk at a time (one compilation)."""

@@ -332,8 +332,8 @@ class LlamaForCausalLM(nnx.Module):
             # The layer index rides in the carry too (i -> i + 1): XLA then sees a slice at the
             # loop's induction variable and hands a custom call (the CUDA kernels) its layer of the
             # stack in place. An index read from an ``arange`` scanned as input hides that, and
-            # every layer's weights were copied before each call (4.4 of 7.3 ms per decode step of
-            # the 8B-shaped W4A16 model on H200: bench/results/nvidia_h200/decode_step_profile.md).
+            # every layer's weights were copied before each call (4.4 of 7.4 ms per decode step of
+            # the 8B-shaped W4A16 model on H200: bench/results/nvidia_h200/decode_e2e_forms.md).
             def body(carry, state):
                 h, bufs, i = carry
                 layer = nnx.merge(graphdef, at_layer(weights, i), state)
