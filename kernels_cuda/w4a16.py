@@ -54,7 +54,8 @@ __all__ = [
 MAX_M = 16  # two n8 tiles of mma.m16n8k16 (the kernel's B operand is x^T)
 STEP_K = 128  # K columns per warp step (csrc: kStepK)
 ROWS_PER_WARP = 32
-MAX_SPLIT_BYTES = 48 * 1024  # shared memory for the staged activations of one K split (csrc: kMaxSplitBytes)
+MAX_SPLIT_BYTES = 48 * 1024  # shared memory the cost model gives the staged activations of one K split
+STAGING_LIMIT_BYTES = 96 * 1024  # what the kernel accepts (csrc: kMaxSplitBytes; + 64 KB ring < 227 KB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,15 +66,24 @@ class DecodeConfig:
         k_split: K columns per split (a multiple of 128); the grid's second axis is ceil(K / k_split).
         stages: depth of the shared-memory code ring in steps of 128 columns (64 bytes per
             thread): 4 or 8; stages - 1 steps stay in flight while one is computed.
-        warps: warps per block; each owns 32 weight rows.
+        warps: warps per block.
+        kslices: warps per 32-row group, splitting the block's K range between them (1, 2, 4 or 8,
+            dividing ``warps``); their sums meet in shared memory. A block holds
+            ``warps / kslices * 32`` weight rows.
+        direct: with a single K split, the kernel writes x's dtype itself (no f32 slab to sum).
     """
 
     k_split: int
     stages: int = 4
     warps: int = 8
+    kslices: int = 1
+    direct: bool = False
 
     def splits(self, k: int) -> int:
         return -(-k // self.k_split)
+
+    def rows_per_block(self) -> int:
+        return self.warps // self.kslices * ROWS_PER_WARP
 
 
 def smem_bytes(k_split: int, m: int) -> int:
@@ -85,6 +95,13 @@ def smem_bytes(k_split: int, m: int) -> int:
 # behind a barrier, the epilogue. Calibrated on H200 (bench/results/nvidia_h200/cuda_decode.md).
 BLOCK_OVERHEAD_STEPS = 3
 DEFAULT_BLOCKS_PER_SM = 2  # the occupancy query's answer for 8 warps and a 4-deep ring on H100/H200
+# In-block K slices the cost model may choose from, and what summing the f32 slabs of more than one
+# grid split costs (a second kernel) once a single split could write the output itself. Slices > 1
+# and the direct store compile and lower on CPU CI but have not been timed on a GPU yet, so the
+# model keeps to one slice and f32 slabs until a device run calibrates both
+# (bench/gpu/s9_decode_kslices.sh; `decode_config(..., kslice_choices=(1, 2, 4, 8), direct=True)`).
+KSLICE_CHOICES = (1,)
+REDUCTION_STEPS = 3
 
 
 def decode_config(
@@ -96,35 +113,47 @@ def decode_config(
     stages: int = 4,
     warps: int = 8,
     blocks_per_sm=None,
+    kslice_choices: tuple[int, ...] = KSLICE_CHOICES,
+    direct: bool = False,
+    max_split_bytes: int = MAX_SPLIT_BYTES,
 ) -> DecodeConfig:
-    """Picks the K split that balances the code bytes over the SMs with few block start-ups.
+    """Picks the K split (and in-block K slices) that balance the code bytes over the SMs.
 
-    A block streams ``k_split / 128`` steps of 2 KB per warp; with a 4-deep ring and 8 warps one
-    block per SM keeps enough bytes in flight, so what matters is the busiest SM: it runs
+    A warp streams its share of a block's K range in steps of 2 KB; with a 4-deep ring and 8 warps
+    one block per SM keeps enough bytes in flight, so what matters is the busiest SM: it runs
     ``ceil(blocks / num_sms)`` blocks, ``blocks_per_sm`` at a time, and pays a start-up per round.
-    The split minimizes ``ceil(blocks / num_sms) * steps_per_split + rounds * BLOCK_OVERHEAD_STEPS``
-    (fewer splits when that ties: less partial-sum traffic), subject to the staged activations
-    fitting `MAX_SPLIT_BYTES` of shared memory.
+    The split minimizes ``ceil(blocks / num_sms) * steps_per_warp + rounds * BLOCK_OVERHEAD_STEPS``
+    (+ `REDUCTION_STEPS` for more than one split when ``direct``; fewer splits, then fewer slices,
+    when that ties), subject to the staged activations fitting `MAX_SPLIT_BYTES` of shared memory.
 
     Args:
         blocks_per_sm: callable ``k_split -> blocks`` (the kernel's occupancy), default
             `blocks_per_sm_query` on a GPU, else `DEFAULT_BLOCKS_PER_SM`.
+        kslice_choices: in-block K slices to consider (each dividing ``warps``).
+        direct: let a single split write x's dtype directly (`DecodeConfig.direct`).
+        max_split_bytes: shared memory for one block's staged activations (at most
+            `STAGING_LIMIT_BYTES`; more than 48 KB lowers the occupancy `blocks_per_sm` reports).
     """
-    row_blocks = -(-n // (warps * ROWS_PER_WARP))
     steps = k // STEP_K
-    max_steps = MAX_SPLIT_BYTES // smem_bytes(STEP_K, m)
+    max_steps = min(max_split_bytes, STAGING_LIMIT_BYTES) // smem_bytes(STEP_K, m)
     if blocks_per_sm is None:
         blocks_per_sm = lambda ks: DEFAULT_BLOCKS_PER_SM  # noqa: E731
     best = None
-    for splits in range(-(-steps // max_steps), min(steps, 64) + 1):
-        per = -(-steps // splits)
-        splits_eff = -(-steps // per)
-        per_sm = -(-(row_blocks * splits_eff) // num_sms)
-        rounds = -(-per_sm // max(1, blocks_per_sm(per * STEP_K)))
-        cost = (per_sm * per + rounds * BLOCK_OVERHEAD_STEPS, splits_eff)
-        if best is None or cost < best[0]:
-            best = (cost, per)
-    return DecodeConfig(k_split=best[1] * STEP_K, stages=stages, warps=warps)
+    for kslices in kslice_choices:
+        row_blocks = -(-n // (warps // kslices * ROWS_PER_WARP))
+        for splits in range(-(-steps // max_steps), min(steps, 64) + 1):
+            per = -(-steps // splits)
+            splits_eff = -(-steps // per)
+            per_sm = -(-(row_blocks * splits_eff) // num_sms)
+            rounds = -(-per_sm // max(1, blocks_per_sm(per * STEP_K)))
+            reduction = REDUCTION_STEPS if direct and splits_eff > 1 else 0
+            cost = (per_sm * -(-per // kslices) + rounds * BLOCK_OVERHEAD_STEPS + reduction, splits_eff, kslices)
+            if best is None or cost < best[0]:
+                best = (cost, per, kslices, splits_eff)
+    _, per, kslices, splits_eff = best
+    return DecodeConfig(
+        k_split=per * STEP_K, stages=stages, warps=warps, kslices=kslices, direct=direct and splits_eff == 1
+    )
 
 
 def blocks_per_sm_query(x_dtype, scale_dtype, m: int, group: int, stages: int, warps: int, kind: int = 0):
@@ -317,9 +346,11 @@ def w4a16_decode(
     offset = int(w.qtype.bias)  # added to the zero point (GPTQ's uint4b8: 8, no zero tensor)
     zero = w.zero if w.zero is not None else jnp.zeros((1,), jnp.uint8)
     scale, kind_attrs = kind_operands(w, x.dtype)
+    # One split and no second scale: the kernel writes x's dtype, nothing is left to sum.
+    direct = cfg.direct and cfg.splits(k) == 1 and w.scale2 is None and not partials
     partial = call_kernel(
         "jquant_w4a16_decode",
-        jax.ShapeDtypeStruct((cfg.splits(k), m, n), jnp.float32),
+        jax.ShapeDtypeStruct((cfg.splits(k), m, n), x.dtype if direct else jnp.float32),
         (x2, w.data if tiled is None else tiled, scale, zero),
         poison=poison,
         group=np.int64(group),
@@ -329,10 +360,13 @@ def w4a16_decode(
         stages=np.int64(cfg.stages),
         warps=np.int64(cfg.warps),
         tiled=np.int64(tiled is not None),
+        kslices=np.int64(cfg.kslices),
         **kind_attrs,
     )
     if partials:
         return partial
+    if direct:
+        return partial.reshape(*lead, n)
     return apply_scale2(partial.sum(axis=0), w).astype(x.dtype).reshape(*lead, n)
 
 

@@ -37,6 +37,11 @@
 //     so the B fragment of every mma is one conflict-free 8-byte shared load.
 //   * Split-K over blockIdx.y keeps >= 4 blocks per SM on small N; the partials are summed by
 //     the caller (one small fused XLA reduction).
+//   * Split-K inside the block (`kslices` > 1): the block's warps form warps / kslices row groups
+//     of 32 rows, and the kslices warps of a row group walk consecutive parts of the block's K
+//     range; their sums meet in shared memory in slice order (deterministic). Small layers then
+//     need fewer grid splits, and with one split the block writes x's dtype directly: no partial
+//     slabs and no reduction kernel after the call.
 // References: PTX ISA, "Matrix Fragments for mma.m16n8k16" (fragment ownership) and "prmt"; the
 // LOP3 magic-number conversion follows FasterTransformer / Marlin (IST-DASLab/marlin, `dequant`).
 #pragma once
@@ -53,7 +58,7 @@ namespace jquant::decode {
 enum Mode : int { kScaleOnAcc = 0, kOneGroupPerChunk = 1, kTwoGroupsPerChunk = 2 };
 constexpr int kStepK = 128;                // K columns per warp step (a quad reads 64 bytes per row)
 constexpr int kRowsPerWarp = 32;           // two m16 tiles
-constexpr int kMaxSplitBytes = 48 * 1024;  // shared memory for the staged activations of one split
+constexpr int kMaxSplitBytes = 96 * 1024;  // shared memory for the staged activations of one split
 
 // Stage x[:M, k0:k0+ks] into shared memory in B-fragment order:
 //   xs[((((t * 4 + i) * 2 + h) * NT + nt) * 32 + lane)] = the b0, b1 registers of mma (i, h)
@@ -107,10 +112,11 @@ __device__ __forceinline__ void stage_x(uint2* xs, float* xsum, const T* __restr
 //   sum_k table[q] s x_k  = s * sum_k table[q] x_k                                          kCodebook
 // (products exact in the mma, f32 sums; the MAGIC term cancels up to f32 rounding of ~2^-17 relative).
 template <typename T, typename ST, int NT, int STAGES, int KIND, int MODE>
-__global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x, const uint8_t* __restrict__ codes,
+__global__ void __launch_bounds__(256, 2) decode_kernel(const T* __restrict__ x, const uint8_t* __restrict__ codes,
                                                         const ST* __restrict__ scale, const void* __restrict__ zero,
-                                                        float* __restrict__ out, int m, int n, int k, int group,
-                                                        int ks, int bias, int has_zero, int tiled, Codebook cb) {
+                                                        void* __restrict__ out, int m, int n, int k, int group,
+                                                        int ks, int bias, int has_zero, int tiled, Codebook cb,
+                                                        int kslices, int out_act) {
   using Tr = Half2Traits<T>;
   using T2 = typename Tr::T2;
   using ZT = std::conditional_t<KIND == kFloatZero, ST, uint8_t>;
@@ -121,12 +127,23 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int q = lane & 3, r = lane >> 2;
   const int split = blockIdx.y;
-  const int k0 = split * ks;
-  const int steps = min(ks, k - k0) / kStepK;
-  const int warp_global = blockIdx.x * (blockDim.x / 32) + warp;
+  // The block's K range [kb, kb + block_steps * 128) is staged once; warp `warp` is slice `slice`
+  // of row group `rgroup` and walks `steps` of it from step `s0` (column k0). Its row group's
+  // other slices hold the rest; a slice past the end has no steps.
+  const int kb = split * ks;
+  const int block_steps = min(ks, k - kb) / kStepK;
+  int s0, steps, warp_global;
+  {
+    const int rgroups = (blockDim.x >> 5) / kslices, rgroup = warp % rgroups, slice = warp / rgroups;
+    const int per_slice = (block_steps + kslices - 1) / kslices;
+    s0 = min(block_steps, slice * per_slice);
+    steps = min(block_steps, s0 + per_slice) - s0;
+    warp_global = blockIdx.x * rgroups + rgroup;
+  }
+  const int k0 = kb + s0 * kStepK;
   const int row_base = warp_global * kRowsPerWarp + r;
   const int groups = k / group;
-  float* xsum = reinterpret_cast<float*>(xs + static_cast<size_t>(steps) * 4 * 2 * NT * 32);
+  float* xsum = reinterpret_cast<float*>(xs + static_cast<size_t>(block_steps) * 4 * 2 * NT * 32);
 
   // The 4 rows this thread reads: row_base + {0, 8, 16, 24} (clamped for scales and canonical codes;
   // out-of-range rows are computed on a duplicate and never stored).
@@ -134,12 +151,13 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
   const ST* srow[4];
   const ZT* zrow[4];
   const int step_bytes = tiled ? 4 * 512 : kStepK / 2;
+  const int tile = min(warp_global, (n - 1) / kRowsPerWarp);
   const bool zeros = KIND == kFloatZero || (KIND == kInt && has_zero);
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const int row = min(row_base + 8 * j, n - 1);
-    if (tiled)
-      wptr[j] = codes + ((static_cast<size_t>(warp_global) * (k / kStepK) + k0 / kStepK) * 4 + j) * 512 + lane * 16;
+    if (tiled)  // (a warp past the last 32-row tile reads the last one, like the clamped rows)
+      wptr[j] = codes + ((static_cast<size_t>(tile) * (k / kStepK) + k0 / kStepK) * 4 + j) * 512 + lane * 16;
     else
       wptr[j] = codes + static_cast<size_t>(row) * (k / 2) + k0 / 2 + q * 16;
     srow[j] = scale + static_cast<size_t>(row) * groups;
@@ -157,7 +175,7 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
   // (no registers held by loads in flight, so STAGES - 1 steps = (STAGES - 1) * 64 bytes per thread
   // stay in flight at any occupancy). Each thread only reads back what it copied itself, so
   // cp.async.wait_group is the only synchronization. Scales and zeros use a 2-deep register ring.
-  uint4* ring = reinterpret_cast<uint4*>(xsum + steps * NT * 8);  // [STAGES][4][blockDim.x]
+  uint4* ring = reinterpret_cast<uint4*>(xsum + block_steps * NT * 8);  // [STAGES][4][blockDim.x]
   const int nthreads = blockDim.x;
   auto issue = [&](int step) {
     if (step < steps) {
@@ -195,9 +213,9 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
   };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) issue(s);
-  load_scales(s_cur, z_cur);
+  if (steps > 0) load_scales(s_cur, z_cur);  // (an empty slice would read past its row's scales)
 
-  stage_x<T, NT, KIND == kCodebook>(xs, xsum, x, m, k, k0, steps);
+  stage_x<T, NT, KIND == kCodebook>(xs, xsum, x, m, k, kb, block_steps);
   __syncthreads();
 
   // MAGIC + the code's bias: what (MAGIC + q) loses to become q - bias.
@@ -212,6 +230,9 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.0f;
 
+  // This warp's part of the staged activations and their sums.
+  const uint2* xs_w = xs + static_cast<size_t>(s0) * (4 * 2 * NT * 32);
+  const float* xsum_w = xsum + s0 * NT * 8;
   for (int step = 0; step < steps; ++step) {
     issue(step + STAGES - 1);
     if (step + 1 < steps) load_scales(s_next, z_next);
@@ -257,7 +278,7 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
         z_cur[j][u] = z_next[j][u];
       }
     }
-    const uint2* xf = xs + static_cast<size_t>(step) * (4 * 2 * NT * 32) + lane;
+    const uint2* xf = xs_w + static_cast<size_t>(step) * (4 * 2 * NT * 32) + lane;
     // Per-value dequantization constants (not kScaleOnAcc), as pairs of T.
     T2 s2[4][kSubs], z2[4][kSubs];
     if constexpr (!kOnAcc) {
@@ -308,7 +329,7 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
       }
     }
     if constexpr (kOnAcc) {
-      const float* xs_step = xsum + step * NT * 8;
+      const float* xs_step = xsum_w + step * NT * 8;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const float2 xv = *reinterpret_cast<const float2*>(xs_step + nt * 8 + 2 * q);
@@ -329,8 +350,37 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
   }
   cp_async_wait<0>();
 
+  if (kslices > 1) {
+    // Slices 1.. hand their sums to slice 0 through the code ring (no copies are in flight any
+    // more): [warp][fragment value][lane], conflict-free; slice 0 adds them in slice order.
+    float* red = reinterpret_cast<float*>(xsum + block_steps * NT * 8);
+    const int rgroups = (blockDim.x >> 5) / kslices, rgroup = warp % rgroups, slice = warp / rgroups;
+    constexpr int kVals = 2 * NT * 4;
+    __syncthreads();
+    if (slice > 0) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) red[(warp * kVals + (mt * NT + nt) * 4 + c) * 32 + lane] = acc[mt][nt][c];
+    }
+    __syncthreads();
+    if (slice > 0) return;
+    for (int sl = 1; sl < kslices; ++sl) {
+      const int from = sl * rgroups + rgroup;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[mt][nt][c] += red[(from * kVals + (mt * NT + nt) * 4 + c) * 32 + lane];
+    }
+  }
+
   // Accumulator fragment: c0, c1 -> (row r, cols 2q, 2q+1); c2, c3 -> (row r + 8, same cols).
-  float* o = out + static_cast<size_t>(split) * m * n;
+  // f32 partial slab `split` of [S, M, N], or (out_act, one split) x's dtype [M, N].
+  const size_t slab = static_cast<size_t>(split) * m * n;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
@@ -339,7 +389,12 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
       for (int c = 0; c < 4; ++c) {
         const int row = row_base + 16 * mt + (c >= 2 ? 8 : 0);
         const int col = nt * 8 + 2 * q + (c & 1);
-        if (row < n && col < m) o[static_cast<size_t>(col) * n + row] = acc[mt][nt][c];
+        if (row >= n || col >= m) continue;
+        const size_t at = slab + static_cast<size_t>(col) * n + row;
+        if (out_act)
+          static_cast<T*>(out)[at] = static_cast<T>(acc[mt][nt][c]);
+        else
+          static_cast<float*>(out)[at] = acc[mt][nt][c];
       }
     }
   }
@@ -348,10 +403,12 @@ __global__ void __launch_bounds__(256, 1) decode_kernel(const T* __restrict__ x,
 struct Launch {
   cudaStream_t stream;
   const void *x, *codes, *scale, *zero;
-  float* out;
+  void* out;  // f32 [S, M, N], or x's dtype [1, M, N] when out_act
   int m, n, k, group, ks, bias, warps;
   bool has_zero, tiled;
   Codebook cb;
+  int kslices = 1;  // warps per row group along K (divides warps)
+  bool out_act = false;
   int* blocks_per_sm = nullptr;  // when set: report the kernel's occupancy instead of launching
 };
 
@@ -370,7 +427,7 @@ cudaError_t launch_typed(const Launch& a) {
   const size_t smem = smem_bytes(a.ks, NT, STAGES, a.warps * 32);
   if (a.blocks_per_sm) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(a.blocks_per_sm, kernel, a.warps * 32, smem);
   const int splits = (a.k + a.ks - 1) / a.ks;
-  const int rows_per_block = a.warps * kRowsPerWarp;
+  const int rows_per_block = a.warps / a.kslices * kRowsPerWarp;
   dim3 grid((a.n + rows_per_block - 1) / rows_per_block, splits);
   if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -378,7 +435,8 @@ cudaError_t launch_typed(const Launch& a) {
   }
   kernel<<<grid, a.warps * 32, smem, a.stream>>>(static_cast<const T*>(a.x), static_cast<const uint8_t*>(a.codes),
                                                  static_cast<const ST*>(a.scale), a.zero, a.out, a.m, a.n, a.k,
-                                                 a.group, a.ks, a.bias, a.has_zero ? 1 : 0, a.tiled ? 1 : 0, a.cb);
+                                                 a.group, a.ks, a.bias, a.has_zero ? 1 : 0, a.tiled ? 1 : 0, a.cb,
+                                                 a.kslices, a.out_act ? 1 : 0);
   return cudaGetLastError();
 }
 

@@ -63,7 +63,7 @@ ffi::DataType scale_storage(ScaleType st) {
 
 std::string check(ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale, ffi::AnyBuffer zero,
                   const ffi::AnyBuffer& out, int64_t group, int64_t k_split, int64_t has_zero, int64_t warps,
-                  int64_t tiled, int64_t kind, int64_t scale_type) {
+                  int64_t tiled, int64_t kind, int64_t scale_type, int64_t kslices) {
   const auto xd = x.dimensions(), wd = codes.dimensions(), sd = scale.dimensions(), od = out.dimensions();
   if (xd.size() != 2 || wd.size() != 2 || sd.size() != 2 || od.size() != 3)
     return "x, codes, scale must be 2-D and out 3-D";
@@ -82,9 +82,10 @@ std::string check(ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale, 
     return "scale storage does not match scale type " + std::to_string(scale_type) +
            " (f32 / f16 / bf16; fp8 e4m3 / e8m0 as uint8, codebooks only)";
   if (m < 1 || m > 16 || k % kStepK != 0 || !(group % 32 == 0 || group == 16) || k % group != 0 ||
-      k_split % kStepK != 0 || k_split < kStepK || warps < 1 || warps > 8)
+      k_split % kStepK != 0 || k_split < kStepK || warps < 1 || warps > 8 || kslices < 1 || warps % kslices != 0)
     return "unsupported M=" + std::to_string(m) + " K=" + std::to_string(k) + " group=" + std::to_string(group) +
-           " k_split=" + std::to_string(k_split);
+           " k_split=" + std::to_string(k_split) + " warps=" + std::to_string(warps) +
+           " kslices=" + std::to_string(kslices);
   if (sd[1] != k / group) return "scale " + dims_str(sd) + " does not match K/G=" + std::to_string(k / group);
   const size_t nz = size_t(n * (k / group));
   if (kind == kInt && has_zero && (zero.element_type() != ffi::DataType::U8 || zero.element_count() != nz))
@@ -92,9 +93,10 @@ std::string check(ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale, 
   if (kind == kFloatZero && (zero.element_type() != scale.element_type() || zero.element_count() != nz))
     return "float zeros must have the scale's dtype and shape";
   const int64_t splits = (k + k_split - 1) / k_split;
-  if (od[0] != splits || od[1] != m || od[2] != n || out.element_type() != ffi::DataType::F32)
-    return "out must be f32 [S, M, N] = (" + std::to_string(splits) + ", " + std::to_string(m) + ", " +
-           std::to_string(n) + "), got " + dims_str(od);
+  if (od[0] != splits || od[1] != m || od[2] != n ||
+      !(out.element_type() == ffi::DataType::F32 || (splits == 1 && out.element_type() == xt)))
+    return "out must be [S, M, N] = (" + std::to_string(splits) + ", " + std::to_string(m) + ", " +
+           std::to_string(n) + "), f32 (or x's dtype when S == 1), got " + dims_str(od);
   if (smem_bytes(int(k_split), m > 8 ? 2 : 1, 0, 0) > kMaxSplitBytes) return "k_split too large for shared memory";
   return "";
 }
@@ -102,9 +104,10 @@ std::string check(ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale, 
 ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer codes, ffi::AnyBuffer scale,
                            ffi::AnyBuffer zero, ffi::Result<ffi::AnyBuffer> out, int64_t group, int64_t k_split,
                            int64_t bias, int64_t has_zero, int64_t stages, int64_t warps, int64_t tiled,
-                           int64_t kind, int64_t scale_type, int64_t cb0, int64_t cb1, int64_t cb2, int64_t cb3) {
+                           int64_t kind, int64_t scale_type, int64_t cb0, int64_t cb1, int64_t cb2, int64_t cb3,
+                           int64_t kslices) {
   const std::string why =
-      check(x, codes, scale, zero, *out, group, k_split, has_zero, warps, tiled, kind, scale_type);
+      check(x, codes, scale, zero, *out, group, k_split, has_zero, warps, tiled, kind, scale_type, kslices);
   if (!why.empty()) return ffi::Error::InvalidArgument("jquant_w4a16_decode: " + why);
   const auto xd = x.dimensions();
   Launch a{stream,
@@ -112,7 +115,7 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
            codes.untyped_data(),
            scale.untyped_data(),
            zero.untyped_data(),
-           static_cast<float*>(out->untyped_data()),
+           out->untyped_data(),
            int(xd[0]),
            int(scale.dimensions()[0]),
            int(xd[1]),
@@ -122,7 +125,9 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
            int(warps),
            has_zero != 0,
            tiled != 0,
-           unpack_codebook(cb0, cb1, cb2, cb3)};
+           unpack_codebook(cb0, cb1, cb2, cb3),
+           int(kslices),
+           out->element_type() != ffi::DataType::F32};
   const ScaleType st = static_cast<ScaleType>(scale_type);
   const cudaError_t err = x.element_type() == ffi::DataType::BF16
                               ? launch_kind<__nv_bfloat16>(int(kind), st, int(stages), a)
@@ -132,7 +137,8 @@ ffi::Error W4A16DecodeImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer
 }
 
 // x [M, K], codes (canonical [N, K/2] or tiled), scale [N, K/G], zero ([N, K/G] or a 1-element
-// dummy) -> partial sums [S, M, N] f32, plus the launch attributes.
+// dummy) -> partial sums [S, M, N] f32 (or, with one split, [1, M, N] in x's dtype), plus the launch
+// attributes.
 template <typename B>
 auto decode_binding(B&& args) {
   return std::forward<B>(args)
@@ -149,7 +155,8 @@ auto decode_binding(B&& args) {
       .template Attr<int64_t>("cb0")
       .template Attr<int64_t>("cb1")
       .template Attr<int64_t>("cb2")
-      .template Attr<int64_t>("cb3");
+      .template Attr<int64_t>("cb3")
+      .template Attr<int64_t>("kslices");
 }
 
 }  // namespace

@@ -185,6 +185,36 @@ def test_lowers_for_cuda(m, zero, perm):
 
 
 @needs_nvcc
+@pytest.mark.parametrize("k_split, kslices", [(1024, 4), (512, 8)])
+def test_decode_lowers_with_in_block_k_slices(k_split, kslices):
+    w = jax.tree_util.tree_map(jnp.asarray, make_weight(np.random.default_rng(0), 512, 1024, bits=4, group=128))
+    x = jnp.zeros((3, 1024), jnp.bfloat16)
+    cfg = DecodeConfig(k_split=k_split, kslices=kslices, direct=True)
+    text = jax.jit(lambda x, w: w4a16_decode(x, w, cfg)).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+    call = next(line for line in text.splitlines() if "custom_call @jquant_w4a16_decode" in line)
+    splits = 1024 // k_split
+    # one split and `direct`: the kernel writes bf16 itself; several: f32 partial slabs summed by XLA
+    assert f"-> tensor<{splits}x3x512x{'bf16' if splits == 1 else 'f32'}>" in call, call
+    assert f"kslices = {kslices}" in call and f"k_split = {k_split}" in call, call
+    assert ("reduce" in text) == (splits > 1)
+
+
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+def test_decode_config_defaults_to_one_slice_and_f32_slabs(shape, m):
+    # Slices > 1 and the direct store are not timed on a GPU yet: the default choice is unchanged.
+    cfg = decode_config(m, shape.n, shape.k, num_sms=132, blocks_per_sm=lambda ks: 2)
+    assert (cfg.kslices, cfg.direct) == (1, False)
+    wide = decode_config(
+        m, shape.n, shape.k, num_sms=132, blocks_per_sm=lambda ks: 2, kslice_choices=(1, 2, 4, 8), direct=True
+    )
+    assert cfg.warps % wide.kslices == 0 and wide.direct == (wide.splits(shape.k) == 1)
+    assert wide.splits(shape.k) <= cfg.splits(shape.k)  # slices replace grid splits, never add some
+    if shape.name == "8b_o" and m == 1:  # 16 row blocks of 8 warps: slices cut the f32 slabs 8 -> 2
+        assert (wide.kslices, wide.splits(shape.k)) == (4, 2), wide
+
+
+@needs_nvcc
 @pytest.mark.parametrize("m, zero, perm, k_split", [(40, False, False, 1024), (130, True, True, 256)])
 def test_gemm_lowers_for_cuda(m, zero, perm, k_split):
     w = make_weight(np.random.default_rng(m), 512, 1024, bits=4, group=64, zero=zero, perm=perm)

@@ -69,6 +69,27 @@ def test_launch_configs(stages, warps, k_split):
         _check(y, x, w, f"{cfg} m={m}")
 
 
+@pytest.mark.parametrize("kslices", [2, 4, 8])
+@pytest.mark.parametrize("k_split", [384, 4224])
+@pytest.mark.parametrize("wid, wkw", WEIGHTS[:3], ids=[w[0] for w in WEIGHTS[:3]])
+def test_in_block_k_slices(kslices, k_split, wid, wkw):
+    # K = 33 steps: slices of unequal length, and (k_split 384, 8 slices) slices with no steps;
+    # k_split 4224 is one split, written directly in x's dtype.
+    rng = np.random.default_rng(kslices * 7 + k_split)
+    w = make_weight(rng, 777, 4224, bits=4, **wkw)
+    for m in (1, 9) if k_split == 384 else (1, 5):  # (one split of 33 steps stages x for M <= 8 only)
+        x = jnp.asarray(rng.standard_normal((m, w.shape[1])), jnp.bfloat16)
+        cfg = DecodeConfig(k_split=k_split, kslices=kslices, direct=True)
+        y = jax.jit(functools.partial(w4a16_decode, cfg=cfg, poison=True))(x, _dev(w))
+        assert y.dtype == jnp.bfloat16
+        _check(y, x, w, f"{wid} {cfg} m={m}")
+        ref = jax.jit(functools.partial(w4a16_decode, cfg=DecodeConfig(k_split=k_split)))(x, _dev(w))
+        np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref, np.float32), rtol=2e-2, atol=2e-2)
+    t = tile_codes(jnp.asarray(w.data), *w.shape)
+    y2 = jax.jit(functools.partial(w4a16_decode, cfg=cfg, tiled=t))(x, _dev(w))
+    np.testing.assert_array_equal(np.asarray(y2, np.float32), np.asarray(y, np.float32))
+
+
 def test_dispatcher_picks_it():
     rng = np.random.default_rng(0)
     w = _dev(make_weight(rng, 4096, 4096, bits=4, group=128))
