@@ -333,6 +333,22 @@ def cuda_sweep_configs(m: int, n: int, k: int):
     return out
 
 
+def kslice_sweep_configs(m: int, n: int, k: int):
+    """Launch configs tried by ``--kslice-sweep``: 1, 2, 4, 8 in-block K slices x 1..16 grid splits
+    (as far as the staged activations fit the kernel's limit), one split stored directly in x's dtype."""
+    from kernels_cuda.w4a16 import STAGING_LIMIT_BYTES, STEP_K, DecodeConfig, smem_bytes
+
+    steps = k // STEP_K
+    out = []
+    for kslices in (1, 2, 4, 8):
+        for splits in sorted({1, 2, 3, 4, 6, 8, 11, 16}):
+            per = -(-steps // splits)
+            if splits > steps or smem_bytes(per * STEP_K, m) > STAGING_LIMIT_BYTES:
+                continue
+            out.append(DecodeConfig(k_split=per * STEP_K, kslices=kslices, direct=True))
+    return list(dict.fromkeys(out))
+
+
 def gemm_sweep_configs(m: int, n: int, k: int):
     """Launch configs of the CUDA GEMM kernel tried by ``--gemm-sweep``: every block shape with
     M / 4 < bm <= M, both ring depths, and 1, 2, 4, 8 K splits (plus the heuristic's)."""
@@ -575,6 +591,9 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also sweep Pallas tile configs on 70b_o / 8b_gate_up")
     p.add_argument("--cuda-sweep", action="store_true", help="sweep the CUDA decode kernel's launch configs")
     p.add_argument("--gemm-sweep", action="store_true", help="sweep the CUDA GEMM kernel's launch configs")
+    p.add_argument(
+        "--kslice-sweep", action="store_true", help="sweep the CUDA decode kernel's in-block K slices x grid splits"
+    )
     p.add_argument("--wgmma-sweep", action="store_true", help="sweep the wgmma kernel's launch configs")
     p.add_argument("--no-extras", action="store_true", help="skip the M sweep / group / 8-bit cases")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cases after this many seconds")
@@ -609,6 +628,21 @@ def main(argv=None) -> int:
                 break
             sh = SHAPES_BY_NAME[shape]
             sweeps += sweep(sh, m, cuda_sweep_configs(m, sh.n, sh.k), iters=10, group=g, kernel="cuda")
+
+    if args.kslice_sweep:
+        for shape, m in (
+            ("8b_o", 1),
+            ("8b_qkv", 1),
+            ("8b_down", 1),
+            ("8b_gate_up", 1),
+            ("8b_o", 16),
+            ("8b_qkv", 16),
+            ("70b_o", 1),
+        ):
+            if time.time() - t0 > args.budget_s:
+                break
+            sh = SHAPES_BY_NAME[shape]
+            sweeps += sweep(sh, m, kslice_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda")
 
     if args.gemm_sweep:
         for shape, m in (
