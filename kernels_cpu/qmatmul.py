@@ -37,11 +37,11 @@ import numpy as np
 
 from jquant.core.qarray import QArray
 from jquant.ops.backend import Backend, register_backend, why_not_operands
+from jquant.ops.qmatmul import layer_view
 from kernels_cpu.caps import CAPS, M_MAX, code_table, more_reasons
 
 __all__ = [
     "CAPS",
-    "OPERAND_CAPS",
     "CpuQmatmulBackend",
     "cpu_qmatmul",
     "code_table",
@@ -57,22 +57,11 @@ __all__ = [
 ]
 
 ISAS = ("scalar", "avx2", "avx512")
-OPERAND_CAPS = CAPS.operands()
-_more = more_reasons
 
 
 def why_not(x, w: QArray) -> str:
     """ "" when `cpu_qmatmul` computes ``x @ dequantize(w).T`` when called directly, else why not."""
-    return why_not_operands(OPERAND_CAPS, x, w, more=_more)
-
-
-def _layer_view(w: QArray) -> QArray:
-    """The per-layer `QArray` of stacked arrays (leading layer axis), as shape structs (checks only)."""
-
-    def one(a):
-        return None if a is None else jax.ShapeDtypeStruct(a.shape[1:], a.dtype)
-
-    return w.replace(data=one(w.data), scale=one(w.scale), zero=one(w.zero), perm=one(w.perm))
+    return why_not_operands(CAPS, x, w, more=more_reasons)
 
 
 def cpu_qmatmul(x: jax.Array, w: QArray, layer: jax.Array | int | None = None) -> jax.Array:
@@ -89,8 +78,7 @@ def cpu_qmatmul(x: jax.Array, w: QArray, layer: jax.Array | int | None = None) -
     Raises:
         ValueError: the kernel cannot read ``w`` (`why_not`).
     """
-    view = w if layer is None else _layer_view(w)
-    why = why_not(x, view)
+    why = why_not(x, w if layer is None else layer_view(w))
     if why:
         raise ValueError(f"kernels_cpu qmatmul: {why}")
     from kernels_cpu.build import register
@@ -128,8 +116,7 @@ class CpuQmatmulBackend(Backend):
     # Takes ``layer=`` (jquant.ops.qmatmul): reads a scanned model's layer of the stacked weights in place.
     reads_stacked = True
 
-    def why_not_more(self, call) -> str:
-        return _more(call)
+    why_not_more = staticmethod(more_reasons)
 
     def unavailable(self, call) -> str:
         from kernels_cpu.build import BuildError, register

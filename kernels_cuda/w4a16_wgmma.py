@@ -54,8 +54,7 @@ MIN_M = 40
 
 # What the kernel reads: the decode kernel's operands, except 16-column groups of integer codes
 # (Q3_K) and of codebooks with other than e4m3 scales (csrc/wgmma_kinds.cu builds NVFP4's alone).
-OPERAND_CAPS = dataclasses.replace(DECODE_CAPS, m_max=None)
-CAPS = dataclasses.replace(OPERAND_CAPS, m_min=MIN_M, cc_min=(9, 0), cc_max=(9, 0))
+CAPS = dataclasses.replace(DECODE_CAPS, m_min=MIN_M, m_max=None, cc_min=(9, 0), cc_max=(9, 0))
 
 
 def _why_not_more(call) -> str:
@@ -67,9 +66,7 @@ def _why_not_more(call) -> str:
 
 def why_not(x, w) -> str:
     """Empty string when the kernel computes ``x @ dequantize(w).T`` for these operands (any M), else why not."""
-    return why_not_operands(OPERAND_CAPS, x, w, more=_why_not_more) or (
-        "" if math.prod(x.shape[:-1]) else "empty activations"
-    )
+    return why_not_operands(CAPS, x, w, more=_why_not_more)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +154,7 @@ class W4A16WgmmaBackend(CudaBackend):
     name = "cuda_w4a16_wgmma"
     caps = CAPS
 
-    def why_not_more(self, call):
-        return _why_not_more(call)
+    why_not_more = staticmethod(_why_not_more)
 
     def __call__(self, x, w, act=None):
         return w4a16_wgmma(x, w)

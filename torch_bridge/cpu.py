@@ -39,7 +39,7 @@ import torch
 
 from jquant.core.qarray import QArray
 from jquant.core.qtypes import QType
-from jquant.core.routing import Capabilities
+from jquant.core.routing import ANY, Capabilities
 from kernels_cpu.caps import CAPS as KERNEL_CAPS
 from kernels_cpu.caps import code_table as kernel_code_table
 from kernels_cpu.caps import more_reasons as kernel_more_reasons
@@ -102,9 +102,7 @@ class DequantMatmul(TorchBackend):
     """``act(x[:, perm]) @ dequantize_permuted(w).T`` in float32; every qtype, every device."""
 
     name = "torch_dequant_matmul"
-    caps = Capabilities(
-        platforms=None, zeros=None, scale_dtypes=None, scale2=True, row_blocks=None, act_dtypes=None, act=None
-    )
+    caps = Capabilities.any_weight(ANY, act_dtypes=ANY, act=ANY)
 
     def prepare(self, w, device, dtype, act_quant):
         names, tensors = canonical_tensors(w, device)
@@ -243,8 +241,7 @@ class CpuKernel(TorchBackend):
     # (torch's int8 pack kernel, else one dequantization and the BLAS GEMM).
     caps = dataclasses.replace(KERNEL_CAPS, m_max=MAX_M, act_dtypes=None)
 
-    def why_not_more(self, call):
-        return kernel_more_reasons(call)
+    why_not_more = staticmethod(kernel_more_reasons)
 
     def unavailable(self, call):
         from kernels_cpu.build import BuildError
@@ -264,28 +261,15 @@ class CpuKernel(TorchBackend):
         return _spec(self.name, w, ["table"] + cnames, bits=q.container_bits, bias=bias), [table] + ctensors
 
     def run(self, x, tensors, spec):
-        i_data, i_scale, i_zero, i_perm, static = _kernel_args(spec)
-        xa = x.index_select(-1, tensors[i_perm].long()) if i_perm >= 0 else x
-        xa = xa.float().contiguous()
-        y = torch.empty((x.shape[0], spec.shape[0]), dtype=torch.float32)
-        data, scale = tensors[i_data], tensors[i_scale]
-        zero = tensors[i_zero] if i_zero >= 0 else None
-        rc = _cpu_library().jquant_cpu_qmatmul_raw(
-            xa.data_ptr(), y.data_ptr(), x.shape[0], spec.shape[0], spec.shape[1], data.data_ptr(),
-            int(data.dtype == torch.int8), scale.data_ptr(), _DT[scale.dtype],
-            None if zero is None else zero.data_ptr(), 4 if zero is None else _DT[zero.dtype],
-            tensors[0].data_ptr(), *static,
-        )  # fmt: skip
-        if rc != 0:  # unreachable after `supports`: the declarations and the kernel's checks disagree
-            raise ValueError(f"torch_cpu_qmatmul: the kernel refused {spec.shape} {spec.block} (code {rc})")
-        return y.to(x.dtype)
+        return self.bind(tensors, spec)(x)
 
     def bind(self, tensors, spec):
-        """`run` with the layer's pointers and static arguments resolved once (the same kernel call).
+        """The kernel call with the layer's pointers and static arguments resolved once.
 
-        A decode token makes ~200 of these calls on a small model, each ~20-80 us of kernel: `run`'s
-        per-call spec lookup, five ``data_ptr`` reads and dtype casts were a visible share of it.
-        The closure holds ``tensors``, so the pointers stay valid while it lives.
+        A decode token makes ~200 of these calls on a small model, each ~20-80 us of kernel: the spec
+        lookup, five ``data_ptr`` reads and dtype casts per call (what `run` still does, through the
+        custom op) were a visible share of it. The closure holds ``tensors``, so the pointers stay
+        valid while it lives.
         """
         i_data, i_scale, i_zero, i_perm, static = _kernel_args(spec)
         data, scale = tensors[i_data], tensors[i_scale]
@@ -307,7 +291,7 @@ class CpuKernel(TorchBackend):
             m = xa.shape[0]
             y = torch.empty((m, n), dtype=f32)
             rc = fn(xa.data_ptr(), y.data_ptr(), m, n, k, *w_args)
-            if rc != 0:  # as in `run`
+            if rc != 0:  # unreachable after `supports`: the declarations and the kernel's checks disagree
                 raise ValueError(f"torch_cpu_qmatmul: the kernel refused {spec.shape} {spec.block} (code {rc})")
             return y if x.dtype == f32 else y.to(x.dtype)
 

@@ -27,14 +27,11 @@ class ScaledMMFp8(TorchBackend):
 
     name = "torch_scaled_mm_fp8"
     MIN_M = 32
-    caps = Capabilities(
-        platforms=frozenset({"cuda"}),
+    caps = Capabilities.any_weight(
+        frozenset({"cuda"}),
         cc_min=(8, 9),
         codes=frozenset({"fp8_e4m3"}),
         zeros=frozenset({"none"}),
-        scale_dtypes=None,
-        scale2=True,
-        row_blocks=None,
         channel_only=True,
         k_multiple=16,
         act_dtypes=frozenset({"bfloat16"}),  # row-wise scaled_mm writes bf16 only

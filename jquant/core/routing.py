@@ -219,6 +219,12 @@ class Capabilities:
     cc_min: tuple[int, int] | None = None
     cc_max: tuple[int, int] | None = None
 
+    @classmethod
+    def any_weight(cls, platforms: frozenset[str] | None, **kw) -> Capabilities:
+        """A record that reads every weight layout (zeros, scale dtypes and blocks, ``scale2``: `ANY`);
+        ``kw`` sets the other fields (``codes``, activations, M range) or narrows these."""
+        return cls(platforms, **{"zeros": ANY, "scale_dtypes": ANY, "scale2": True, "row_blocks": ANY, **kw})
+
     def describe(self) -> dict[str, str]:
         """The record as short strings, for tables (`jquant kernels`)."""
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jquant.core import jnp_dequant
 from jquant.core.qarray import QArray
-from jquant.core.routing import Call, Capabilities, Route
+from jquant.core.routing import ANY, Call, Capabilities, Route
 from jquant.ops.act_quant import fake_quantize
 from jquant.ops.backend import BACKENDS, REGISTRY, Backend, register_backend
 from jquant.ops.device import current_device
@@ -65,15 +65,7 @@ class XlaReference(Backend):
     """The XLA reference as a backend: every call on every platform (the spec; last on CPU/TPU)."""
 
     name = "xla_reference"
-    caps = Capabilities(
-        platforms=frozenset({"cpu", "gpu", "tpu"}),
-        zeros=None,
-        scale_dtypes=None,
-        scale2=True,
-        row_blocks=None,
-        act_dtypes=None,
-        act=None,
-    )
+    caps = Capabilities.any_weight(frozenset({"cpu", "gpu", "tpu"}), act_dtypes=ANY, act=ANY)
 
     def __call__(self, x, w, act=None):
         return reference_qmatmul(x, w, act)
@@ -89,13 +81,7 @@ class XlaDequantDot(Backend):
     """
 
     name = "xla_dequant_dot"
-    caps = Capabilities(
-        platforms=frozenset({"gpu"}),
-        zeros=None,
-        scale_dtypes=None,
-        scale2=True,
-        row_blocks=None,
-    )
+    caps = Capabilities.any_weight(frozenset({"gpu"}))
 
     def __call__(self, x, w, act=None):
         wd = jnp_dequant.dequantize_permuted(w).astype(x.dtype)  # [N, K], columns in data order

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from jquant.core import jnp_dequant
 from jquant.core.qarray import QArray
-from jquant.core.routing import Capabilities
+from jquant.core.routing import ANY, Capabilities
 from jquant.ops.backend import Backend, register_backend
 
 __all__ = ["XlaCpuChunked", "chunked_qmatmul", "chunk_rows"]
@@ -181,14 +181,7 @@ class XlaCpuChunked(Backend):
     """`chunked_qmatmul` on CPU, ahead of the XLA reference: every code type and block layout."""
 
     name = "xla_cpu_chunked"
-    caps = Capabilities(
-        platforms=frozenset({"cpu"}),
-        zeros=None,
-        scale_dtypes=None,
-        scale2=True,
-        row_blocks=None,
-        act_dtypes=None,
-    )
+    caps = Capabilities.any_weight(frozenset({"cpu"}), act_dtypes=ANY)
 
     def __call__(self, x, w, act=None):
         return chunked_qmatmul(x, w)

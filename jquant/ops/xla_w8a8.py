@@ -58,8 +58,6 @@ register_pytree()
 # Default bound on the f32 partials [blocks, M, N] of the K-blocked dot (chunked above it).
 MAX_PARTIAL_BYTES = 512 << 20
 _SCALE_DTYPES = ("float32", "float16", "bfloat16", "float8_e8m0fnu")
-# Activation qtype each weight code kind pairs with.
-_ACT_FOR_CODES = {"fp8": "fp8_e4m3", "int8": "int8", "uint8b128": "int8"}
 
 
 def w8a8_code_kind(w: QArray) -> str | None:
@@ -93,13 +91,11 @@ def _kblk(k: int, a_bk: int, w_bk: int) -> int:
 # What an 8-bit-dot W8A8 path reads (the Pallas kernel narrows it): fp8 e4m3 / int8 / uint8b128
 # codes without zero points, any scale block, the recipes it fuses (symmetric fp8 / int8 per token,
 # per tensor, per group, or a static per-tensor scale; `jquant.core.routing.act_kind`).
-W8A8_CAPS = Capabilities(
-    platforms=frozenset({"gpu"}),
+W8A8_CAPS = Capabilities.any_weight(
+    frozenset({"gpu"}),
     codes=frozenset({"fp8_e4m3", "int8", "uint8"}),
     zeros=frozenset({"none"}),
     scale_dtypes=frozenset(_SCALE_DTYPES),
-    scale2=True,
-    row_blocks=None,
     act_dtypes=frozenset({"bfloat16", "float16", "float32"}),
     act=frozenset({f"{t}:{g}" for t in ("fp8", "int8") for g in ("token", "tensor", "static", "group*")}),
 )
@@ -218,8 +214,7 @@ class XlaW8A8(Backend):
     name = "xla_w8a8"
     caps = W8A8_CAPS
 
-    def why_not_more(self, call):
-        return w8a8_pair_reason(call)
+    why_not_more = staticmethod(w8a8_pair_reason)
 
     def __call__(self, x, w, act=None):
         return xla_w8a8_matmul(x, w, act)

@@ -50,10 +50,7 @@ class TritonWxA16(TorchBackend):
     """Weight-only kernel: every canonical qtype (int 1/2/4/8-bit, int8, fp8, codebooks), any block, zeros."""
 
     name = "torch_triton_wxa16"
-    caps = Capabilities(
-        platforms=_PLATFORMS, zeros=None, scale_dtypes=None, scale2=True, row_blocks=None, act_dtypes=_ACT_DTYPES,
-        m_max=PREFILL_DEQUANT_M - 1,
-    )  # fmt: skip
+    caps = Capabilities.any_weight(_PLATFORMS, act_dtypes=_ACT_DTYPES, m_max=PREFILL_DEQUANT_M - 1)
 
     def unavailable(self, call):
         return _unavailable(call)
@@ -102,13 +99,10 @@ class TritonW8A8(TorchBackend):
     def __init__(self, scheme: str):
         self.scheme = scheme
         self.name = f"torch_triton_w8a8_{scheme}"
-        self.caps = Capabilities(
-            platforms=_PLATFORMS,
+        self.caps = Capabilities.any_weight(
+            _PLATFORMS,
             codes=frozenset({"fp8_e4m3"} if scheme == "fp8" else {"int8", "uint8"}),
             zeros=frozenset({"none"}),
-            scale_dtypes=None,
-            scale2=True,
-            row_blocks=None,
             act_dtypes=_ACT_DTYPES,
             act=frozenset({f"{scheme}:token", f"{scheme}:group*"}),
         )
