@@ -58,6 +58,9 @@ class Attention(nnx.Module):
         # gpt-oss: one learned sink logit per query head (`jquant.models.attention_sinks`).
         has_sinks = f"{prefix}.sinks" in w
         self.sinks = nnx.Param(w.get(f"{prefix}.sinks", (nh,))) if has_sinks else nnx.data(None)
+        # How a decode step (one query per row, with a cache) attends: "xla" (below), "pallas" or
+        # "pallas-interpret" (`jquant.pallas.decode_attention`; `LlamaForCausalLM.set_decode_attention`).
+        self.decode_attention = "xla"
 
     def __call__(
         self,
@@ -107,12 +110,28 @@ class Attention(nnx.Module):
             else:
                 kv, keys, values, k_scale, v_scale = write_layer(kv, k, v, start)
             kpos = jnp.arange(keys.shape[1], dtype=jnp.int32)[None]  # slot = position; later slots masked as future
+        g = self.num_heads // self.num_kv_heads
+        qg = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)
+        if self.decode_attention != "xla" and t == 1 and kv is not None:
+            from jquant.pallas.decode_attention import pallas_decode_attention
+
+            out = pallas_decode_attention(
+                qg[:, 0],
+                keys,
+                values,
+                positions[:, 0],
+                window=self.window,
+                k_scale=k_scale,
+                v_scale=v_scale,
+                sinks=None if self.sinks is None else self.sinks[...],
+                interpret=self.decode_attention == "pallas-interpret",
+            )
+            out = self.o_proj(out.astype(x.dtype).reshape(b, t, self.num_heads * self.head_dim))
+            return out, kv
         # per row: a ragged batch (`jquant.models.generate`) has each row at its own position
         allowed = kpos[:, None, :] <= positions[:, :, None]  # [B, T, S]
         if self.window is not None:  # Mistral / Qwen2 sliding window: key within the last `window` positions
             allowed &= positions[:, :, None] - kpos[:, None, :] < self.window
-        g = self.num_heads // self.num_kv_heads
-        qg = q.reshape(b, t, self.num_kv_heads, g, self.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
         scores = scores * (self.head_dim**-0.5)
         if k_scale is not None:  # q . (code * s) = (q . code) * s: dequantized inside attention
@@ -287,6 +306,33 @@ class LlamaForCausalLM(nnx.Module):
     def decoder_layer(cfg: DecoderConfig, w: Weights, layer: int, *, fuse: bool) -> DecoderLayer:
         """Decoder layer ``layer`` (subclasses swap its MLP: `jquant.models.mixtral`)."""
         return DecoderLayer(cfg, w, layer, fuse=fuse)
+
+    def set_decode_attention(self, kind: str) -> None:
+        """How decode steps attend over the cache: ``"xla"`` (the default: masked dots over every
+        slot), ``"pallas"`` (on a GPU: one kernel per layer reading only the visible slots, cache
+        codes dequantized in registers, `jquant.pallas.decode_attention`) or
+        ``"pallas-interpret"`` (that kernel in the Pallas interpreter: CPU tests).
+
+        Raises:
+            ConfigError: unknown ``kind``, ``"pallas"`` off a GPU, or shapes / dtypes the kernel
+                does not take.
+        """
+        if kind not in ("xla", "pallas", "pallas-interpret"):
+            raise ConfigError(f"decode attention {kind!r}: expected 'xla', 'pallas' or 'pallas-interpret'")
+        if kind == "pallas" and default_platform() != "gpu":
+            raise ConfigError(f"decode attention 'pallas' runs on a GPU, not {default_platform()}")
+        if kind != "xla":
+            from jquant.pallas.decode_attention import why_not
+
+            cfg = self.config
+            q = jax.ShapeDtypeStruct((1, cfg.num_key_value_heads, 1, cfg.head_dim), self.dtype)
+            code = self.kv_quant.code_dtype if self.kv_quant is not None else self.dtype
+            why = why_not(q, jax.ShapeDtypeStruct((1, 1, cfg.num_key_value_heads, cfg.head_dim), code))
+            if why:
+                raise ConfigError(f"decode attention {kind!r}: {why}")
+        layers = [self.stacked_layers] if self.stacked_layers is not None else list(self.layers)
+        for layer in layers:
+            layer.self_attn.decode_attention = kind
 
     def rope_tables(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
         """cos, sin [B, T, head_dim] for int32 positions [B, T] (gpt-oss overrides it for YaRN)."""
