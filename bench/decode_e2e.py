@@ -308,10 +308,11 @@ def device_weights(weights: Mapping, dtype):
     return DeviceWeights(weights, dtype, source="random weights (bench.decode_e2e)")
 
 
-def build_model(cfg, variant: str, seed: int = 0, scan_layers: bool | None = None):
+def build_model(cfg, variant: str, seed: int = 0, scan_layers: bool | None = None, decode_attention: str = "xla"):
     """The jquant `LlamaForCausalLM` with random weights of ``variant``, bf16 compute.
 
-    ``scan_layers``: the model's stacked-layers switch (None: the model's default).
+    ``scan_layers``: the model's stacked-layers switch (None: the model's default);
+    ``decode_attention``: `LlamaForCausalLM.set_decode_attention`.
     """
     import jax
     import jax.numpy as jnp
@@ -321,6 +322,7 @@ def build_model(cfg, variant: str, seed: int = 0, scan_layers: bool | None = Non
 
     w = device_weights(RandomWeights(cfg, variant, seed), jnp.bfloat16)
     model = LlamaForCausalLM(cfg, w, scan_layers=scan_layers)
+    model.set_decode_attention(decode_attention)
     if w.unused():
         raise RuntimeError(f"weights not used by the model: {w.unused()[:5]}")
     jax.block_until_ready(nnx.state(model))
@@ -462,6 +464,7 @@ def run(
     scan_layers: bool | None = None,
     variants: tuple[str, ...] = DEFAULT_VARIANTS,
     kv_cache_dtypes: tuple[str, ...] = DEFAULT_KV_CACHE_DTYPES,
+    decode_attention: str = "xla",
 ) -> dict:
     """Builds, runs and times each variant; returns the result dict written to JSON.
 
@@ -476,6 +479,7 @@ def run(
         variants: `VARIANTS` to run (bf16 always runs first: the ratios' baseline).
         kv_cache_dtypes: `jquant.models.kv_quant.KV_CACHE_DTYPES` to run each variant with, in
             order (the first bf16 row is the ratios' baseline); scales from the first prefill.
+        decode_attention: how every variant's decode steps attend ("xla" or "pallas").
     """
     import jax
 
@@ -498,7 +502,7 @@ def run(
     variants = ("bf16", *(v for v in variants if v != "bf16"))
     for variant in variants:
         t0 = time.perf_counter()
-        model = build_model(cfg, variant, seed, scan_layers)
+        model = build_model(cfg, variant, seed, scan_layers, decode_attention)
         build_s = time.perf_counter() - t0
         held, _ = model_bytes(model)
         read = held - 2 * cfg.vocab_size * cfg.hidden_size  # a decode step reads every weight but the embedding
@@ -579,6 +583,7 @@ def run(
             True: "stacked under lax.scan",
             False: "unrolled",
         }[scan_layers],
+        decode_attention=decode_attention,
         config={
             k: getattr(cfg, k)
             for k in (
@@ -645,7 +650,7 @@ def write_report(out: str | os.PathLike, env: dict, result: dict) -> tuple[Path,
         f"- model: vocab {c['vocab_size']}, hidden {c['hidden_size']}, intermediate {c['intermediate_size']}, "
         f"{c['num_hidden_layers']} layers, {c['num_attention_heads']} heads / {c['num_key_value_heads']} kv heads, "
         f"head_dim {c['head_dim']}, rope {c['rope'].get('rope_type')}, untied lm_head; "
-        f"layers {result.get('scan_layers', 'auto')}",
+        f"layers {result.get('scan_layers', 'auto')}; decode attention {result.get('decode_attention', 'xla')}",
         "- w4a16: block linears uint4b8 g128, fp16 scales; fp8_dynamic: block linears fp8 e4m3 per-channel, f32"
         " scales, dynamic per-token fp8 activations; embeddings, norms, lm_head bf16 in both."
         " bf16: every weight bf16 (XLA dot, f32 accumulation).",
@@ -719,6 +724,12 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="layers stacked under lax.scan or unrolled (auto: the model default, stacked on the CPU, unrolled on a GPU)",
     )
+    ap.add_argument(
+        "--decode-attention",
+        choices=("xla", "pallas"),
+        default="xla",
+        help="decode steps' attention: XLA over every cache slot, or the Pallas kernel over the visible ones",
+    )
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<card>/)")
     args = ap.parse_args(argv)
     env = env_info()
@@ -743,6 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         scan,
         variants,
         kv_dtypes,
+        args.decode_attention,
     )
     md, js = write_report(args.out or default_out(env), env, result)
     _log(f"wrote {md} and {js}")

@@ -3,18 +3,29 @@ decode step (``hidden_states`` + ``logits`` for one token with a KV cache), time
 by kernel name, for the bf16 and W4A16 variants of `bench.decode_e2e`'s Llama-3-8B-shaped model.
 
     python -m bench.profile_decode_step [--layers 32] [--scan auto|on|off] [--top 12] [--tokens 1]
+        [--position 0] [--decode-attention xla|pallas]
 
-``--tokens T`` profiles a prefill step of T prompt tokens instead (M = T in every linear layer).
+``--tokens T`` profiles a prefill step of T prompt tokens instead (M = T in every linear layer);
+``--position P`` starts the step with P cache slots already written (of 256 + P).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 
 
-def profile(variant: str, layers: int | None, scan: bool | None, top: int, tokens: int = 1) -> list[str]:
+def profile(
+    variant: str,
+    layers: int | None,
+    scan: bool | None,
+    top: int,
+    tokens: int = 1,
+    position: int = 0,
+    decode_attention: str = "xla",
+) -> list[str]:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -23,9 +34,10 @@ def profile(variant: str, layers: int | None, scan: bool | None, top: int, token
     from bench.decode_e2e import build_model, make_config
 
     cfg = make_config("llama3-8b", layers)
-    model = build_model(cfg, variant, 0, scan)
+    model = build_model(cfg, variant, 0, scan, decode_attention)
     graphdef, state = nnx.split(model)
-    cache = model.init_cache(1, 256)
+    cache = model.init_cache(1, 256 + position)
+    cache = dataclasses.replace(cache, length=jnp.asarray(position, jnp.int32))
 
     def step(state, ids, cache):
         m = nnx.merge(graphdef, state)
@@ -41,6 +53,7 @@ def profile(variant: str, layers: int | None, scan: bool | None, top: int, token
         by_name[name].append(ms)
     total = sum(ms for _, ms in kernels)
     what = "decode step" if tokens == 1 else f"{tokens}-token prefill step"
+    what += f" at position {position} ({decode_attention} attention)"
     rows = [f"## {variant}: {len(kernels)} kernels, {total:.3f} ms of GPU time per {what}", ""]
     rows += ["| kernel | calls | ms | share |", "|---|---|---|---|"]
     for name, ts in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]:
@@ -56,11 +69,14 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--tokens", type=int, default=1, help="tokens per step (> 1: a prefill step)")
     p.add_argument("--variants", default="bf16,w4a16")
+    p.add_argument("--position", type=int, default=0, help="cache slots already written before the step")
+    p.add_argument("--decode-attention", choices=("xla", "pallas"), default="xla")
     args = p.parse_args(argv)
     scan = {"auto": None, "on": True, "off": False}[args.scan]
     lines = []
     for variant in args.variants.split(","):
-        lines += profile(variant, args.layers, scan, args.top, args.tokens) + [""]
+        lines += profile(variant, args.layers, scan, args.top, args.tokens, args.position, args.decode_attention)
+        lines += [""]
         print("\n".join(lines[-args.top - 6 :]), flush=True)
     print("\n".join(lines))
     return 0
