@@ -64,7 +64,7 @@ def _blind(a, positions, fill):
     return jnp.asarray(out, a.dtype)
 
 
-def _check(q, k, v, positions, *, scales=None, cfg=None, **kw):
+def _check(q, k, v, positions, *, scales=None, cfg=None, interpret=True, **kw):
     ks, vs = (None, None) if scales is None else (jnp.asarray(scales[0]), jnp.asarray(scales[1]))
     fill = np.nan if jnp.issubdtype(k.dtype, jnp.floating) else 127  # int8 has no NaN: a huge code
     got = pallas_decode_attention(
@@ -75,7 +75,7 @@ def _check(q, k, v, positions, *, scales=None, cfg=None, **kw):
         k_scale=ks,
         v_scale=vs,
         cfg=cfg,
-        interpret=True,
+        interpret=interpret,
         **kw,
     )
     want = _xla_attention(q, _blind(k, positions, 0), _blind(v, positions, 0), positions, k_scale=ks, v_scale=vs, **kw)
@@ -120,7 +120,7 @@ def test_rejects_what_it_cannot_run():
         pallas_decode_attention(q, jnp.zeros((1, 8, 2, 64)), jnp.zeros((1, 8, 2, 64)), jnp.zeros(1))
 
 
-@pytest.mark.parametrize("cache", ["bf16", "fp8"])
+@pytest.mark.parametrize("cache", ["bf16", "fp8", "int8"])
 def test_lowers_for_cuda(cache):
     q, k, v, scales = _case(np.random.default_rng(0), b=1, slots=4096, kv=8, d=128, cache=cache)
     ks = None if scales is None else jnp.asarray(scales[0])
@@ -128,14 +128,16 @@ def test_lowers_for_cuda(cache):
     text = f.trace(q, k, v, jnp.zeros(1, jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 1, "one kernel per call"
     # the whole cache goes in as stored: fp8 codes are not converted outside the kernel
-    assert f"tensor<1x4096x8x128x{'f8E4M3FN' if cache == 'fp8' else 'bf16'}>" in text
+    assert f"tensor<1x4096x8x128x{dict(fp8='f8E4M3FN', int8='i8').get(cache, 'bf16')}>" in text
 
 
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8_e4m3", "int8"])
-def test_model_decode_with_the_kernel(kv_cache_dtype):
-    ckpt = jquant.convert(hf_dir("llama3"))
+@pytest.mark.parametrize(
+    "arch, kv_cache_dtype", [("llama3", "auto"), ("llama3", "fp8_e4m3"), ("llama3", "int8"), ("mistral", "auto")]
+)
+def test_model_decode_with_the_kernel(arch, kv_cache_dtype):
+    ckpt = jquant.convert(hf_dir(arch))
     model = from_checkpoint(ckpt, dtype=jnp.bfloat16, kv_cache_dtype=kv_cache_dtype)
-    prompt = [[5, 17, 99, 3, 250, 7]]
+    prompt = [[5, 17, 99, 3, 250, 7, 8, 9, 10, 11]]  # longer than mistral's sliding window of 8
     runs = {}
     for kind in ("xla", "pallas-interpret"):
         model.set_decode_attention(kind)
