@@ -8,7 +8,7 @@
 source bench/gpu/lib.sh att
 build
 log "decode attention tests"
-timeout 120 python -m pytest -q -x -p no:cacheprovider tests/pallas/test_decode_attention_interpret.py \
+timeout 150 python -m pytest -q -x -p no:cacheprovider tests/pallas/test_decode_attention_interpret.py tests/pallas/test_decode_attention_gpu.py \
   > "$L/tests.log" 2>&1; log "rc=$?"; tail -2 "$L/tests.log" | tee -a "$OUT/steps.log"
 for A in xla pallas; do
   log "profile w4a16 step, position 512, $A attention"
