@@ -70,6 +70,11 @@ def _spec(backend: str, w: QArray, names, act_quant=None, **extra) -> KernelSpec
     )
 
 
+def perm_tensors(w: QArray, device) -> tuple[list[str], list[torch.Tensor]]:
+    """``(["perm"], [perm as int64 on device])`` for an act-order weight, else two empty lists."""
+    return (["perm"], [w.perm.to(device).long()]) if w.perm is not None else ([], [])
+
+
 def canonical_from(tensors: list[torch.Tensor], spec: KernelSpec) -> QArray:
     """Rebuilds the canonical `QArray` from the tensors passed under the canonical field names."""
     fields = {n: t for n, t in zip(spec.names, tensors) if n in _FIELDS}
@@ -206,9 +211,8 @@ class CpuInt8Pack(TorchBackend):
         data = w.data.to(device)
         wi8 = data if w.qtype.signed else (data ^ 0x80).view(torch.int8)  # uint8b128: code - 128
         s = block_scale(w).to(device).repeat_interleave(w.block[0], dim=0)[: w.n, 0].contiguous()
-        names = ["w_int8", "scale"] + (["perm"] if w.perm is not None else [])
-        tensors = [wi8.contiguous(), s] + ([w.perm.to(device).long()] if w.perm is not None else [])
-        return _spec(self.name, w, names), tensors
+        pn, pt = perm_tensors(w, device)
+        return _spec(self.name, w, ["w_int8", "scale"] + pn), [wi8.contiguous(), s] + pt
 
     def run(self, x, tensors, spec):
         xa = x.index_select(-1, tensors[2]) if len(tensors) > 2 else x

@@ -16,7 +16,7 @@ import torch
 from jquant.core.routing import Capabilities
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import TorchBackend, register_backend
-from torch_bridge.cpu import _spec
+from torch_bridge.cpu import _spec, perm_tensors
 from torch_bridge.dequant import block_scale
 
 __all__ = ["ScaledMMFp8"]
@@ -46,10 +46,9 @@ class ScaledMMFp8(TorchBackend):
 
     def prepare(self, w, device, dtype, act_quant):
         s = block_scale(w).to(device).repeat_interleave(w.block[0], dim=0)[: w.n, 0]  # [N] f32
-        names = ["w_t", "scale_b"] + (["perm"] if w.perm is not None else [])
+        pn, pt = perm_tensors(w, device)
         tensors = [w.data.to(device).t(), s.reshape(1, w.n).contiguous()]  # [K, N] column-major view
-        tensors += [w.perm.to(device).long()] if w.perm is not None else []
-        return _spec(self.name, w, names, act_quant=act_quant), tensors
+        return _spec(self.name, w, ["w_t", "scale_b"] + pn, act_quant=act_quant), tensors + pt
 
     def run(self, x, tensors, spec):
         w_t, scale_b = tensors[0], tensors[1]

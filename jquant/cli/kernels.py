@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = ["register", "run", "table_rows", "markdown"]
 
+_COLUMNS = ("#", "backend", "codes", "act", "M", "cc")
+
 
 def register(sub) -> None:
     p = sub.add_parser("kernels", help="the qmatmul routing table (backends in the order they are tried)")
@@ -37,7 +39,7 @@ def _rows(registry, platform: str, status) -> list[dict[str, str]]:
     rows = []
     for i, name in enumerate(registry.table(platform), 1):
         b = registry.backends.get(name)
-        d = b.caps.describe() if b is not None else dict.fromkeys(("codes", "act", "M", "cc"), "")
+        d = b.caps.describe() if b is not None else dict.fromkeys(_COLUMNS[2:], "")
         rows.append({"#": str(i), "backend": name, **d, "status": status(b)})
     return rows
 
@@ -56,10 +58,9 @@ def table_rows(device, *, runtime: bool) -> list[dict[str, str]]:
 
 def markdown(device) -> str:
     """The routing table of ``device`` as markdown (declarations only, as the README shows it)."""
-    rows = table_rows(device, runtime=False)
-    cols = ["#", "backend", "codes", "act", "M", "cc"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f"`{r[c]}`" if c == "backend" else r[c] for c in cols) + " |" for r in rows]
+    lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    for r in table_rows(device, runtime=False):
+        lines.append("| " + " | ".join(f"`{r[c]}`" if c == "backend" else r[c] for c in _COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -82,11 +83,10 @@ def run(args) -> int:
     explicit = args.device is not None or args.sm is not None
     where = f"torch {args.torch}" if args.torch else str(device)
     t = Table(title=f"qmatmul routing on {where} (first backend whose capabilities cover the call runs it)")
-    for c in ("#", "backend", "codes", "act", "M", "cc", "status"):
+    for c in (*_COLUMNS, "status"):
         t.add_column(c)
-    rows = torch_rows(args.torch) if args.torch else table_rows(device, runtime=not explicit)
-    for r in rows:
-        t.add_row(*(r[c] for c in ("#", "backend", "codes", "act", "M", "cc", "status")))
+    for r in torch_rows(args.torch) if args.torch else table_rows(device, runtime=not explicit):
+        t.add_row(*(r[c] for c in (*_COLUMNS, "status")))
     Console().print(t)
     if device.platform == "gpu" and not args.torch:
         print("Falls back to xla_reference (the f32 spec) only for calls no backend takes (f32 activations).")

@@ -139,20 +139,6 @@ class QType:
             return np.dtype(getattr(ml_dtypes, self.storage))
         return np.dtype(np.int8) if self.signed else np.dtype(np.uint8)
 
-    @property
-    def value_range(self) -> tuple[float, float]:
-        """Smallest and largest decoded value (before scaling)."""
-        if self.codebook is not None:
-            return min(self.codebook), max(self.codebook)
-        if self.storage is not None:
-            import ml_dtypes
-
-            info = ml_dtypes.finfo(getattr(ml_dtypes, self.storage))
-            return float(info.min), float(info.max)
-        if self.signed:
-            return -128.0, 127.0
-        return float(-self.bias), float((1 << self.bits) - 1 - self.bias)
-
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 

@@ -344,10 +344,7 @@ class Backend(abc.ABC):
 
     def reason(self, call: Call, *, runtime: bool = True) -> str:
         """ "" when this backend takes ``call``, else why not (``runtime=False``: by its declaration only)."""
-        why = check(self.caps, call) or self.why_not_more(call)
-        if not why and runtime:
-            why = self.unavailable(call)
-        return why
+        return check(self.caps, call) or self.why_not_more(call) or (self.unavailable(call) if runtime else "")
 
 
 @dataclasses.dataclass(frozen=True)

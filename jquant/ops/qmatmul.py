@@ -95,11 +95,10 @@ register_backend(XlaReference())
 register_backend(XlaDequantDot())
 
 
-# Kernel packages that register backends on import, per platform (tokamax's guarded imports): loaded
+# The modules whose import registers each platform's backends (tokamax's guarded imports): loaded
 # the first time the dispatcher runs on that platform, so `qmatmul` users need not import them.
-# The modules whose import registers each platform's backends. kernels_cpu registers from its
-# `qmatmul` module: the package itself may already be imported without JAX (the Torch bridge's
-# ctypes use), and importing it again would register nothing.
+# kernels_cpu registers from its `qmatmul` module: the package itself may already be imported
+# without JAX (the Torch bridge's ctypes use), and importing it again would register nothing.
 KERNEL_PACKAGES: dict[str, tuple[str, ...]] = {
     "gpu": ("jquant.pallas", "kernels_cuda"),
     "cpu": ("kernels_cpu.qmatmul",),

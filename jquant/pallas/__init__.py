@@ -1,23 +1,11 @@
 """jquant.pallas: Pallas GPU kernels, registered as `jquant.ops.qmatmul` backends on import.
 
-Backends (platform ``"gpu"``; their order is `jquant.ops.routes.ROUTES`):
-
-* ``pallas_triton_w8a8``: FP8 / INT8 W8A8 (fp8 e4m3, int8, uint8b128 codes; per-tensor,
-  per-channel, group and 128x128-block scales) with the activations quantized per token / group /
-  tensor in one XLA pass and the 8-bit products scaled in the kernel (`jquant.pallas.w8a8`).
-* ``pallas_triton_wna16_decode``: W4A16 / W8A16 group-wise and per-channel, M <= 64, split-K tiles
-  (`jquant.pallas.wna16_config.decode_config`).
-* ``pallas_triton_wna16_prefill``: same weights, M <= 127, tensor-core tiles (from M = 128 XLA's
-  dequantize -> cuBLAS dot is faster on Hopper).
-
-* ``pallas_triton_wxa16``: every other weight-only code type (float zeros of GGUF Q4_1 / K-quants,
-  16-column groups, 2-bit codes, codebooks NF4 / bnb FP4 / IQ4, fp4 E2M1 with e8m0 or e4m3 scales
-  and ``scale2``, fp8 W8A16), M <= 127, dequantized in registers (`jquant.pallas.wxa16`).
-
-and one `jquant.ops.grouped_qmatmul` backend (`jquant.ops.grouped.register_grouped_backend`):
-
-* ``pallas_triton_grouped``: MoE expert stacks of 4-bit integer, fp4 e2m1 (MXFP4 / NVFP4) and fp8
-  e4m3 codes, M <= 64, reading only the experts that have rows (`jquant.pallas.grouped_triton`).
+Backends (platform ``"gpu"``; their order and its reasons: `jquant.ops.routes.ROUTES`), each
+described in its module: ``pallas_triton_w8a8`` (FP8 / INT8 W8A8, `jquant.pallas.w8a8`),
+``pallas_triton_wna16_decode`` / ``pallas_triton_wna16_prefill`` (4/8-bit integer codes,
+`jquant.pallas.wna16_backend`), ``pallas_triton_wxa16`` (every other weight-only code type,
+`jquant.pallas.wxa16`), and the `jquant.ops.grouped_qmatmul` backend ``pallas_triton_grouped``
+(MoE expert stacks, `jquant.pallas.grouped_triton`).
 
 All lower through Pallas' Triton backend (``pltriton.CompilerParams``); CPU tests run them with
 ``interpret=True`` and lower them for CUDA on the CPU host.

@@ -8,7 +8,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-__all__ = ["launch"]
+__all__ = ["launch", "pow2_at_least"]
+
+
+def pow2_at_least(v: int, lo: int) -> int:
+    """The smallest ``lo * 2**i`` >= ``v`` (a tile edge for ``v`` rows, at least ``lo``)."""
+    p = lo
+    while p < v:
+        p *= 2
+    return p
 
 
 def launch(kernel, args: tuple, out_shape: jax.ShapeDtypeStruct, grid, cfg, *, out_dtype, interpret, name, poison):

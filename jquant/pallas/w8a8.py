@@ -36,6 +36,7 @@ from jquant.ops.xla_w8a8 import (
     w8a8_pair_reason,
     weight_scales_f32,
 )
+from jquant.pallas.launch import pow2_at_least
 from jquant.pallas.w8a8_triton import MIN_BK, W8A8Config, W8A8Layout, w8a8_matmul
 
 __all__ = [
@@ -91,13 +92,6 @@ def layout_of(w: QArray, act: ActQuant) -> W8A8Layout:
     return W8A8Layout(n=n, k=k, codes=w8a8_code_kind(w), a_bk=a_bk, w_bn=w_bn, w_bk=w_bk)
 
 
-def _pow2_at_least(v: int, lo: int) -> int:
-    p = lo
-    while p < v:
-        p *= 2
-    return p
-
-
 def _fit_bk(bk: int, lay: W8A8Layout) -> int:
     """Largest power of two <= bk dividing the K scale block (bk itself when scales are constant along K)."""
     if lay.k_blocked:
@@ -108,7 +102,7 @@ def _fit_bk(bk: int, lay: W8A8Layout) -> int:
 
 def decode_config(m: int, lay: W8A8Layout, *, num_sms: int = NUM_SMS_DEFAULT) -> W8A8Config:
     """Split-K tiles for M <= `DECODE_MAX_M`: every weight byte read once, about one program per SM."""
-    bm = min(_pow2_at_least(m, 16), 64)
+    bm = min(pow2_at_least(m, 16), 64)
     bn = 64
     bk = _fit_bk(256, lay)
     step = lay.kblk if lay.k_blocked else bk

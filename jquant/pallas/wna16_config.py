@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from jquant.ops.device import NUM_SMS_DEFAULT
-from jquant.pallas.launch import check_tiles
+from jquant.pallas.launch import check_tiles, pow2_at_least
 
 __all__ = ["WNA16Config", "decode_config", "prefill_config", "DECODE_MAX_M", "NUM_SMS_DEFAULT"]
 
@@ -64,13 +64,6 @@ class WNA16Config:
         check_tiles("WNA16Config", bm=self.bm, bn=self.bn, bk=self.bk, split_k=self.split_k, gemv=self.gemv)
 
 
-def _pow2_at_least(v: int, lo: int) -> int:
-    p = lo
-    while p < v:
-        p *= 2
-    return p
-
-
 def decode_config(m: int, n: int, k: int, *, bits: int, num_sms: int = NUM_SMS_DEFAULT) -> WNA16Config:
     """Split-K tiles for M <= `DECODE_MAX_M`.
 
@@ -80,7 +73,7 @@ def decode_config(m: int, n: int, k: int, *, bits: int, num_sms: int = NUM_SMS_D
     f32 GEMV were all slower. Split-K keeps >= 4 K steps per program.
     """
     del n, num_sms  # the measured optimum did not depend on them within the BENCH shapes
-    bm = _pow2_at_least(m, 16)
+    bm = pow2_at_least(m, 16)
     bk = 256
     split = max(1, min(4, k // (4 * bk)))
     return WNA16Config(

@@ -38,6 +38,7 @@ from jquant.core.qarray import QArray, register_pytree
 from jquant.core.routing import Call, Capabilities
 from jquant.ops.backend import Backend, why_not_operands
 from jquant.ops.device import NUM_SMS_DEFAULT, num_sms
+from jquant.pallas.launch import pow2_at_least
 from jquant.pallas.wxa16_triton import WXA16Config, WXA16Layout, scale_kind, value_kind, wxa16_matmul
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "decode_config",
     "layout_of",
     "prefill_config",
-    "planes_of",
     "why_not",
     "why_not_value",
     "wxa16_qmatmul",
@@ -98,11 +98,6 @@ def why_not(x, w) -> str:
     return why_not_operands(CAPS, x, w) or why_not_value(w.qtype)
 
 
-def planes_of(w: QArray) -> int:
-    """Codes per byte of ``w``'s container (the number of code planes, P)."""
-    return w.qtype.codes_per_byte
-
-
 def layout_of(w: QArray) -> WXA16Layout:
     """The kernel's static view of ``w`` (check `why_not` first)."""
     n, k = w.shape
@@ -123,13 +118,6 @@ def layout_of(w: QArray) -> WXA16Layout:
     )
 
 
-def _pow2_at_least(v: int, lo: int) -> int:
-    p = lo
-    while p < v:
-        p *= 2
-    return p
-
-
 def decode_config(m: int, n: int, k: int, *, planes: int, num_sms: int = NUM_SMS_DEFAULT) -> WXA16Config:
     """Split-K tiles for M <= `DECODE_MAX_M` (bandwidth-bound: each weight byte read once).
 
@@ -138,7 +126,7 @@ def decode_config(m: int, n: int, k: int, *, planes: int, num_sms: int = NUM_SMS
     per byte so that every container streams the same bytes per step.
     """
     del n, num_sms  # as for WNA16: the measured optimum did not depend on them on the BENCH shapes
-    bm = _pow2_at_least(m, 16)
+    bm = pow2_at_least(m, 16)
     bk = _STEP_BYTES * planes
     split = max(1, min(4, k // (4 * bk)))
     return WXA16Config(bm=bm, bn=64, bk=bk, split_k=split, num_warps=4, num_stages=_stages(3, bm, 64, bk, planes))
@@ -168,7 +156,7 @@ def config_for(m: int, w: QArray, *, num_sms: int | None = None) -> WXA16Config:
     """The heuristic's tiles for M rows of activations and weight ``w`` (decode or prefill by `DECODE_MAX_M`)."""
     n, k = w.shape
     pick = decode_config if m <= DECODE_MAX_M else prefill_config
-    return pick(m, n, k, planes=planes_of(w), num_sms=num_sms or NUM_SMS_DEFAULT)
+    return pick(m, n, k, planes=w.qtype.codes_per_byte, num_sms=num_sms or NUM_SMS_DEFAULT)
 
 
 def _bits_u8(a):
@@ -257,6 +245,4 @@ class PallasWXA16(Backend):
 
     def __call__(self, x, w, act=None):
         del act  # weight-only: the router composes an activation recipe before calling
-        m = math.prod(x.shape[:-1])
-        cfg = self.config or config_for(m, w, num_sms=num_sms())
-        return wxa16_qmatmul(x, w, cfg=cfg, interpret=self.interpret)
+        return wxa16_qmatmul(x, w, cfg=self.config, interpret=self.interpret)

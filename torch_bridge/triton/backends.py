@@ -10,7 +10,7 @@ import triton
 from jquant.core.routing import Capabilities
 from torch_bridge import act_quant as aq
 from torch_bridge.backend import TorchBackend, register_backend
-from torch_bridge.cpu import _spec, qtype_of
+from torch_bridge.cpu import _spec, perm_tensors, qtype_of
 from torch_bridge.dequant import block_scale
 from torch_bridge.triton.configs import PREFILL_DEQUANT_M
 from torch_bridge.triton.w8a8 import k_block, w8a8_matmul
@@ -42,10 +42,6 @@ def _no_fp8_dot() -> str:
     return ""
 
 
-def _perm_tensors(w, device):
-    return (["perm"], [w.perm.to(device).long()]) if w.perm is not None else ([], [])
-
-
 class TritonWxA16(TorchBackend):
     """Weight-only kernel: every canonical qtype (int 1/2/4/8-bit, int8, fp8, codebooks), any block, zeros."""
 
@@ -65,7 +61,7 @@ class TritonWxA16(TorchBackend):
         if w.qtype.codebook is not None:
             names.append("lut")
             tensors.append(lut_table(w.qtype, device))
-        pn, pt = _perm_tensors(w, device)
+        pn, pt = perm_tensors(w, device)
         return _spec(self.name, w, names + pn), tensors + pt
 
     @staticmethod
@@ -125,7 +121,7 @@ class TritonW8A8(TorchBackend):
         data = w.data.to(device)
         if w.qtype.kind == "int" and not w.qtype.signed:
             data = (data ^ 0x80).view(torch.int8)  # uint8b128 -> int8 value, lossless
-        pn, pt = _perm_tensors(w, device)
+        pn, pt = perm_tensors(w, device)
         names = ["w", "w_scale"] + pn
         tensors = [data.contiguous(), block_scale(w).to(device).contiguous()] + pt
         return _spec(self.name, w, names, act_quant=act_quant), tensors
