@@ -37,7 +37,7 @@ import json
 
 import torch
 
-from jquant.core.qarray import QArray
+from jquant.core.qarray import ARRAY_FIELDS, QArray
 from jquant.core.qtypes import QType
 from jquant.core.routing import ANY, Capabilities
 from kernels_cpu.caps import CAPS as KERNEL_CAPS
@@ -49,7 +49,6 @@ from torch_bridge.dequant import block_scale, dequantize_permuted, unpack_codes
 
 __all__ = ["DequantMatmul", "CpuKernel", "CpuInt4Pack", "CpuInt8Pack", "qtype_of", "canonical_from"]
 
-_FIELDS = ("data", "scale", "zero", "perm", "scale2")
 TINYGEMM_GROUPS = (256, 128, 64, 32)  # allowed qGroupSize of _weight_int4pack_mm_for_cpu, largest first
 
 
@@ -77,29 +76,22 @@ def perm_tensors(w: QArray, device) -> tuple[list[str], list[torch.Tensor]]:
 
 def canonical_from(tensors: list[torch.Tensor], spec: KernelSpec) -> QArray:
     """Rebuilds the canonical `QArray` from the tensors passed under the canonical field names."""
-    fields = {n: t for n, t in zip(spec.names, tensors) if n in _FIELDS}
+    fields = {n: t for n, t in zip(spec.names, tensors) if n in ARRAY_FIELDS}
     return QArray(**fields, qtype=qtype_of(spec.qtype), shape=spec.shape, block=spec.block)
-
-
-def prepare_activations(x: torch.Tensor, perm: torch.Tensor | None, spec: KernelSpec) -> torch.Tensor:
-    """``x[:, perm]`` then, for W8A8 calls, the activation fake-quantization (float32)."""
-    if perm is not None:
-        x = x.index_select(-1, perm)
-    if spec.act_quant is not None:
-        x = aq.fake_quant(x, spec.act_quant)
-    return x
 
 
 def canonical_tensors(w: QArray, device) -> tuple[list[str], list[torch.Tensor]]:
     """The canonical leaves on ``device`` (no copy when already there) under their field names."""
-    names = [f for f in _FIELDS if getattr(w, f) is not None]
+    names = [f for f in ARRAY_FIELDS if getattr(w, f) is not None]
     return names, [getattr(w, f).to(device) for f in names]
 
 
 def dequant_matmul(x: torch.Tensor, tensors: list[torch.Tensor], spec: KernelSpec) -> torch.Tensor:
     """``act(x[:, perm]) @ dequantize_permuted(w).T`` in float32, cast to ``x.dtype``."""
     w = canonical_from(tensors, spec)
-    xa = prepare_activations(x, w.perm.long() if w.perm is not None else None, spec)
+    xa = x if w.perm is None else x.index_select(-1, w.perm.long())
+    if spec.act_quant is not None:  # W8A8: the activation fake-quantization (float32)
+        xa = aq.fake_quant(xa, spec.act_quant)
     return (xa.float() @ dequantize_permuted(w).T).to(x.dtype)
 
 

@@ -7,13 +7,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from jquant.core.qarray import QArray
+from jquant.core.qarray import ARRAY_FIELDS, QArray
 from torch_bridge.ops import load_plan, prepare, qmatmul_prepared
 from torch_bridge.tensor import to_torch
 
 __all__ = ["QuantLinear", "fuse"]
-
-_FIELDS = ("data", "scale", "zero", "perm", "scale2")
 
 
 class QuantLinear(nn.Module):
@@ -56,7 +54,7 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = w.shape
         self.act_quant = act_quant
         self.implementation = implementation
-        for f in _FIELDS:
+        for f in ARRAY_FIELDS:
             a = getattr(w, f)
             if a is not None:
                 # Memory-mapped checkpoint tensors are read-only: buffers never write to them.
@@ -70,7 +68,7 @@ class QuantLinear(nn.Module):
 
     def qweight(self) -> QArray:
         """The canonical `QArray` with the buffers as leaves (on their current device)."""
-        leaves = {f: getattr(self, f"weight_{f}", None) for f in _FIELDS}
+        leaves = {f: getattr(self, f"weight_{f}", None) for f in ARRAY_FIELDS}
         return QArray(**leaves, qtype=self.qtype, shape=(self.out_features, self.in_features), block=self.block)
 
     def prepare(self, device: torch.device | str, dtype: torch.dtype) -> str:
@@ -174,9 +172,9 @@ def fuse(linears: Sequence[QuantLinear]) -> QuantLinear | None:
     if len(linears) < 2 or not all(isinstance(m, QuantLinear) for m in linears):
         return None
     a = linears[0]
-    fields = [f for f in _FIELDS if getattr(a, f"weight_{f}", None) is not None]
+    fields = [f for f in ARRAY_FIELDS if getattr(a, f"weight_{f}", None) is not None]
     for m in linears:
-        mine = [f for f in _FIELDS if getattr(m, f"weight_{f}", None) is not None]
+        mine = [f for f in ARRAY_FIELDS if getattr(m, f"weight_{f}", None) is not None]
         if (
             mine != fields
             or "perm" in fields

@@ -36,13 +36,12 @@ from jquant.convert.safetensors_io import SafetensorsFile, write_safetensors
 from jquant.convert.validate import check_config
 from jquant.core.activation import ActQuant
 from jquant.core.errors import ConfigError, CorruptFileError, FormatError, UnsupportedFormatError
-from jquant.core.qarray import LAYOUT_VERSION, QArray
+from jquant.core.qarray import ARRAY_FIELDS, LAYOUT_VERSION, QArray
 from jquant.core.qtypes import QType
 
 __all__ = ["save", "load", "is_canonical", "remove_stale", "MARKER"]
 
 MARKER = "jquant.json"
-_FIELDS = ("data", "scale", "zero", "perm", "scale2")
 _ACT_FIELDS = ("scale", "zero", "global_scale")
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -298,7 +297,7 @@ def load(folder: str | os.PathLike) -> Checkpoint:
     for name in sf:
         base, sep, field = name.rpartition(":")
         if sep and base in qnames:
-            if field not in _FIELDS:
+            if field not in ARRAY_FIELDS:
                 raise CorruptFileError(f"unknown QArray field {field!r}", file=sf.path, tensor=name)
             continue
         if sep and base in acts:
@@ -307,7 +306,7 @@ def load(folder: str | os.PathLike) -> Checkpoint:
             continue
         weights[name] = sf[name]
     for name, st in statics.items():
-        arrays = {f: sf[f"{name}:{f}"] for f in _FIELDS if f"{name}:{f}" in sf}
+        arrays = {f: sf[f"{name}:{f}"] for f in ARRAY_FIELDS if f"{name}:{f}" in sf}
         if "data" not in arrays or "scale" not in arrays:
             raise CorruptFileError("QArray without data or scale", file=sf.path, tensor=name)
         try:

@@ -35,26 +35,15 @@ import numpy as np
 from jquant.convert._io import read_json
 from jquant.convert.checkpoint import Checkpoint
 from jquant.core.activation import ActQuant
-from jquant.core.errors import CorruptFileError, FormatError
+from jquant.core.errors import CorruptFileError
 from jquant.core.qarray import LAYOUT_VERSION, QArray
 from jquant.core.qtypes import QType
 
-__all__ = ["save_orbax", "load_orbax", "is_orbax", "STORAGE", "ARRAYS"]
+__all__ = ["save_orbax", "load_orbax", "STORAGE", "ARRAYS"]
 
 STORAGE = "orbax"
 ARRAYS = "arrays"
 _MARKER = "jquant.json"
-
-
-def is_orbax(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` is a canonical folder stored with Orbax (its ``jquant.json`` says so)."""
-    p = Path(folder) / _MARKER
-    if not p.is_file():
-        return False
-    try:
-        return read_json(p, CorruptFileError).get("storage") == STORAGE
-    except FormatError:
-        return False
 
 
 def save_orbax(ckpt: Checkpoint, out: str | os.PathLike, *, overwrite: bool = False) -> Path:

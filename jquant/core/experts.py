@@ -33,7 +33,7 @@ import re
 import numpy as np
 
 from jquant.core.errors import FormatError
-from jquant.core.qarray import QArray
+from jquant.core.qarray import ARRAY_FIELDS, QArray
 
 __all__ = ["stack_experts", "unstack_experts", "num_experts", "why_not_stack", "split_fused_experts", "FUSED_LAYOUTS"]
 
@@ -105,9 +105,6 @@ def split_fused_experts(name: str, value, model_type: str | None) -> dict:
     return out
 
 
-_FIELDS = ("data", "scale", "zero", "perm", "scale2")
-
-
 def why_not_stack(ws) -> str:
     """Empty string when `stack_experts` can stack ``ws`` (per-expert QArrays or dense [N, K] arrays), else why not."""
     if not ws:
@@ -126,7 +123,7 @@ def why_not_stack(ws) -> str:
                 f"experts differ in code type, shape or block: {a.qtype.name} {a.shape} {a.block}"
                 f" vs {w.qtype.name} {w.shape} {w.block}"
             )
-        for f in _FIELDS:
+        for f in ARRAY_FIELDS:
             x, y = getattr(a, f), getattr(w, f)
             if (x is None) != (y is None):
                 return f"some experts have {f} and others do not"

@@ -32,10 +32,11 @@ import numpy as np
 from jquant.core.errors import FormatError
 from jquant.core.qtypes import QType
 
-__all__ = ["QArray", "LAYOUT_VERSION", "block_for", "register_pytree"]
+__all__ = ["QArray", "ARRAY_FIELDS", "LAYOUT_VERSION", "block_for", "register_pytree"]
 
 # Bump when the meaning of any field changes; `jquant.convert` refuses canonical files of another version.
 LAYOUT_VERSION = 1
+ARRAY_FIELDS = ("data", "scale", "zero", "perm", "scale2")  # the array fields, in pytree order
 
 _FLOAT_SCALE_DTYPES = {"float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e8m0fnu", "float8_e5m2"}
 
@@ -101,9 +102,7 @@ class QArray:
 
     def arrays(self) -> dict[str, Any]:
         """The non-None array fields by name."""
-        return {
-            f: getattr(self, f) for f in ("data", "scale", "zero", "perm", "scale2") if getattr(self, f) is not None
-        }
+        return {f: getattr(self, f) for f in ARRAY_FIELDS if getattr(self, f) is not None}
 
     def replace(self, **changes) -> QArray:
         return dataclasses.replace(self, **changes)
@@ -222,7 +221,7 @@ def register_pytree() -> None:
         return
     jax.tree_util.register_dataclass(
         QArray,
-        data_fields=["data", "scale", "zero", "perm", "scale2"],
+        data_fields=list(ARRAY_FIELDS),
         meta_fields=["qtype", "shape", "block", "layout_version"],
     )
     register_pytree._done = True

@@ -19,11 +19,7 @@ __all__ = ["Backend", "REGISTRY", "BACKENDS", "register_backend", "available_bac
 
 
 class Backend(_Backend):
-    """One JAX implementation of ``qmatmul``.
-
-    Subclasses set ``name`` (used in env vars and reports) and ``caps``, and implement
-    ``__call__``; ``why_not_more`` / ``unavailable`` for checks that cannot be data.
-    """
+    """One JAX implementation of ``qmatmul`` (`jquant.core.routing.Backend`, called on arrays)."""
 
     def supports(self, x: Any, w: Any, act: Any = None, *, device=None) -> tuple[bool, str]:
         """Whether this backend computes ``qmatmul(x, w, act)`` on ``device`` (default: the current one).

@@ -147,11 +147,8 @@ def _choose(x, w, platform: str | None) -> tuple[str, str]:
 def _choose_xla(x, w, platform: str, m: int, e: int) -> tuple[str, str]:
     """(implementation, reason) among the XLA paths."""
     low = platform == "gpu" and jnp.dtype(x.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    prec = (
-        f"{jnp.dtype(x.dtype).name} activations on {platform}: dequantize in the activation dtype"
-        if low
-        else f"{jnp.dtype(x.dtype).name} activations on {platform}: f32 dequantization, HIGHEST precision"
-    )
+    how = "dequantize in the activation dtype" if low else "f32 dequantization, HIGHEST precision"
+    prec = f"{jnp.dtype(x.dtype).name} activations on {platform}: {how}"
     if m < e:
         return ("xla_routed_dequant" if low else "xla_routed_reference"), (
             f"M={m} rows < E={e} experts: gather and dequantize only the routed experts; {prec}"

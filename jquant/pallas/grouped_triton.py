@@ -48,7 +48,7 @@ from jquant.core.qarray import QArray, register_pytree
 from jquant.core.routing import Backend, Call, Capabilities, Device, check
 from jquant.ops.device import NUM_SMS_DEFAULT, num_sms
 from jquant.pallas.launch import launch, store_tile
-from jquant.pallas.wxa16 import decode_config, layout_of, why_not_value
+from jquant.pallas.wxa16 import _bits_u8, decode_config, layout_of, why_not_value
 from jquant.pallas.wxa16_triton import WXA16Config, WXA16Layout, tile_sum
 
 __all__ = [
@@ -270,13 +270,6 @@ def config_for(m: int, w: QArray, *, num_sms: int | None = None) -> WXA16Config:
     n, k = w.shape
     del m
     return decode_config(16, n, k, planes=w.qtype.codes_per_byte, num_sms=num_sms or NUM_SMS_DEFAULT)
-
-
-def _bits_u8(a):
-    """fp8 / e8m0 arrays as their uint8 bits (a bitcast, no data movement); other dtypes unchanged."""
-    if jnp.dtype(a.dtype).itemsize == 1 and jnp.issubdtype(a.dtype, jnp.floating):
-        return jax.lax.bitcast_convert_type(a, jnp.uint8)
-    return a
 
 
 def _flat(a):
