@@ -16,6 +16,7 @@ dequantizes the codes in registers, flash-decoding style:
     and writes f32 (acc, m, l). One XLA fusion combines the splits (and the gpt-oss sink logit,
     `jquant.models.attention_sinks`, which joins the denominator only):
         out = sum_s e^(m_s - M) acc_s / (sum_s e^(m_s - M) l_s + e^(sink - M)) * v_scale[h]
+    With one split (short caches) the kernel applies that formula itself and stores q's dtype.
 
 It computes the model's XLA attention up to f32 summation order and where the probabilities are
 rounded (here before normalization, there after); blocks past a row's position are never loaded,
@@ -77,7 +78,10 @@ def why_not(q, keys) -> str:
     return ""
 
 
-def _kernel(pos_ref, ks_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, block, chunk, scale, window):
+def _kernel(pos_ref, ks_ref, fin_ref, q_ref, k_ref, v_ref, *out_refs, block, chunk, g_pad, scale, window):
+    """One (row, KV head, split) program. ``out_refs``: (out [B, kv, g, d] in q's dtype) for one
+    split, normalized here with ``fin_ref`` = [kv, 2, g_pad] f32 (sink logits, -inf without; v_scale);
+    else the split's f32 (acc [S, B, kv, g_pad, d], running max m, sum l) [S, B, kv, g_pad]."""
     b, h, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     pos = pos_ref[b]
     # Slots this program attends to: [lo, hi) of split s, clipped to the row's causal (and window) range.
@@ -87,7 +91,9 @@ def _kernel(pos_ref, ks_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, bloc
         lo = jnp.maximum(lo, pos - window + 1)
     first = (lo // block) * block
     blocks = jnp.where(hi > lo, (hi - first + block - 1) // block, 0)  # every one holds a visible slot
-    q = q_ref[b, h]  # [g_pad, d]
+    g, d = q_ref.shape[2:]
+    rows = jnp.arange(g_pad) < g  # the group's queries, padded to the smallest dot M
+    q = pltriton.load(q_ref.at[b, h, pl.ds(0, g_pad), :], mask=rows[:, None], other=0.0)  # [g_pad, d]
     k_scale = ks_ref[h] * scale
     dot = functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32)
     # fp8 tiles load with a float fill (an integer fill does not lower to float8), ints with 0.
@@ -108,16 +114,23 @@ def _kernel(pos_ref, ks_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref, *, bloc
         acc = acc * alpha[:, None] + dot(p.astype(q.dtype), v.astype(q.dtype), (((1,), (0,)), ((), ())))
         return m_new, total * alpha + jnp.sum(p, axis=1), acc
 
-    g_pad, d = q.shape
     init = (
         jnp.full((g_pad,), -jnp.inf, jnp.float32),
         jnp.zeros((g_pad,), jnp.float32),
         jnp.zeros((g_pad, d), jnp.float32),
     )
     m, total, acc = jax.lax.fori_loop(0, blocks, step, init)
-    acc_ref[s, b, h] = acc
-    m_ref[s, b, h] = m
-    l_ref[s, b, h] = total
+    if len(out_refs) == 1:  # one split: the combine below, for S = 1, here
+        sink, v_scale = fin_ref[h, 0], fin_ref[h, 1]
+        top = jnp.maximum(m, sink)
+        w = jnp.exp(m - top)
+        out = acc * (w * v_scale / (total * w + jnp.exp(sink - top)))[:, None]
+        pltriton.store(out_refs[0].at[b, h, pl.ds(0, g_pad), :], out.astype(q.dtype), mask=rows[:, None])
+    else:
+        acc_ref, m_ref, l_ref = out_refs
+        acc_ref[s, b, h] = acc
+        m_ref[s, b, h] = m
+        l_ref[s, b, h] = total
 
 
 def pallas_decode_attention(
@@ -146,7 +159,8 @@ def pallas_decode_attention(
         interpret: run the Pallas interpreter (CPU tests).
 
     Returns:
-        float32 [B, kv_heads, g, head_dim]: the attention output times ``v_scale``.
+        [B, kv_heads, g, head_dim] in q's dtype: the attention output times ``v_scale`` (written by
+        the kernel itself with one split; else the splits' f32 partials merged by one XLA fusion).
     """
     why = why_not(q, keys)
     if why:
@@ -161,17 +175,32 @@ def pallas_decode_attention(
     chunk = -(-per_split // cfg.block) * cfg.block  # slots per split, in whole blocks
     splits = -(-slots // chunk)
     g_pad = max(16, 1 << (g - 1).bit_length())  # the smallest tl.dot M
-    qp = jnp.pad(q, ((0, 0), (0, 0), (0, g_pad - g), (0, 0)))
     ks = jnp.ones((kvh,), jnp.float32) if k_scale is None else k_scale.astype(jnp.float32)
-    part = lambda *tail: jax.ShapeDtypeStruct((splits, b, kvh, g_pad, *tail), jnp.float32)  # noqa: E731
-    acc, m, total = pl.pallas_call(
-        functools.partial(_kernel, block=cfg.block, chunk=chunk, scale=d**-0.5, window=window),
-        out_shape=(part(d), part(), part()),
+    if splits == 1:
+        out_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    else:
+        part = lambda *tail: jax.ShapeDtypeStruct((splits, b, kvh, g_pad, *tail), jnp.float32)  # noqa: E731
+        out_shape = (part(d), part(), part())
+    # per KV head and query: the sink logit (-inf: none) and v_scale, for the one-split epilogue
+    fin = jnp.stack(
+        [
+            jnp.full((kvh, g), -jnp.inf) if sinks is None else sinks.astype(jnp.float32).reshape(kvh, g),
+            jnp.ones((kvh, g)) if v_scale is None else jnp.broadcast_to(v_scale.astype(jnp.float32)[:, None], (kvh, g)),
+        ],
+        axis=1,
+    )
+    fin = jnp.pad(fin.astype(jnp.float32), ((0, 0), (0, 0), (0, g_pad - g)), constant_values=1.0)
+    res = pl.pallas_call(
+        functools.partial(_kernel, block=cfg.block, chunk=chunk, g_pad=g_pad, scale=d**-0.5, window=window),
+        out_shape=out_shape,
         grid=(b, kvh, splits),
         interpret=interpret,
         name="decode_attention",
         compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-    )(positions.astype(jnp.int32), ks, qp, keys, values)
+    )(positions.astype(jnp.int32), ks, fin, q, keys, values)
+    if splits == 1:
+        return res
+    acc, m, total = res
     acc, m, total = acc[..., :g, :], m[..., :g], total[..., :g]
     top = jnp.max(m, axis=0)  # [B, kv, g]
     if sinks is not None:
@@ -184,4 +213,4 @@ def pallas_decode_attention(
     out = jnp.sum(w[..., None] * acc, axis=0) / den[..., None]
     if v_scale is not None:
         out = out * v_scale.astype(jnp.float32)[None, :, None, None]
-    return out
+    return out.astype(q.dtype)

@@ -79,7 +79,8 @@ def _check(q, k, v, positions, *, scales=None, cfg=None, interpret=True, **kw):
         **kw,
     )
     want = _xla_attention(q, _blind(k, positions, 0), _blind(v, positions, 0), positions, k_scale=ks, v_scale=vs, **kw)
-    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == q.dtype
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     assert got.shape == want.shape and np.isfinite(got).all()
     # bf16 probabilities (rounded before normalizing here, after in XLA) over <= 80 slots
     np.testing.assert_allclose(got, want, atol=2e-2 * np.abs(want).max(), rtol=0)
@@ -102,13 +103,14 @@ def test_group_sizes(g):
     _check(q, k, v, jnp.asarray([49, 16], jnp.int32), cfg=DecodeAttentionConfig(block=16, splits=2))
 
 
-def test_sliding_window_and_sinks():
+@pytest.mark.parametrize("splits", [1, 4])  # 4: splits wholly before the window have no work
+def test_sliding_window_and_sinks(splits):
     rng = np.random.default_rng(7)
-    q, k, v, _ = _case(rng, slots=96)
+    q, k, v, scales = _case(rng, slots=96, cache="fp8")
     positions = jnp.asarray([5, 40, 95], jnp.int32)
     sinks = jnp.asarray(rng.standard_normal(2 * 4), jnp.float32)
-    cfg = DecodeAttentionConfig(block=16, splits=4)  # splits wholly before the window: no work
-    _check(q, k, v, positions, window=12, sinks=sinks, cfg=cfg)
+    cfg = DecodeAttentionConfig(block=16, splits=splits)
+    _check(q, k, v, positions, scales=scales, window=12, sinks=sinks, cfg=cfg)
 
 
 def test_rejects_what_it_cannot_run():
@@ -120,15 +122,18 @@ def test_rejects_what_it_cannot_run():
         pallas_decode_attention(q, jnp.zeros((1, 8, 2, 64)), jnp.zeros((1, 8, 2, 64)), jnp.zeros(1))
 
 
-@pytest.mark.parametrize("cache", ["bf16", "fp8", "int8"])
-def test_lowers_for_cuda(cache):
-    q, k, v, scales = _case(np.random.default_rng(0), b=1, slots=4096, kv=8, d=128, cache=cache)
+@pytest.mark.parametrize("cache, slots", [("bf16", 4096), ("fp8", 4096), ("int8", 4096), ("bf16", 256)])
+def test_lowers_for_cuda(cache, slots):
+    # 4096 slots: 16 splits merged by XLA; 256: one split, normalized and stored by the kernel
+    q, k, v, scales = _case(np.random.default_rng(0), b=1, slots=slots, kv=8, d=128, cache=cache)
     ks = None if scales is None else jnp.asarray(scales[0])
     f = jax.jit(lambda q, k, v, p: pallas_decode_attention(q, k, v, p, k_scale=ks, v_scale=ks))
     text = f.trace(q, k, v, jnp.zeros(1, jnp.int32)).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 1, "one kernel per call"
     # the whole cache goes in as stored: fp8 codes are not converted outside the kernel
-    assert f"tensor<1x4096x8x128x{dict(fp8='f8E4M3FN', int8='i8').get(cache, 'bf16')}>" in text
+    assert f"tensor<1x{slots}x8x128x{dict(fp8='f8E4M3FN', int8='i8').get(cache, 'bf16')}>" in text
+    call = next(line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line)
+    assert call.endswith("-> tensor<1x8x4x128xbf16>") == (slots == 256), call[-200:]
 
 
 def teacher_forced_logits(model, prompt: list[int], steps: list[int]) -> np.ndarray:
