@@ -171,6 +171,17 @@ def unpack_awq(words: np.ndarray) -> np.ndarray:
 # ---- act-order ------------------------------------------------------------------------------
 
 
+def group_perm(group: TensorGroup, k: int, group_size: int, ngroups: int) -> np.ndarray | None:
+    """`perm_from_g_idx` of ``group``'s optional ``g_idx`` tensor (an int [K] vector); None without one."""
+    if "g_idx" not in group:
+        return None
+    if group.dtype("g_idx").kind not in "iu" or group.shape("g_idx") != (k,):
+        raise group.error(
+            "g_idx", f"{group.dtype('g_idx').name} {list(group.shape('g_idx'))} but expected an int32 [{k}] vector"
+        )
+    return perm_from_g_idx(np.asarray(group["g_idx"]), group_size, ngroups, lambda p: group.error("g_idx", p))
+
+
 def perm_from_g_idx(g_idx: np.ndarray, group_size: int, ngroups: int, err) -> np.ndarray | None:
     """Checks ``g_idx`` [K] and returns the column order that makes groups contiguous.
 
@@ -309,13 +320,7 @@ def convert_gptq_group(group: TensorGroup, scheme: IntScheme) -> dict[str, QArra
     zcols = -(-n * b // 32)
     if qzeros.shape != (ngroups, zcols):
         raise group.error("qzeros", f"shape {list(qzeros.shape)} but expected {[ngroups, zcols]} for K={k}, N={n}")
-    perm = None
-    if "g_idx" in group:
-        if group.dtype("g_idx").kind not in "iu" or group.shape("g_idx") != (k,):
-            raise group.error(
-                "g_idx", f"{group.dtype('g_idx').name} {list(group.shape('g_idx'))} but expected an int32 [{k}] vector"
-            )
-        perm = perm_from_g_idx(np.asarray(group["g_idx"]), gs, ngroups, lambda p: group.error("g_idx", p))
+    perm = group_perm(group, k, gs, ngroups)
     codes = unpack_gptq_qweight(qweight, b)
     zeros = unpack_gptq_qzeros(qzeros, b, n, v1=scheme.zeros_v1)
     out: dict[str, QArray | np.ndarray] = {

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from jquant.core.qarray import QArray
-from jquant.formats._int_packed import _bias, _int32, _scales, _unexpected, int_qarray, perm_from_g_idx
+from jquant.formats._int_packed import _bias, _int32, _scales, _unexpected, group_perm, int_qarray
 from jquant.formats.base import TensorGroup
 
 __all__ = ["PLANES", "PLANAR_ONLY_BITS", "unpack_planar", "convert_planar_group"]
@@ -117,13 +117,7 @@ def convert_planar_group(
             f"shape {list(qzeros.shape)} but planar {bits}-bit zeros of N={n} (a multiple of 32) are "
             f"[{ngroups}, {n * bits // 32}]",
         )
-    perm = None
-    if "g_idx" in group:
-        if group.dtype("g_idx").kind not in "iu" or group.shape("g_idx") != (k,):
-            raise group.error(
-                "g_idx", f"{group.dtype('g_idx').name} {list(group.shape('g_idx'))} but expected an int32 [{k}] vector"
-            )
-        perm = perm_from_g_idx(np.asarray(group["g_idx"]), gs, ngroups, lambda p: group.error("g_idx", p))
+    perm = group_perm(group, k, gs, ngroups)
     codes = unpack_planar(qweight, bits, axis=0)
     zeros = unpack_planar(qzeros, bits, axis=1)
     out: dict[str, QArray | np.ndarray] = {
