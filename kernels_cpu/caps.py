@@ -1,11 +1,6 @@
 """What the C++ CPU qmatmul reads, as data (numpy only: shared by the JAX backend and the Torch bridge).
 
-The kernel (`csrc/qmatmul_cpu.cc`) reads jquant's canonical `QArray` as stored, with per-row groups
-(block ``(1, G)``, G a multiple of 32 for 4-bit codes and of 16 for 8-bit ones, or per-channel):
-4-bit containers (``uint4``, ``uint4b8``, ``uint3b4`` and the 16-entry codebooks) as uint8 [N, K/2],
-element 2i in the low nibble of byte i, each code's value from a 16-entry f32 table; 8-bit
-containers (``int8``, ``uint8`` with a bias); scales f32 / f16 / bf16; zeros none, uint8 integer
-zero points or float offsets.
+The kernel and what it reads are described in `kernels_cpu.qmatmul`.
 """
 
 from __future__ import annotations

@@ -27,11 +27,7 @@ def call_kernel(target: str, result: jax.ShapeDtypeStruct, operands: tuple, *, p
 
 
 class CudaBackend(Backend):
-    """A `qmatmul` backend running a kernel of the `kernels_cuda` library on NVIDIA GPUs.
-
-    Subclasses set ``name`` and ``caps``. Where the library cannot be compiled or loaded here, the
-    backend is unavailable with the build's reason (the routing table moves on to Pallas).
-    """
+    """A `qmatmul` backend running a kernel of the `kernels_cuda` library on NVIDIA GPUs."""
 
     def unavailable(self, call) -> str:
         from kernels_cuda.build import BuildError, register
