@@ -615,62 +615,29 @@ def main(argv=None) -> int:
     bw = copy_bandwidth_tbs()
     _log(f"copy bandwidth {bw:.2f} TB/s")
 
+    # (flag, kernel, configs(m, n, k), cases (shape, M, group)) of each launch-config sweep
+    plans = (
+        (args.sweep, "pallas", lambda m, n, k: sweep_configs(m), [("70b_o", m, 128) for m in (1, 16, 128, 1024)]
+         + [("8b_gate_up", 1, 128)]),
+        (args.cuda_sweep, "cuda", cuda_sweep_configs,
+         [("70b_o", 1, 128), ("70b_o", 16, 128), ("8b_gate_up", 1, 128), ("70b_o", 1, 32)]),
+        (args.kslice_sweep, "cuda", kslice_sweep_configs,
+         [(s, m, 128) for s, m in (("8b_o", 1), ("8b_qkv", 1), ("8b_down", 1), ("8b_gate_up", 1), ("8b_o", 16),
+                                   ("8b_qkv", 16), ("70b_o", 1))]),
+        (args.gemm_sweep, "cuda_gemm", gemm_sweep_configs,
+         [(s, m, 128) for s, m in (("70b_o", 32), ("70b_o", 64), ("70b_o", 128), ("8b_qkv", 128), ("70b_o", 256),
+                                   ("70b_o", 1024))]),
+        (args.wgmma_sweep, "cuda_wgmma", wgmma_sweep_configs,
+         [(s, m, 128) for s, m in (("70b_o", 128), ("8b_qkv", 256), ("70b_o", 256), ("70b_o", 1024),
+                                   ("8b_gate_up", 1024), ("70b_o", 4096))]),
+    )  # fmt: skip
     sweeps: list[dict] = []
-    if args.sweep:
-        for shape, m in (("70b_o", 1), ("70b_o", 16), ("70b_o", 128), ("70b_o", 1024), ("8b_gate_up", 1)):
-            if time.time() - t0 > args.budget_s:
-                break
-            sweeps += sweep(SHAPES_BY_NAME[shape], m, sweep_configs(m), iters=10)
-
-    if args.cuda_sweep:
-        for shape, m, g in (("70b_o", 1, 128), ("70b_o", 16, 128), ("8b_gate_up", 1, 128), ("70b_o", 1, 32)):
+    for on, kernel, configs, cases in plans:
+        for shape, m, g in cases if on else ():
             if time.time() - t0 > args.budget_s:
                 break
             sh = SHAPES_BY_NAME[shape]
-            sweeps += sweep(sh, m, cuda_sweep_configs(m, sh.n, sh.k), iters=10, group=g, kernel="cuda")
-
-    if args.kslice_sweep:
-        for shape, m in (
-            ("8b_o", 1),
-            ("8b_qkv", 1),
-            ("8b_down", 1),
-            ("8b_gate_up", 1),
-            ("8b_o", 16),
-            ("8b_qkv", 16),
-            ("70b_o", 1),
-        ):
-            if time.time() - t0 > args.budget_s:
-                break
-            sh = SHAPES_BY_NAME[shape]
-            sweeps += sweep(sh, m, kslice_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda")
-
-    if args.gemm_sweep:
-        for shape, m in (
-            ("70b_o", 32),
-            ("70b_o", 64),
-            ("70b_o", 128),
-            ("8b_qkv", 128),
-            ("70b_o", 256),
-            ("70b_o", 1024),
-        ):
-            if time.time() - t0 > args.budget_s:
-                break
-            sh = SHAPES_BY_NAME[shape]
-            sweeps += sweep(sh, m, gemm_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda_gemm")
-
-    if args.wgmma_sweep:
-        for shape, m in (
-            ("70b_o", 128),
-            ("8b_qkv", 256),
-            ("70b_o", 256),
-            ("70b_o", 1024),
-            ("8b_gate_up", 1024),
-            ("70b_o", 4096),
-        ):
-            if time.time() - t0 > args.budget_s:
-                break
-            sh = SHAPES_BY_NAME[shape]
-            sweeps += sweep(sh, m, wgmma_sweep_configs(m, sh.n, sh.k), iters=10, kernel="cuda_wgmma")
+            sweeps += sweep(sh, m, configs(m, sh.n, sh.k), iters=10, group=g, kernel=kernel)
 
     methods = args.methods.split(",")
     results = []
