@@ -6,7 +6,7 @@
 #      and 70b_o, each config checked against the f32 spec before timing;
 #   3. what decode_config picks today and with slices + direct store allowed, per swept case.
 # Then: calibrate kernels_cuda/w4a16.py (KSLICE_CHOICES, REDUCTION_STEPS, max_split_bytes) from
-# $OUT/ks/sweep.md and re-run bench/gpu/issue16_e2e.sh.
+# the "Config sweeps" table of ks/qmatmul.md (in $OUT/ks.tgz) and re-run bench/gpu/issue16_e2e.sh.
 source bench/gpu/lib.sh ks
 build
 log "decode GPU tests"
@@ -29,5 +29,5 @@ for name, m in (("8b_o", 1), ("8b_qkv", 1), ("8b_down", 1), ("8b_gate_up", 1), (
                          max_split_bytes=96 * 1024)
     print(f"{name} M={m}: today {now}  |  slices allowed {wide}")
 PY
-grep -E "^\| " "$L/sweep.md" 2>/dev/null | head -80 >> "$OUT/steps.log"
+sed -n '/^## Config sweeps/,$p' "$L/qmatmul.md" 2>/dev/null | head -240 >> "$OUT/steps.log"
 pack
