@@ -356,25 +356,18 @@ __global__ void __launch_bounds__(256, 2) decode_kernel(const T* __restrict__ x,
     float* red = reinterpret_cast<float*>(xsum + block_steps * NT * 8);
     const int rgroups = (blockDim.x >> 5) / kslices, rgroup = warp % rgroups, slice = warp / rgroups;
     constexpr int kVals = 2 * NT * 4;
+    float* sums = &acc[0][0][0];  // the fragment's kVals values (constant indices once unrolled)
     __syncthreads();
     if (slice > 0) {
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) red[(warp * kVals + (mt * NT + nt) * 4 + c) * 32 + lane] = acc[mt][nt][c];
+      for (int v = 0; v < kVals; ++v) red[(warp * kVals + v) * 32 + lane] = sums[v];
     }
     __syncthreads();
     if (slice > 0) return;
     for (int sl = 1; sl < kslices; ++sl) {
       const int from = sl * rgroups + rgroup;
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[mt][nt][c] += red[(from * kVals + (mt * NT + nt) * 4 + c) * 32 + lane];
+      for (int v = 0; v < kVals; ++v) sums[v] += red[(from * kVals + v) * 32 + lane];
     }
   }
 
