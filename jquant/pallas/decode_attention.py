@@ -78,9 +78,9 @@ def why_not(q, keys) -> str:
     return ""
 
 
-def _kernel(pos_ref, ks_ref, fin_ref, q_ref, k_ref, v_ref, *out_refs, block, chunk, g_pad, scale, window):
+def _kernel(pos_ref, ks_ref, vs_ref, sink_ref, q_ref, k_ref, v_ref, *out_refs, block, chunk, g_pad, scale, window):
     """One (row, KV head, split) program. ``out_refs``: (out [B, kv, g, d] in q's dtype) for one
-    split, normalized here with ``fin_ref`` = [kv, 2, g_pad] f32 (sink logits, -inf without; v_scale);
+    split, normalized here with ``vs_ref`` [kv] (v_scale) and ``sink_ref`` [kv, g] (sink logits, -inf without);
     else the split's f32 (acc [S, B, kv, g_pad, d], running max m, sum l) [S, B, kv, g_pad]."""
     b, h, s = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     pos = pos_ref[b]
@@ -121,7 +121,8 @@ def _kernel(pos_ref, ks_ref, fin_ref, q_ref, k_ref, v_ref, *out_refs, block, chu
     )
     m, total, acc = jax.lax.fori_loop(0, blocks, step, init)
     if len(out_refs) == 1:  # one split: the combine below, for S = 1, here
-        sink, v_scale = fin_ref[h, 0], fin_ref[h, 1]
+        sink = pltriton.load(sink_ref.at[h, pl.ds(0, g_pad)], mask=rows, other=-jnp.inf)
+        v_scale = vs_ref[h]
         top = jnp.maximum(m, sink)
         w = jnp.exp(m - top)
         out = acc * (w * v_scale / (total * w + jnp.exp(sink - top)))[:, None]
@@ -176,20 +177,13 @@ def pallas_decode_attention(
     splits = -(-slots // chunk)
     g_pad = max(16, 1 << (g - 1).bit_length())  # the smallest tl.dot M
     ks = jnp.ones((kvh,), jnp.float32) if k_scale is None else k_scale.astype(jnp.float32)
+    vs = jnp.ones((kvh,), jnp.float32) if v_scale is None else v_scale.astype(jnp.float32)
+    sink = jnp.full((kvh, g), -jnp.inf) if sinks is None else sinks.astype(jnp.float32).reshape(kvh, g)
     if splits == 1:
         out_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
     else:
         part = lambda *tail: jax.ShapeDtypeStruct((splits, b, kvh, g_pad, *tail), jnp.float32)  # noqa: E731
         out_shape = (part(d), part(), part())
-    # per KV head and query: the sink logit (-inf: none) and v_scale, for the one-split epilogue
-    fin = jnp.stack(
-        [
-            jnp.full((kvh, g), -jnp.inf) if sinks is None else sinks.astype(jnp.float32).reshape(kvh, g),
-            jnp.ones((kvh, g)) if v_scale is None else jnp.broadcast_to(v_scale.astype(jnp.float32)[:, None], (kvh, g)),
-        ],
-        axis=1,
-    )
-    fin = jnp.pad(fin.astype(jnp.float32), ((0, 0), (0, 0), (0, g_pad - g)), constant_values=1.0)
     res = pl.pallas_call(
         functools.partial(_kernel, block=cfg.block, chunk=chunk, g_pad=g_pad, scale=d**-0.5, window=window),
         out_shape=out_shape,
@@ -197,20 +191,13 @@ def pallas_decode_attention(
         interpret=interpret,
         name="decode_attention",
         compiler_params=pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-    )(positions.astype(jnp.int32), ks, fin, q, keys, values)
+    )(positions.astype(jnp.int32), ks, vs, sink, q, keys, values)
     if splits == 1:
         return res
     acc, m, total = res
     acc, m, total = acc[..., :g, :], m[..., :g], total[..., :g]
-    top = jnp.max(m, axis=0)  # [B, kv, g]
-    if sinks is not None:
-        sink = sinks.astype(jnp.float32).reshape(1, kvh, g)
-        top = jnp.maximum(top, sink)
+    top = jnp.maximum(jnp.max(m, axis=0), sink)  # [B, kv, g]; a missing sink is -inf
     w = jnp.exp(m - top)  # empty splits: e^(-inf) = 0
-    den = jnp.sum(w * total, axis=0)
-    if sinks is not None:
-        den = den + jnp.exp(sink - top)
-    out = jnp.sum(w[..., None] * acc, axis=0) / den[..., None]
-    if v_scale is not None:
-        out = out * v_scale.astype(jnp.float32)[None, :, None, None]
+    den = jnp.sum(w * total, axis=0) + jnp.exp(sink - top)
+    out = jnp.sum(w[..., None] * acc, axis=0) / den[..., None] * vs[None, :, None, None]
     return out.astype(q.dtype)
